@@ -1,0 +1,77 @@
+//! Command-line interface: clap definitions of the subcommands and the
+//! dispatch to each. Every subcommand returns an [`Outcome`] or a runtime
+//! error; only `main` maps them to exit codes.
+
+mod validate;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Load JSON reporting events from Kafka into a relational star schema,
+/// driven by declarative YAML mappings.
+///
+/// The catalog (`schemas/`) declares target tables and event shapes, each
+/// mapping (`mappings/*.yaml`) binds event paths to columns and dimension
+/// lookups, and an options file binds topics to mappings exactly as
+/// Genesys Info Mart's `[kafka-<cluster>]` sections do.
+#[derive(Debug, Parser)]
+#[command(name = "martmap", version, about, long_about, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    ValidateMapping(validate::ValidateArgs),
+}
+
+/// How a command ended when it ran to completion.
+pub enum Outcome {
+    Success,
+    /// The input had problems; they were reported.
+    Invalid,
+}
+
+/// Output format of diagnostics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Reports with the offending source line and a label under the span.
+    Human,
+    /// One JSON document: `{"valid": ..., "problems": [...]}`.
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+impl Color {
+    /// Whether to colour output going to standard error.
+    fn enabled(self) -> bool {
+        match self {
+            Color::Always => true,
+            Color::Never => false,
+            Color::Auto => std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal(),
+        }
+    }
+}
+
+/// Where the catalog lives; shared by every command that reads mappings.
+#[derive(Debug, clap::Args)]
+pub struct CatalogArgs {
+    /// Directory of the catalog: `tables/*.yaml` and `events/*.schema.json`.
+    #[arg(long, env = "MARTMAP_CATALOG", default_value = "schemas", value_name = "DIR")]
+    pub catalog: PathBuf,
+}
+
+pub fn run(cli: Cli) -> Result<Outcome, Box<dyn std::error::Error>> {
+    match cli.command {
+        Command::ValidateMapping(args) => validate::run(args),
+    }
+}

@@ -1,0 +1,325 @@
+//! The Genesys-style options file: `[section]` headers, `key=value` lines
+//! and bare flag keys, as in Info Mart's configuration.
+//!
+//! A `[kafka-<cluster>]` section configures one Kafka cluster: its
+//! `g:topic:<topic>=<MAPPING>` lines bind topics to mappings, other `g:`
+//! keys are martmap's own settings, and every other key is a native Kafka
+//! client option, kept verbatim and in order for the consumer. Parsing
+//! collects every syntax error with its span; [`OptionsFile::clusters`] and
+//! [`check_mappings`] check the meaning. Values are never logged here.
+
+use miette::{Diagnostic, SourceSpan};
+use thiserror::Error;
+
+use crate::diagnostic::suggest;
+
+/// The `g:` options martmap knows, besides `g:topic:<topic>`.
+pub const G_OPTIONS: &[&str] = &[];
+
+#[derive(Debug, Error, Diagnostic)]
+pub enum OptionsError {
+    #[error("invalid line: {message}")]
+    #[diagnostic(
+        code(martmap::options::syntax),
+        help("lines are `[section]`, `key=value`, a bare `key`, or comments starting with `#` or `;`")
+    )]
+    Syntax {
+        message: String,
+        #[label("here")]
+        span: SourceSpan,
+    },
+
+    #[error("option `{key}` is set twice in section [{section}]")]
+    #[diagnostic(code(martmap::options::duplicate_key), help("keep one of the two lines"))]
+    DuplicateKey {
+        key: String,
+        section: String,
+        #[label("set again")]
+        span: SourceSpan,
+        #[label("first set here")]
+        first: SourceSpan,
+    },
+
+    #[error("section [{section}] has no `bootstrap.servers`")]
+    #[diagnostic(
+        code(martmap::options::missing_bootstrap),
+        help("add `bootstrap.servers=host1:9092,host2:9092` to the section")
+    )]
+    MissingBootstrap {
+        section: String,
+        #[label("Kafka cluster without brokers")]
+        span: SourceSpan,
+    },
+
+    #[error("unknown martmap option `{key}`")]
+    #[diagnostic(code(martmap::options::unknown_option))]
+    UnknownOption {
+        key: String,
+        #[label("not a g: option")]
+        span: SourceSpan,
+        #[help]
+        help: Option<String>,
+    },
+
+    #[error("`{key}` needs a value")]
+    #[diagnostic(code(martmap::options::missing_value), help("write `{key}=<value>`"))]
+    MissingValue {
+        key: String,
+        #[label("no value")]
+        span: SourceSpan,
+    },
+
+    #[error("topic `{topic}` is bound to mapping `{mapping}`, which does not exist")]
+    #[diagnostic(code(martmap::options::unknown_mapping))]
+    UnknownMapping {
+        topic: String,
+        mapping: String,
+        #[label("no such mapping")]
+        span: SourceSpan,
+        #[help]
+        help: Option<String>,
+    },
+
+    #[error("topic `{topic}` is bound twice in section [{section}]")]
+    #[diagnostic(code(martmap::options::duplicate_topic), help("a topic is loaded by one mapping per cluster"))]
+    DuplicateTopic {
+        topic: String,
+        section: String,
+        #[label("bound again")]
+        span: SourceSpan,
+    },
+}
+
+/// A parsed options file: sections in file order.
+#[derive(Debug, Clone, Default)]
+pub struct OptionsFile {
+    pub sections: Vec<Section>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Section {
+    pub name: String,
+    pub span: SourceSpan,
+    pub entries: Vec<Entry>,
+}
+
+/// One `key=value` line, or a bare `key` (a flag) with no value.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub key: String,
+    pub key_span: SourceSpan,
+    pub value: Option<String>,
+    pub value_span: SourceSpan,
+}
+
+/// One `[kafka-<cluster>]` section, resolved.
+#[derive(Debug, Clone)]
+pub struct KafkaCluster {
+    /// The cluster name: the section name without `kafka-`.
+    pub name: String,
+    pub topics: Vec<TopicBinding>,
+    /// Native client options, verbatim and in file order (`bootstrap.servers` included).
+    pub client: Vec<(String, String)>,
+}
+
+/// `g:topic:<topic>=<MAPPING>`.
+#[derive(Debug, Clone)]
+pub struct TopicBinding {
+    pub topic: String,
+    pub mapping: String,
+    pub mapping_span: SourceSpan,
+}
+
+impl OptionsFile {
+    /// Parses the whole file, reporting every malformed line.
+    pub fn parse(text: &str) -> Result<OptionsFile, Vec<OptionsError>> {
+        let mut file = OptionsFile::default();
+        let mut errors = Vec::new();
+        let mut offset = 0;
+        for raw_line in text.split_inclusive('\n') {
+            let line_start = offset;
+            offset += raw_line.len();
+            let line = raw_line.trim_end_matches(['\n', '\r']);
+            let trimmed = line.trim();
+            if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with(';') {
+                continue;
+            }
+            let start = line_start + (line.len() - line.trim_start().len());
+            let span = |from: usize, len: usize| SourceSpan::from((start + from, len));
+            if let Some(header) = trimmed.strip_prefix('[') {
+                match header.strip_suffix(']').map(str::trim) {
+                    Some(name) if !name.is_empty() => file.sections.push(Section {
+                        name: name.to_owned(),
+                        span: span(0, trimmed.len()),
+                        entries: Vec::new(),
+                    }),
+                    _ => errors.push(OptionsError::Syntax {
+                        message: "a section header is `[name]`".into(),
+                        span: span(0, trimmed.len()),
+                    }),
+                }
+                continue;
+            }
+            let Some(section) = file.sections.last_mut() else {
+                errors.push(OptionsError::Syntax {
+                    message: "an option before any `[section]` header".into(),
+                    span: span(0, trimmed.len()),
+                });
+                continue;
+            };
+            let (key, value) = match trimmed.split_once('=') {
+                Some((key, value)) => (key.trim_end(), Some(value.trim_start())),
+                None => (trimmed, None),
+            };
+            if key.is_empty() {
+                errors.push(OptionsError::Syntax { message: "an option without a key".into(), span: span(0, 1) });
+                continue;
+            }
+            let value_from = value.map_or(trimmed.len(), |value| trimmed.len() - value.len());
+            let entry = Entry {
+                key: key.to_owned(),
+                key_span: span(0, key.len()),
+                value: value.map(str::to_owned),
+                value_span: span(value_from, trimmed.len() - value_from),
+            };
+            if let Some(first) = section.entries.iter().find(|e| e.key == entry.key) {
+                errors.push(OptionsError::DuplicateKey {
+                    key: entry.key.clone(),
+                    section: section.name.clone(),
+                    span: entry.key_span,
+                    first: first.key_span,
+                });
+                continue;
+            }
+            section.entries.push(entry);
+        }
+        if errors.is_empty() { Ok(file) } else { Err(errors) }
+    }
+
+    /// The `[kafka-<cluster>]` sections, with every problem in them.
+    pub fn clusters(&self) -> (Vec<KafkaCluster>, Vec<OptionsError>) {
+        let mut clusters = Vec::new();
+        let mut errors = Vec::new();
+        for section in &self.sections {
+            let Some(name) = section.name.strip_prefix("kafka-") else { continue };
+            let mut cluster = KafkaCluster { name: name.to_owned(), topics: Vec::new(), client: Vec::new() };
+            for entry in &section.entries {
+                let Some(value) = entry.value.as_deref().filter(|value| !value.is_empty()) else {
+                    errors.push(OptionsError::MissingValue { key: entry.key.clone(), span: entry.key_span });
+                    continue;
+                };
+                if let Some(topic) = entry.key.strip_prefix("g:topic:") {
+                    if cluster.topics.iter().any(|binding| binding.topic == topic) {
+                        errors.push(OptionsError::DuplicateTopic {
+                            topic: topic.to_owned(),
+                            section: section.name.clone(),
+                            span: entry.key_span,
+                        });
+                    }
+                    cluster.topics.push(TopicBinding {
+                        topic: topic.to_owned(),
+                        mapping: value.to_owned(),
+                        mapping_span: entry.value_span,
+                    });
+                } else if entry.key.starts_with("g:") {
+                    if !G_OPTIONS.contains(&entry.key.as_str()) {
+                        let known = G_OPTIONS.iter().copied().chain(["g:topic:<topic>"]);
+                        errors.push(OptionsError::UnknownOption {
+                            key: entry.key.clone(),
+                            span: entry.key_span,
+                            help: suggest(&entry.key, known),
+                        });
+                    }
+                } else {
+                    cluster.client.push((entry.key.clone(), value.to_owned()));
+                }
+            }
+            if !cluster.client.iter().any(|(key, _)| key == "bootstrap.servers") {
+                errors.push(OptionsError::MissingBootstrap { section: section.name.clone(), span: section.span });
+            }
+            clusters.push(cluster);
+        }
+        (clusters, errors)
+    }
+}
+
+/// Every topic binding that names a mapping not among `known`.
+pub fn check_mappings(clusters: &[KafkaCluster], known: &[&str]) -> Vec<OptionsError> {
+    clusters
+        .iter()
+        .flat_map(|cluster| &cluster.topics)
+        .filter(|binding| !known.contains(&binding.mapping.as_str()))
+        .map(|binding| OptionsError::UnknownMapping {
+            topic: binding.topic.clone(),
+            mapping: binding.mapping.clone(),
+            span: binding.mapping_span,
+            help: suggest(&binding.mapping, known.iter().copied()),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPTIONS: &str = "\
+# Info Mart options
+[kafka-cobrowse]
+bootstrap.servers=broker1:9092,broker2:9092
+g:topic:all-cobrowse-historical=COBROWSE
+security.protocol=SASL_SSL
+sasl.password=se=cret
+
+[agg-feature]
+enable-cobrowse
+";
+
+    fn check_errors(text: &str, expected: &[&str]) {
+        let messages: Vec<String> = match OptionsFile::parse(text) {
+            Ok(file) => {
+                let (clusters, mut errors) = file.clusters();
+                errors.extend(check_mappings(&clusters, &["COBROWSE"]));
+                errors.iter().map(ToString::to_string).collect()
+            }
+            Err(errors) => errors.iter().map(ToString::to_string).collect(),
+        };
+        assert_eq!(messages, expected);
+    }
+
+    #[test]
+    fn keeps_client_options_verbatim_and_in_order() {
+        let file = OptionsFile::parse(OPTIONS).unwrap();
+        let (clusters, errors) = file.clusters();
+        assert!(errors.is_empty(), "{errors:?}");
+        let [cluster] = clusters.as_slice() else { panic!("one cluster expected") };
+        assert_eq!(cluster.name, "cobrowse");
+        let client: Vec<(&str, &str)> = cluster.client.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            client,
+            [
+                ("bootstrap.servers", "broker1:9092,broker2:9092"),
+                ("security.protocol", "SASL_SSL"),
+                ("sasl.password", "se=cret"),
+            ]
+        );
+        assert_eq!(cluster.topics[0].topic, "all-cobrowse-historical");
+        assert_eq!(cluster.topics[0].mapping, "COBROWSE");
+        assert_eq!(&OPTIONS[cluster.topics[0].mapping_span.offset()..][..8], "COBROWSE");
+        let flags = &file.sections[1].entries[0];
+        assert_eq!((flags.key.as_str(), flags.value.as_deref()), ("enable-cobrowse", None));
+    }
+
+    #[test]
+    fn reports_every_problem() {
+        check_errors("key=value\n[x\n", &[
+            "invalid line: an option before any `[section]` header",
+            "invalid line: a section header is `[name]`",
+        ]);
+        check_errors("[kafka-a]\ng:topic:t=COBROWS\ng:tpoic:u=COBROWSE\nsasl.username\n", &[
+            "unknown martmap option `g:tpoic:u`",
+            "`sasl.username` needs a value",
+            "section [kafka-a] has no `bootstrap.servers`",
+            "topic `t` is bound to mapping `COBROWS`, which does not exist",
+        ]);
+    }
+}
