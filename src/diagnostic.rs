@@ -118,6 +118,7 @@ pub fn render(problems: Vec<Problem>, color: bool) -> String {
         if handler.render_report(&mut out, diagnostic).is_err() {
             let _ = writeln!(out, "{report}");
         }
+        out.push('\n');
     }
     out
 }

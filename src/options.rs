@@ -223,7 +223,10 @@ impl OptionsFile {
                     });
                 } else if entry.key.starts_with("g:") {
                     if !G_OPTIONS.contains(&entry.key.as_str()) {
-                        let known = G_OPTIONS.iter().copied().chain(["g:topic:<topic>"]);
+                        // A misspelled `g:topic:<topic>` is compared with the
+                        // key it was meant to be.
+                        let as_topic = entry.key.splitn(3, ':').nth(2).map(|topic| format!("g:topic:{topic}"));
+                        let known = G_OPTIONS.iter().copied().chain(as_topic.as_deref());
                         errors.push(OptionsError::UnknownOption {
                             key: entry.key.clone(),
                             span: entry.key_span,

@@ -18,6 +18,19 @@ pub enum MappingError {
         span: SourceSpan,
     },
 
+    #[error("duplicate key `{key}`")]
+    #[diagnostic(
+        code(martmap::mapping::duplicate_key),
+        help("YAML keys are unique within a mapping; keep one of the two")
+    )]
+    DuplicateKey {
+        key: String,
+        #[label("written again here")]
+        span: SourceSpan,
+        #[label("first written here")]
+        first: SourceSpan,
+    },
+
     #[error("unknown key `{key}` in {context}")]
     #[diagnostic(code(martmap::mapping::unknown_key))]
     UnknownKey {

@@ -78,6 +78,22 @@ pub enum RawDefault {
     Quantified { all: bool, path: Sp<String>, equals: Sp<Constant> },
 }
 
+impl RawDefault {
+    /// The derivation's key as written (`position`, `url_host`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            RawDefault::Constant(_) => "constant",
+            RawDefault::Position(_) => "position",
+            RawDefault::Ordinal(_) => "ordinal",
+            RawDefault::UrlPart(UrlPart::Host, _) => "url_host",
+            RawDefault::UrlPart(UrlPart::Path, _) => "url_path",
+            RawDefault::UrlPart(UrlPart::Query, _) => "url_query",
+            RawDefault::Quantified { all: false, .. } => "any",
+            RawDefault::Quantified { all: true, .. } => "all",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RawDimension {
     pub column: Sp<String>,
@@ -488,9 +504,11 @@ impl<'t> Reader<'t> {
             LoadError::UnexpectedTag(at) => (*at, "tags are not supported".to_owned()),
             LoadError::ScanError(at, scan) => (*at, scan.info().to_owned()),
             LoadError::DuplicateKey(inner) => {
-                let first = inner.prev_key.span().start().map_or(0, Marker::line);
-                let at = inner.key.span().start().copied().unwrap_or_else(|| Marker::new(0, 0, 1, 1));
-                (at, format!("duplicate key `{}` (first written on line {first})", inner.key.as_str()))
+                return MappingError::DuplicateKey {
+                    key: inner.key.as_str().to_owned(),
+                    span: self.scalar_span(&inner.key),
+                    first: self.scalar_span(&inner.prev_key),
+                };
             }
         };
         let start = self.offset(Some(&marker));

@@ -174,7 +174,7 @@ impl<'c> Checker<'c> {
                 if parent == start {
                     let first = *seen.iter().min().unwrap_or(&start);
                     if first == start {
-                        let cycle: Vec<&str> = seen.iter().rev().chain([&start]).map(|&i| names[i]).collect();
+                        let cycle: Vec<&str> = seen.iter().chain([&start]).map(|&i| names[i]).collect();
                         let span = raw[start].parent.as_ref().map_or(raw[start].name.span, |p| p.span);
                         self.errors.push(MappingError::ScopeCycle {
                             name: names[start].to_owned(),
@@ -457,7 +457,7 @@ impl<'c> Checker<'c> {
         };
         let what = match &raw.value {
             RawDefault::Constant(constant) => format!("default `{constant}`"),
-            _ => "this default".to_owned(),
+            derived => format!("default `{}`", derived.name()),
         };
         self.check_kind(what, derivation.yields(), binding, ty, raw.span).then_some(derivation)
     }

@@ -1,0 +1,33 @@
+//! martmap's integration tests: one binary, one module per area. They run
+//! the built `martmap` binary against files under `tests/cases/`.
+//!
+//! Where new tests go:
+//! - `validate`: `martmap validate-mapping`; a new golden case is a new
+//!   directory under `tests/cases/validate/` (see that module's doc).
+
+mod validate;
+
+use std::path::Path;
+use std::process::Command;
+
+/// Runs `martmap` from the repository root and returns the exit code, stdout
+/// and stderr as one text, the form golden files hold.
+pub fn martmap<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_martmap"))
+        .args(args)
+        .current_dir(repository())
+        .env_remove("MARTMAP_CATALOG")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the martmap binary runs");
+    format!(
+        "exit code: {}\n--- stdout\n{}--- stderr\n{}",
+        output.status.code().map_or("none".into(), |code| code.to_string()),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    )
+}
+
+pub fn repository() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
