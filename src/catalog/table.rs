@@ -1,6 +1,7 @@
 //! Table declarations: the serde model of `schemas/tables/*.yaml` and the
 //! checks that make a declaration usable (keys name real columns, seeded
-//! rows fit). Column types are written as in DDL: `varchar(64) not null`.
+//! rows fit). Column types are written as in DDL, in lower case:
+//! `varchar(64) not null`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -86,10 +87,9 @@ impl FromStr for Column {
 
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
         let spec = spec.trim();
-        let lower = spec.to_ascii_lowercase();
-        let (ty, nullable) = match lower.strip_suffix("not null") {
+        let (ty, nullable) = match spec.strip_suffix("not null") {
             Some(ty) => (ty.trim_end(), false),
-            None => (lower.as_str(), true),
+            None => (spec, true),
         };
         let ty = match ty {
             "smallint" => ColumnType::SmallInt,
@@ -288,7 +288,8 @@ mod tests {
     #[test]
     fn parses_column_specs() {
         check_column("varchar(64) not null", Ok((ColumnType::Varchar(64), false)));
-        check_column("VARCHAR( 16 )", Ok((ColumnType::Varchar(16), true)));
+        check_column("varchar( 16 )", Ok((ColumnType::Varchar(16), true)));
+        check_column("VARCHAR(16)", Err(()));
         check_column("bigint", Ok((ColumnType::BigInt, true)));
         check_column("smallint not null", Ok((ColumnType::SmallInt, false)));
         check_column("varchar(0)", Err(()));

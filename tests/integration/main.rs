@@ -2,9 +2,12 @@
 //! the built `martmap` binary against files under `tests/cases/`.
 //!
 //! Where new tests go:
+//! - `schema`: the JSON Schemas under `schemas/` agree with martmap's own
+//!   reading of mappings and catalog files.
 //! - `validate`: `martmap validate-mapping`; a new golden case is a new
 //!   directory under `tests/cases/validate/` (see that module's doc).
 
+mod schema;
 mod validate;
 
 use std::path::Path;

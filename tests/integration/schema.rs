@@ -1,0 +1,69 @@
+//! The JSON Schemas under `schemas/` that editors use must agree with what
+//! martmap itself accepts: every shipped file validates, and the mistakes
+//! `validate-mapping` reports as unknown keys are rejected by the schema too.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::repository;
+
+fn schema(name: &str) -> jsonschema::Validator {
+    let text = std::fs::read_to_string(repository().join("schemas").join(name)).expect("schema is readable");
+    let schema: Value = serde_json::from_str(&text).expect("schema is JSON");
+    jsonschema::validator_for(&schema).unwrap_or_else(|error| panic!("{name} is not a valid JSON Schema: {error}"))
+}
+
+fn yaml(path: &str) -> Value {
+    let text = std::fs::read_to_string(repository().join(path)).expect("file is readable");
+    serde_yaml::from_str(&text).unwrap_or_else(|error| panic!("{path}: {error}"))
+}
+
+fn errors(validator: &jsonschema::Validator, path: &str) -> Vec<String> {
+    validator.iter_errors(&yaml(path)).map(|error| format!("{}: {error}", error.instance_path())).collect()
+}
+
+#[test]
+fn mapping_schema_accepts_the_valid_mappings() {
+    let validator = schema("mapping.schema.json");
+    for path in ["mappings/COBROWSE.yaml", "tests/cases/validate/survey-valid/SURVEY.yaml"] {
+        assert_eq!(errors(&validator, path), Vec::<String>::new(), "{path}");
+    }
+}
+
+#[test]
+fn mapping_schema_rejects_what_validate_mapping_rejects_structurally() {
+    let validator = schema("mapping.schema.json");
+    for case in ["unknown-top-level-key", "unknown-column-key", "unknown-conversion"] {
+        let path = format!("tests/cases/validate/{case}/mapping.yaml");
+        assert!(!errors(&validator, &path).is_empty(), "{path} should not match the schema");
+    }
+}
+
+#[test]
+fn catalog_schema_accepts_every_tables_file() {
+    let validator = schema("catalog.schema.json");
+    let dirs = ["schemas/tables", "tests/cases/validate/survey-valid/schemas/tables"];
+    let mut checked = 0;
+    for dir in dirs {
+        for entry in std::fs::read_dir(repository().join(dir)).expect("tables directory") {
+            let path = entry.expect("entry").path();
+            let relative = path.strip_prefix(repository()).unwrap_or(&path).display().to_string();
+            assert_eq!(errors(&validator, &relative), Vec::<String>::new(), "{relative}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "only {checked} tables files found");
+}
+
+#[test]
+fn event_schemas_are_valid_json_schemas() {
+    let events = repository().join("schemas/events");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&events).expect("events directory") {
+        let name = entry.expect("entry").file_name();
+        schema(&Path::new("events").join(&name).display().to_string());
+        checked += 1;
+    }
+    assert!(checked >= 1);
+}
