@@ -24,7 +24,10 @@ pub struct SourceFile {
 
 impl SourceFile {
     pub fn new(name: impl Into<String>, text: impl Into<Arc<str>>) -> Self {
-        SourceFile { name: name.into(), text: text.into() }
+        SourceFile {
+            name: name.into(),
+            text: text.into(),
+        }
     }
 
     /// The 1-based line and column (in characters) of a byte offset.
@@ -46,12 +49,18 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(file: &SourceFile, diagnostic: impl Diagnostic + Send + Sync + 'static) -> Self {
-        Problem { file: Some(file.clone()), diagnostic: Box::new(diagnostic) }
+        Problem {
+            file: Some(file.clone()),
+            diagnostic: Box::new(diagnostic),
+        }
     }
 
     /// A problem that belongs to no file, such as a file that cannot be read.
     pub fn detached(diagnostic: impl Diagnostic + Send + Sync + 'static) -> Self {
-        Problem { file: None, diagnostic: Box::new(diagnostic) }
+        Problem {
+            file: None,
+            diagnostic: Box::new(diagnostic),
+        }
     }
 
     pub fn is_error(&self) -> bool {
@@ -105,8 +114,14 @@ pub struct ProblemRecord {
 /// `color` selects ANSI colours and Unicode art; without it the output is
 /// plain Unicode, stable enough to be compared in golden tests.
 pub fn render(problems: Vec<Problem>, color: bool) -> String {
-    let theme = if color { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
-    let handler = GraphicalReportHandler::new_themed(theme).with_width(100).with_links(false);
+    let theme = if color {
+        GraphicalTheme::unicode()
+    } else {
+        GraphicalTheme::unicode_nocolor()
+    };
+    let handler = GraphicalReportHandler::new_themed(theme)
+        .with_width(100)
+        .with_links(false);
     let mut out = String::new();
     for problem in problems {
         let report = Report::new_boxed(problem.diagnostic);
@@ -129,7 +144,12 @@ pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
     let word_lower = word.to_lowercase();
     candidates
         .into_iter()
-        .map(|candidate| (strsim::jaro_winkler(&word_lower, &candidate.to_lowercase()), candidate))
+        .map(|candidate| {
+            (
+                strsim::jaro_winkler(&word_lower, &candidate.to_lowercase()),
+                candidate,
+            )
+        })
         .filter(|(score, _)| *score >= 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, candidate)| candidate)
@@ -151,7 +171,11 @@ pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
 
 /// `a`, `b`, `c` — names quoted for messages.
 pub fn quoted_list(names: &[&str]) -> String {
-    names.iter().map(|name| format!("`{name}`")).collect::<Vec<_>>().join(", ")
+    names
+        .iter()
+        .map(|name| format!("`{name}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -159,14 +183,29 @@ mod tests {
     use super::*;
 
     fn check_suggest(word: &str, candidates: &[&str], expected: Option<&str>) {
-        assert_eq!(suggest(word, candidates.iter().copied()).as_deref(), expected);
+        assert_eq!(
+            suggest(word, candidates.iter().copied()).as_deref(),
+            expected
+        );
     }
 
     #[test]
     fn suggests_close_names_and_lists_short_sets() {
-        check_suggest("colums", &["columns", "scopes"], Some("did you mean `columns`?"));
-        check_suggest("session_id", &["SESSION_ID", "PAGE_ID"], Some("did you mean `SESSION_ID`?"));
-        check_suggest("zzz", &["flag", "int"], Some("expected one of: `flag`, `int`"));
+        check_suggest(
+            "colums",
+            &["columns", "scopes"],
+            Some("did you mean `columns`?"),
+        );
+        check_suggest(
+            "session_id",
+            &["SESSION_ID", "PAGE_ID"],
+            Some("did you mean `SESSION_ID`?"),
+        );
+        check_suggest(
+            "zzz",
+            &["flag", "int"],
+            Some("expected one of: `flag`, `int`"),
+        );
         check_suggest("zzz", &[], None);
     }
 

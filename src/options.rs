@@ -21,7 +21,9 @@ pub enum OptionsError {
     #[error("invalid line: {message}")]
     #[diagnostic(
         code(martmap::options::syntax),
-        help("lines are `[section]`, `key=value`, a bare `key`, or comments starting with `#` or `;`")
+        help(
+            "lines are `[section]`, `key=value`, a bare `key`, or comments starting with `#` or `;`"
+        )
     )]
     Syntax {
         message: String,
@@ -30,7 +32,10 @@ pub enum OptionsError {
     },
 
     #[error("option `{key}` is set twice in section [{section}]")]
-    #[diagnostic(code(martmap::options::duplicate_key), help("keep one of the two lines"))]
+    #[diagnostic(
+        code(martmap::options::duplicate_key),
+        help("keep one of the two lines")
+    )]
     DuplicateKey {
         key: String,
         section: String,
@@ -81,7 +86,10 @@ pub enum OptionsError {
     },
 
     #[error("topic `{topic}` is bound twice in section [{section}]")]
-    #[diagnostic(code(martmap::options::duplicate_topic), help("a topic is loaded by one mapping per cluster"))]
+    #[diagnostic(
+        code(martmap::options::duplicate_topic),
+        help("a topic is loaded by one mapping per cluster")
+    )]
     DuplicateTopic {
         topic: String,
         section: String,
@@ -172,7 +180,10 @@ impl OptionsFile {
                 None => (trimmed, None),
             };
             if key.is_empty() {
-                errors.push(OptionsError::Syntax { message: "an option without a key".into(), span: span(0, 1) });
+                errors.push(OptionsError::Syntax {
+                    message: "an option without a key".into(),
+                    span: span(0, 1),
+                });
                 continue;
             }
             let value_from = value.map_or(trimmed.len(), |value| trimmed.len() - value.len());
@@ -193,7 +204,11 @@ impl OptionsFile {
             }
             section.entries.push(entry);
         }
-        if errors.is_empty() { Ok(file) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(file)
+        } else {
+            Err(errors)
+        }
     }
 
     /// The `[kafka-<cluster>]` sections, with every problem in them.
@@ -201,11 +216,20 @@ impl OptionsFile {
         let mut clusters = Vec::new();
         let mut errors = Vec::new();
         for section in &self.sections {
-            let Some(name) = section.name.strip_prefix("kafka-") else { continue };
-            let mut cluster = KafkaCluster { name: name.to_owned(), topics: Vec::new(), client: Vec::new() };
+            let Some(name) = section.name.strip_prefix("kafka-") else {
+                continue;
+            };
+            let mut cluster = KafkaCluster {
+                name: name.to_owned(),
+                topics: Vec::new(),
+                client: Vec::new(),
+            };
             for entry in &section.entries {
                 let Some(value) = entry.value.as_deref().filter(|value| !value.is_empty()) else {
-                    errors.push(OptionsError::MissingValue { key: entry.key.clone(), span: entry.key_span });
+                    errors.push(OptionsError::MissingValue {
+                        key: entry.key.clone(),
+                        span: entry.key_span,
+                    });
                     continue;
                 };
                 if let Some(topic) = entry.key.strip_prefix("g:topic:") {
@@ -225,7 +249,11 @@ impl OptionsFile {
                     if !G_OPTIONS.contains(&entry.key.as_str()) {
                         // A misspelled `g:topic:<topic>` is compared with the
                         // key it was meant to be.
-                        let as_topic = entry.key.splitn(3, ':').nth(2).map(|topic| format!("g:topic:{topic}"));
+                        let as_topic = entry
+                            .key
+                            .splitn(3, ':')
+                            .nth(2)
+                            .map(|topic| format!("g:topic:{topic}"));
                         let known = G_OPTIONS.iter().copied().chain(as_topic.as_deref());
                         errors.push(OptionsError::UnknownOption {
                             key: entry.key.clone(),
@@ -237,8 +265,15 @@ impl OptionsFile {
                     cluster.client.push((entry.key.clone(), value.to_owned()));
                 }
             }
-            if !cluster.client.iter().any(|(key, _)| key == "bootstrap.servers") {
-                errors.push(OptionsError::MissingBootstrap { section: section.name.clone(), span: section.span });
+            if !cluster
+                .client
+                .iter()
+                .any(|(key, _)| key == "bootstrap.servers")
+            {
+                errors.push(OptionsError::MissingBootstrap {
+                    section: section.name.clone(),
+                    span: section.span,
+                });
             }
             clusters.push(cluster);
         }
@@ -294,9 +329,15 @@ enable-cobrowse
         let file = OptionsFile::parse(OPTIONS).unwrap();
         let (clusters, errors) = file.clusters();
         assert!(errors.is_empty(), "{errors:?}");
-        let [cluster] = clusters.as_slice() else { panic!("one cluster expected") };
+        let [cluster] = clusters.as_slice() else {
+            panic!("one cluster expected")
+        };
         assert_eq!(cluster.name, "cobrowse");
-        let client: Vec<(&str, &str)> = cluster.client.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let client: Vec<(&str, &str)> = cluster
+            .client
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         assert_eq!(
             client,
             [
@@ -307,22 +348,34 @@ enable-cobrowse
         );
         assert_eq!(cluster.topics[0].topic, "all-cobrowse-historical");
         assert_eq!(cluster.topics[0].mapping, "COBROWSE");
-        assert_eq!(&OPTIONS[cluster.topics[0].mapping_span.offset()..][..8], "COBROWSE");
+        assert_eq!(
+            &OPTIONS[cluster.topics[0].mapping_span.offset()..][..8],
+            "COBROWSE"
+        );
         let flags = &file.sections[1].entries[0];
-        assert_eq!((flags.key.as_str(), flags.value.as_deref()), ("enable-cobrowse", None));
+        assert_eq!(
+            (flags.key.as_str(), flags.value.as_deref()),
+            ("enable-cobrowse", None)
+        );
     }
 
     #[test]
     fn reports_every_problem() {
-        check_errors("key=value\n[x\n", &[
-            "invalid line: an option before any `[section]` header",
-            "invalid line: a section header is `[name]`",
-        ]);
-        check_errors("[kafka-a]\ng:topic:t=COBROWS\ng:tpoic:u=COBROWSE\nsasl.username\n", &[
-            "unknown martmap option `g:tpoic:u`",
-            "`sasl.username` needs a value",
-            "section [kafka-a] has no `bootstrap.servers`",
-            "topic `t` is bound to mapping `COBROWS`, which does not exist",
-        ]);
+        check_errors(
+            "key=value\n[x\n",
+            &[
+                "invalid line: an option before any `[section]` header",
+                "invalid line: a section header is `[name]`",
+            ],
+        );
+        check_errors(
+            "[kafka-a]\ng:topic:t=COBROWS\ng:tpoic:u=COBROWSE\nsasl.username\n",
+            &[
+                "unknown martmap option `g:tpoic:u`",
+                "`sasl.username` needs a value",
+                "section [kafka-a] has no `bootstrap.servers`",
+                "topic `t` is bound to mapping `COBROWS`, which does not exist",
+            ],
+        );
     }
 }

@@ -47,7 +47,10 @@ impl EventSchema {
             message: format!("event schema {name}: {error}"),
             span: offset_of(text, error.line(), error.column()).map(SourceSpan::from),
         })?;
-        Ok(EventSchema { name: name.to_owned(), root })
+        Ok(EventSchema {
+            name: name.to_owned(),
+            root,
+        })
     }
 
     /// Follows `steps` from the event's root; `Err` names the first step that
@@ -60,10 +63,17 @@ impl EventSchema {
             match step {
                 PathStep::Unknown => return Ok(()),
                 PathStep::Property(name) => {
-                    let objects: Vec<&Value> =
-                        here.iter().copied().filter(|node| may_be(node, "object")).collect();
+                    let objects: Vec<&Value> = here
+                        .iter()
+                        .copied()
+                        .filter(|node| may_be(node, "object"))
+                        .collect();
                     if objects.is_empty() {
-                        return Err(self.mismatch(&walked, format!("`{walked}` is not an object"), vec![]));
+                        return Err(self.mismatch(
+                            &walked,
+                            format!("`{walked}` is not an object"),
+                            vec![],
+                        ));
                     }
                     let mut declared = Vec::new();
                     for node in objects {
@@ -84,13 +94,24 @@ impl EventSchema {
                         mismatch.name = Some(name.clone());
                         return Err(mismatch);
                     }
-                    walked = if walked == "$" { format!("$.{name}") } else { format!("{walked}.{name}") };
+                    walked = if walked == "$" {
+                        format!("$.{name}")
+                    } else {
+                        format!("{walked}.{name}")
+                    };
                 }
                 PathStep::Item => {
-                    let arrays: Vec<&Value> =
-                        here.iter().copied().filter(|node| may_be(node, "array")).collect();
+                    let arrays: Vec<&Value> = here
+                        .iter()
+                        .copied()
+                        .filter(|node| may_be(node, "array"))
+                        .collect();
                     if arrays.is_empty() {
-                        return Err(self.mismatch(&walked, format!("`{walked}` is not an array"), vec![]));
+                        return Err(self.mismatch(
+                            &walked,
+                            format!("`{walked}` is not an array"),
+                            vec![],
+                        ));
                     }
                     for node in arrays {
                         match node.get("items") {
@@ -107,7 +128,12 @@ impl EventSchema {
     }
 
     fn mismatch(&self, walked: &str, reason: String, candidates: Vec<String>) -> SchemaMismatch {
-        SchemaMismatch { parent: walked.to_owned(), reason, name: None, candidates }
+        SchemaMismatch {
+            parent: walked.to_owned(),
+            reason,
+            name: None,
+            candidates,
+        }
     }
 
     /// The schema itself and every schema it may stand for: `$ref` targets
@@ -120,7 +146,10 @@ impl EventSchema {
                 break; // a cyclic $ref; what was found is enough to judge
             }
             if let Some(target) = node.get("$ref").and_then(Value::as_str) {
-                if let Some(target) = target.strip_prefix('#').and_then(|ptr| self.root.pointer(ptr)) {
+                if let Some(target) = target
+                    .strip_prefix('#')
+                    .and_then(|ptr| self.root.pointer(ptr))
+                {
                     pending.push(target);
                 }
             }
@@ -137,7 +166,11 @@ impl EventSchema {
 
 /// Whether a schema node may describe a JSON value of type `ty`.
 fn may_be(node: &Value, ty: &str) -> bool {
-    if node.get("$ref").is_some() || ["oneOf", "anyOf", "allOf"].iter().any(|k| node.get(k).is_some()) {
+    if node.get("$ref").is_some()
+        || ["oneOf", "anyOf", "allOf"]
+            .iter()
+            .any(|k| node.get(k).is_some())
+    {
         // Decided by the alternatives, which are examined on their own.
         return false;
     }
@@ -173,7 +206,11 @@ fn json_type(value: &Value) -> &'static str {
 
 /// The byte offset of a 1-based line and column.
 fn offset_of(text: &str, line: usize, column: usize) -> Option<usize> {
-    let line_start: usize = text.split_inclusive('\n').take(line.checked_sub(1)?).map(str::len).sum();
+    let line_start: usize = text
+        .split_inclusive('\n')
+        .take(line.checked_sub(1)?)
+        .map(str::len)
+        .sum();
     Some((line_start + column.saturating_sub(1)).min(text.len()))
 }
 
@@ -206,14 +243,20 @@ mod tests {
         check(&[name("id")], Ok(()));
         check(&[name("items"), PathStep::Item, name("name")], Ok(()));
         check(&[name("tags"), name("anything")], Ok(()));
-        check(&[name("items"), PathStep::Unknown, name("whatever")], Ok(()));
+        check(
+            &[name("items"), PathStep::Unknown, name("whatever")],
+            Ok(()),
+        );
     }
 
     #[test]
     fn names_the_first_impossible_step() {
         check(&[name("idd")], Err("`$` has no property `idd`"));
         check(&[name("id"), name("x")], Err("`$.id` is not an object"));
-        check(&[name("items"), PathStep::Item, name("nam")], Err("`$.items[*]` has no property `nam`"));
+        check(
+            &[name("items"), PathStep::Item, name("nam")],
+            Err("`$.items[*]` has no property `nam`"),
+        );
         check(&[name("id"), PathStep::Item], Err("`$.id` is not an array"));
     }
 }

@@ -38,7 +38,10 @@ pub enum CatalogError {
         code(martmap::catalog::io),
         help("point --catalog (or $MARTMAP_CATALOG) at a directory holding tables/ and events/")
     )]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 
     #[error("invalid catalog file: {message}")]
     #[diagnostic(code(martmap::catalog::syntax))]
@@ -49,7 +52,10 @@ pub enum CatalogError {
     },
 
     #[error("table `{table}` is declared twice")]
-    #[diagnostic(code(martmap::catalog::duplicate_table), help("first declared in {first}"))]
+    #[diagnostic(
+        code(martmap::catalog::duplicate_table),
+        help("first declared in {first}")
+    )]
     DuplicateTable { table: String, first: String },
 
     #[error("table `{table}`: {message}")]
@@ -62,19 +68,27 @@ impl Catalog {
     /// every problem of every file.
     pub fn load(dir: &Path) -> Result<Catalog, Vec<Problem>> {
         let mut problems = Vec::new();
-        let mut catalog =
-            Catalog { dir: dir.to_path_buf(), tables: IndexMap::new(), events: IndexMap::new() };
+        let mut catalog = Catalog {
+            dir: dir.to_path_buf(),
+            tables: IndexMap::new(),
+            events: IndexMap::new(),
+        };
         let mut origin: IndexMap<String, String> = IndexMap::new();
 
         for path in files_in(&dir.join("tables"), ".yaml", &mut problems) {
-            let Some(file) = read_source(&path, &mut problems) else { continue };
+            let Some(file) = read_source(&path, &mut problems) else {
+                continue;
+            };
             match table::parse_tables(&file.text) {
                 Ok(tables) => {
                     for table in tables {
                         if let Some(first) = origin.get(&table.name) {
                             problems.push(Problem::new(
                                 &file,
-                                CatalogError::DuplicateTable { table: table.name, first: first.clone() },
+                                CatalogError::DuplicateTable {
+                                    table: table.name,
+                                    first: first.clone(),
+                                },
                             ));
                             continue;
                         }
@@ -87,7 +101,9 @@ impl Catalog {
             }
         }
         for path in files_in(&dir.join("events"), ".schema.json", &mut problems) {
-            let Some(file) = read_source(&path, &mut problems) else { continue };
+            let Some(file) = read_source(&path, &mut problems) else {
+                continue;
+            };
             let name = file_stem(&path, ".schema.json");
             match EventSchema::parse(&name, &file.text) {
                 Ok(schema) => {
@@ -96,7 +112,11 @@ impl Catalog {
                 Err(error) => problems.push(Problem::new(&file, error)),
             }
         }
-        if problems.is_empty() { Ok(catalog) } else { Err(problems) }
+        if problems.is_empty() {
+            Ok(catalog)
+        } else {
+            Err(problems)
+        }
     }
 
     pub fn table(&self, name: &str) -> Option<&Table> {
@@ -114,7 +134,10 @@ fn files_in(dir: &Path, suffix: &str, problems: &mut Vec<Problem>) -> Vec<PathBu
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(source) => {
-            problems.push(Problem::detached(CatalogError::Io { path: dir.display().to_string(), source }));
+            problems.push(Problem::detached(CatalogError::Io {
+                path: dir.display().to_string(),
+                source,
+            }));
             return Vec::new();
         }
     };
@@ -130,13 +153,19 @@ fn read_source(path: &Path, problems: &mut Vec<Problem>) -> Option<SourceFile> {
     match std::fs::read_to_string(path) {
         Ok(text) => Some(SourceFile::new(path.display().to_string(), text)),
         Err(source) => {
-            problems.push(Problem::detached(CatalogError::Io { path: path.display().to_string(), source }));
+            problems.push(Problem::detached(CatalogError::Io {
+                path: path.display().to_string(),
+                source,
+            }));
             None
         }
     }
 }
 
 fn file_stem(path: &Path, suffix: &str) -> String {
-    let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .unwrap_or_default();
     name.strip_suffix(suffix).unwrap_or(name).to_owned()
 }

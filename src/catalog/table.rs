@@ -45,7 +45,10 @@ pub enum ColumnType {
 
 impl ColumnType {
     pub fn is_integer(self) -> bool {
-        matches!(self, ColumnType::SmallInt | ColumnType::Integer | ColumnType::BigInt)
+        matches!(
+            self,
+            ColumnType::SmallInt | ColumnType::Integer | ColumnType::BigInt
+        )
     }
 
     pub fn is_text(self) -> bool {
@@ -206,22 +209,44 @@ impl Table {
     pub(super) fn check(&self) -> Vec<CatalogError> {
         let mut errors = Vec::new();
         let mut invalid = |message: String| {
-            errors.push(CatalogError::InvalidTable { table: self.name.clone(), message })
+            errors.push(CatalogError::InvalidTable {
+                table: self.name.clone(),
+                message,
+            })
         };
         let named: Vec<(&str, &str)> = self
             .primary_key
             .iter()
             .map(|c| ("primary_key", c.as_str()))
             .chain(self.natural_key.iter().map(|c| ("natural_key", c.as_str())))
-            .chain(self.surrogate_key.iter().map(|c| ("surrogate_key", c.as_str())))
-            .chain(self.audit.create.iter().map(|c| ("audit.create", c.as_str())))
-            .chain(self.audit.update.iter().map(|c| ("audit.update", c.as_str())))
+            .chain(
+                self.surrogate_key
+                    .iter()
+                    .map(|c| ("surrogate_key", c.as_str())),
+            )
+            .chain(
+                self.audit
+                    .create
+                    .iter()
+                    .map(|c| ("audit.create", c.as_str())),
+            )
+            .chain(
+                self.audit
+                    .update
+                    .iter()
+                    .map(|c| ("audit.update", c.as_str())),
+            )
             .collect();
         for (part, column) in named {
             match self.column(column) {
                 None => invalid(format!("{part} names `{column}`, which is not a column")),
-                Some(spec) if !matches!(part, "natural_key" | "primary_key") && !spec.ty.is_integer() => {
-                    invalid(format!("{part} column `{column}` must be an integer type, not {}", spec.ty))
+                Some(spec)
+                    if !matches!(part, "natural_key" | "primary_key") && !spec.ty.is_integer() =>
+                {
+                    invalid(format!(
+                        "{part} column `{column}` must be an integer type, not {}",
+                        spec.ty
+                    ))
                 }
                 Some(_) => {}
             }
@@ -229,14 +254,19 @@ impl Table {
         if self.primary_key.is_empty() {
             invalid("primary_key must name at least one column".into());
         }
-        if self.role == Role::Dimension && (self.surrogate_key.is_none() || self.natural_key.is_empty()) {
+        if self.role == Role::Dimension
+            && (self.surrogate_key.is_none() || self.natural_key.is_empty())
+        {
             invalid("a dimension needs a surrogate_key and a natural_key".into());
         }
         for (at, row) in self.rows.iter().enumerate() {
             for (column, value) in row {
                 let fits = match (self.column(column).map(|c| c.ty), value) {
                     (None, _) => {
-                        invalid(format!("row {} sets `{column}`, which is not a column", at + 1));
+                        invalid(format!(
+                            "row {} sets `{column}`, which is not a column",
+                            at + 1
+                        ));
                         continue;
                     }
                     (Some(ty), SeedValue::Int(_)) => ty.is_integer(),
@@ -245,7 +275,10 @@ impl Table {
                     }
                 };
                 if !fits {
-                    invalid(format!("row {} value of `{column}` does not fit its type", at + 1));
+                    invalid(format!(
+                        "row {} value of `{column}` does not fit its type",
+                        at + 1
+                    ));
                 }
             }
         }
@@ -281,7 +314,10 @@ mod tests {
     use super::*;
 
     fn check_column(spec: &str, expected: Result<(ColumnType, bool), ()>) {
-        let parsed = spec.parse::<Column>().map(|c| (c.ty, c.nullable)).map_err(|_| ());
+        let parsed = spec
+            .parse::<Column>()
+            .map(|c| (c.ty, c.nullable))
+            .map_err(|_| ());
         assert_eq!(parsed, expected, "{spec}");
     }
 

@@ -57,7 +57,9 @@ impl Color {
         match self {
             Color::Always => true,
             Color::Never => false,
-            Color::Auto => std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal(),
+            Color::Auto => {
+                std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal()
+            }
         }
     }
 }
@@ -66,7 +68,12 @@ impl Color {
 #[derive(Debug, clap::Args)]
 pub struct CatalogArgs {
     /// Directory of the catalog: `tables/*.yaml` and `events/*.schema.json`.
-    #[arg(long, env = "MARTMAP_CATALOG", default_value = "schemas", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "MARTMAP_CATALOG",
+        default_value = "schemas",
+        value_name = "DIR"
+    )]
     pub catalog: PathBuf,
 }
 

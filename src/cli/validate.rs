@@ -70,7 +70,9 @@ pub fn run(args: ValidateArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
     let mut valid_names: Vec<String> = Vec::new();
     if let Some(catalog) = &catalog {
         for path in &args.mappings {
-            let Some(file) = read(path, &mut problems) else { continue };
+            let Some(file) = read(path, &mut problems) else {
+                continue;
+            };
             match mapping::load(&file, catalog) {
                 Ok(mapping) => {
                     summary.push(describe(&file, &mapping));
@@ -94,18 +96,28 @@ pub fn run(args: ValidateArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
                     if errors.is_empty() {
                         let bindings: Vec<String> = clusters
                             .iter()
-                            .flat_map(|c| c.topics.iter().map(move |t| format!("{}/{} → {}", c.name, t.topic, t.mapping)))
+                            .flat_map(|c| {
+                                c.topics
+                                    .iter()
+                                    .map(move |t| format!("{}/{} → {}", c.name, t.topic, t.mapping))
+                            })
                             .collect();
                         summary.push(format!(
                             "✔ {}: {} Kafka cluster(s), topics {}",
                             file.name,
                             clusters.len(),
-                            if bindings.is_empty() { "none".to_owned() } else { bindings.join(", ") }
+                            if bindings.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                bindings.join(", ")
+                            }
                         ));
                     }
                     problems.extend(errors.into_iter().map(|error| Problem::new(&file, error)));
                 }
-                Err(errors) => problems.extend(errors.into_iter().map(|error| Problem::new(&file, error))),
+                Err(errors) => {
+                    problems.extend(errors.into_iter().map(|error| Problem::new(&file, error)))
+                }
             }
         }
     }
@@ -132,14 +144,21 @@ pub fn run(args: ValidateArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
             }
         }
     }
-    Ok(if errors == 0 { Outcome::Success } else { Outcome::Invalid })
+    Ok(if errors == 0 {
+        Outcome::Success
+    } else {
+        Outcome::Invalid
+    })
 }
 
 fn read(path: &std::path::Path, problems: &mut Vec<Problem>) -> Option<SourceFile> {
     match std::fs::read_to_string(path) {
         Ok(text) => Some(SourceFile::new(path.display().to_string(), text)),
         Err(source) => {
-            problems.push(Problem::detached(ReadError { path: path.display().to_string(), source }));
+            problems.push(Problem::detached(ReadError {
+                path: path.display().to_string(),
+                source,
+            }));
             None
         }
     }
@@ -157,12 +176,27 @@ fn describe(file: &SourceFile, mapping: &Mapping) -> String {
     let chain: Vec<String> = mapping
         .scopes
         .iter()
-        .map(|scope| if scope.outer { format!("{} (outer)", scope.name) } else { scope.name.clone() })
+        .map(|scope| {
+            if scope.outer {
+                format!("{} (outer)", scope.name)
+            } else {
+                scope.name.clone()
+            }
+        })
         .collect();
-    let statics = mapping.dimensions.iter().filter(|d| matches!(d.kind, DimensionKind::Static { .. })).count();
+    let statics = mapping
+        .dimensions
+        .iter()
+        .filter(|d| matches!(d.kind, DimensionKind::Static { .. }))
+        .count();
     let paths = mapping.scopes.len()
         + mapping.columns.iter().filter(|b| b.path.is_some()).count()
-        + mapping.dimensions.iter().flat_map(|d| &d.matches).filter(|b| b.path.is_some()).count();
+        + mapping
+            .dimensions
+            .iter()
+            .flat_map(|d| &d.matches)
+            .filter(|b| b.path.is_some())
+            .count();
     format!(
         "✔ {}: mapping {} loads event {} into {}\n  grain {}; {} columns and {} dimensions ({} static, {} get-or-create) bound; \
          {} paths checked against the event schema; key ({})",

@@ -10,7 +10,9 @@ pub enum MappingError {
     #[error("invalid YAML: {message}")]
     #[diagnostic(
         code(martmap::mapping::yaml_syntax),
-        help("mapping files are plain YAML: mappings, lists and scalars, without anchors, aliases or tags")
+        help(
+            "mapping files are plain YAML: mappings, lists and scalars, without anchors, aliases or tags"
+        )
     )]
     YamlSyntax {
         message: String,
@@ -66,7 +68,9 @@ pub enum MappingError {
     #[error("invalid JSONPath `{path}`: {reason}")]
     #[diagnostic(
         code(martmap::mapping::jsonpath_syntax),
-        help("paths are RFC 9535 JSONPath relative to their scope, e.g. `$.id`, `$.segments[*]`, `$['odd name']`")
+        help(
+            "paths are RFC 9535 JSONPath relative to their scope, e.g. `$.id`, `$.segments[*]`, `$['odd name']`"
+        )
     )]
     JsonPathSyntax {
         path: String,
@@ -78,7 +82,9 @@ pub enum MappingError {
     #[error("path `{path}` may select several values, but a column holds one")]
     #[diagnostic(
         code(martmap::mapping::path_not_singular),
-        help("use names and indexes only (`$.a.b`, `$.list[0]`); to explode an array, declare a scope for it")
+        help(
+            "use names and indexes only (`$.a.b`, `$.list[0]`); to explode an array, declare a scope for it"
+        )
     )]
     PathNotSingular {
         path: String,
@@ -111,7 +117,9 @@ pub enum MappingError {
     #[error("{problem}")]
     #[diagnostic(
         code(martmap::mapping::scope_shape),
-        help("declare exactly one root scope without `in`, and at most one scope `in` each scope: the innermost is the fact's grain")
+        help(
+            "declare exactly one root scope without `in`, and at most one scope `in` each scope: the innermost is the fact's grain"
+        )
     )]
     ScopeShape {
         problem: String,
@@ -222,7 +230,9 @@ pub enum MappingError {
     #[error("`replace_by` column `{column}` is not part of `key`")]
     #[diagnostic(
         code(martmap::mapping::replace_by),
-        help("`replace_by` names the leading key columns that identify one event's rows, e.g. the session id")
+        help(
+            "`replace_by` names the leading key columns that identify one event's rows, e.g. the session id"
+        )
     )]
     ReplaceBy {
         column: String,
@@ -257,7 +267,9 @@ pub enum MappingError {
     #[error("dimension `{dimension}` must be either `static` or `get_or_create`")]
     #[diagnostic(
         code(martmap::mapping::dimension_kind),
-        help("`static: {{members: [...], otherwise: ...}}` for fixed members, `get_or_create: {{absent: NO_VALUE}}` for members created on first sight")
+        help(
+            "`static: {{members: [...], otherwise: ...}}` for fixed members, `get_or_create: {{absent: NO_VALUE}}` for members created on first sight"
+        )
     )]
     DimensionKind {
         dimension: String,

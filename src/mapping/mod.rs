@@ -17,8 +17,8 @@ use crate::diagnostic::{Problem, SourceFile};
 
 pub use error::MappingError;
 pub use model::{
-    Binding, Constant, Conversion, Derivation, Dimension, DimensionKind, Mapping, Scope, ScopeId, UrlPart,
-    ValueKind,
+    Binding, Constant, Conversion, Derivation, Dimension, DimensionKind, Mapping, Scope, ScopeId,
+    UrlPart, ValueKind,
 };
 pub use path::{JsonPath, PathSyntaxError};
 pub use raw::{RawMapping, read};
@@ -33,11 +33,17 @@ pub fn load(file: &SourceFile, catalog: &Catalog) -> Result<Mapping, Vec<Problem
         Some(Err(more)) => errors.extend(more),
         Some(Ok(_)) | None => {}
     }
-    errors.sort_by_key(|error| first_offset(error));
-    Err(errors.into_iter().map(|error| Problem::new(file, error)).collect())
+    errors.sort_by_key(first_offset);
+    Err(errors
+        .into_iter()
+        .map(|error| Problem::new(file, error))
+        .collect())
 }
 
 fn first_offset(error: &MappingError) -> usize {
     use miette::Diagnostic;
-    error.labels().and_then(|mut labels| labels.next()).map_or(0, |label| label.offset())
+    error
+        .labels()
+        .and_then(|mut labels| labels.next())
+        .map_or(0, |label| label.offset())
 }

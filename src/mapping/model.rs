@@ -96,7 +96,11 @@ pub enum ValueKind {
 
 impl ValueKind {
     pub fn of(ty: ColumnType) -> ValueKind {
-        if ty.is_integer() { ValueKind::Integer } else { ValueKind::Text }
+        if ty.is_integer() {
+            ValueKind::Integer
+        } else {
+            ValueKind::Text
+        }
     }
 
     pub fn describe(self) -> &'static str {
@@ -143,7 +147,11 @@ pub enum Derivation {
     /// A part of the URL found at the path: host, path or query.
     UrlPart(UrlPart, JsonPath),
     /// 1 when any (or all) of the values at the path equal the constant, else 0.
-    Quantified { all: bool, path: JsonPath, equals: Constant },
+    Quantified {
+        all: bool,
+        path: JsonPath,
+        equals: Constant,
+    },
 }
 
 impl Derivation {
@@ -182,7 +190,10 @@ pub struct Dimension {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DimensionKind {
     /// Fixed members seeded with the schema; any other value is `otherwise`.
-    Static { members: Vec<String>, otherwise: String },
+    Static {
+        members: Vec<String>,
+        otherwise: String,
+    },
     /// Members created on first sight; absent attributes take `absent`.
     GetOrCreate { absent: String },
 }

@@ -29,14 +29,23 @@ pub struct PathSyntaxError {
 impl JsonPath {
     pub fn parse(text: &str) -> Result<JsonPath, PathSyntaxError> {
         match parse_json_path(text) {
-            Ok(query) => Ok(JsonPath { text: text.to_owned(), query }),
+            Ok(query) => Ok(JsonPath {
+                text: text.to_owned(),
+                query,
+            }),
             Err(JsonPathError::PestError(error)) => {
                 let offset = match error.location {
                     InputLocation::Pos(at) | InputLocation::Span((at, _)) => at,
                 };
-                Err(PathSyntaxError { reason: describe(&error.variant.message()), offset })
+                Err(PathSyntaxError {
+                    reason: describe(&error.variant.message()),
+                    offset,
+                })
             }
-            Err(error) => Err(PathSyntaxError { reason: error.to_string(), offset: 0 }),
+            Err(error) => Err(PathSyntaxError {
+                reason: error.to_string(),
+                offset: 0,
+            }),
         }
     }
 
@@ -51,7 +60,10 @@ impl JsonPath {
     /// Whether the path selects at most one node: names and indexes only.
     pub fn is_singular(&self) -> bool {
         self.query.segments.iter().all(|segment| {
-            matches!(segment, Segment::Selector(Selector::Name(_) | Selector::Index(_)))
+            matches!(
+                segment,
+                Segment::Selector(Selector::Name(_) | Selector::Index(_))
+            )
         })
     }
 
@@ -62,7 +74,10 @@ impl JsonPath {
             let step = match segment {
                 Segment::Selector(Selector::Name(name)) => PathStep::Property(name.clone()),
                 Segment::Selector(
-                    Selector::Wildcard | Selector::Index(_) | Selector::Slice(..) | Selector::Filter(_),
+                    Selector::Wildcard
+                    | Selector::Index(_)
+                    | Selector::Slice(..)
+                    | Selector::Filter(_),
                 ) => PathStep::Item,
                 Segment::Selectors(selectors)
                     if selectors.iter().all(|s| !matches!(s, Selector::Name(_))) =>
@@ -106,7 +121,11 @@ mod tests {
         let parsed = JsonPath::parse(text).map(|path| (path.steps(), path.is_singular()));
         match (parsed, expected) {
             (Ok((steps, singular)), Ok((want, want_singular))) => {
-                assert_eq!((steps.as_slice(), singular), (want, want_singular), "{text}")
+                assert_eq!(
+                    (steps.as_slice(), singular),
+                    (want, want_singular),
+                    "{text}"
+                )
             }
             (Err(error), Err(offset)) => assert_eq!(error.offset, offset, "{text}: {error:?}"),
             (got, want) => panic!("{text}: got {got:?}, expected {want:?}"),
@@ -118,8 +137,17 @@ mod tests {
         use PathStep::*;
         check("$", Ok((&[], true)));
         check("$.id", Ok((&[Property("id".into())], true)));
-        check("$.segments[*].mode", Ok((&[Property("segments".into()), Item, Property("mode".into())], false)));
-        check("$['odd key'][0]", Ok((&[Property("odd key".into()), Item], true)));
+        check(
+            "$.segments[*].mode",
+            Ok((
+                &[Property("segments".into()), Item, Property("mode".into())],
+                false,
+            )),
+        );
+        check(
+            "$['odd key'][0]",
+            Ok((&[Property("odd key".into()), Item], true)),
+        );
         check("$..url", Ok((&[Unknown], false)));
     }
 

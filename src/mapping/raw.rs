@@ -75,7 +75,11 @@ pub enum RawDefault {
     Position(Sp<String>),
     Ordinal(Sp<String>),
     UrlPart(UrlPart, Sp<String>),
-    Quantified { all: bool, path: Sp<String>, equals: Sp<Constant> },
+    Quantified {
+        all: bool,
+        path: Sp<String>,
+        equals: Sp<Constant>,
+    },
 }
 
 impl RawDefault {
@@ -104,26 +108,61 @@ pub struct RawDimension {
 
 #[derive(Debug, Clone)]
 pub enum RawDimensionKind {
-    Static { members: Sp<Vec<Sp<String>>>, otherwise: Sp<String> },
-    GetOrCreate { absent: Sp<String> },
+    Static {
+        members: Sp<Vec<Sp<String>>>,
+        otherwise: Sp<String>,
+    },
+    GetOrCreate {
+        absent: Sp<String>,
+    },
 }
 
-const MAPPING_KEYS: &[&str] =
-    &["name", "description", "event", "fact", "scopes", "key", "replace_by", "columns", "dimensions"];
+const MAPPING_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "event",
+    "fact",
+    "scopes",
+    "key",
+    "replace_by",
+    "columns",
+    "dimensions",
+];
 const SCOPE_KEYS: &[&str] = &["each", "in", "outer"];
 const BINDING_KEYS: &[&str] = &["from", "path", "convert", "default", "missing", "required"];
 const DIMENSION_KEYS: &[&str] = &["table", "static", "get_or_create", "match"];
 const STATIC_KEYS: &[&str] = &["members", "otherwise"];
 const GET_OR_CREATE_KEYS: &[&str] = &["absent"];
-const DERIVATIONS: &[&str] = &["position", "ordinal", "url_host", "url_path", "url_query", "any", "all"];
-const DEFAULT_KEYS: &[&str] =
-    &["position", "ordinal", "url_host", "url_path", "url_query", "any", "all", "equals"];
+const DERIVATIONS: &[&str] = &[
+    "position",
+    "ordinal",
+    "url_host",
+    "url_path",
+    "url_query",
+    "any",
+    "all",
+];
+const DEFAULT_KEYS: &[&str] = &[
+    "position",
+    "ordinal",
+    "url_host",
+    "url_path",
+    "url_query",
+    "any",
+    "all",
+    "equals",
+];
 
 /// Reads a mapping file. The raw mapping is returned whenever the YAML
 /// parses, together with every structural problem found.
 pub fn read(text: &str) -> (Option<RawMapping>, Vec<MappingError>) {
-    let mut reader = Reader { text, errors: Vec::new() };
-    let options = LoaderOptions::default().error_on_duplicate_keys(true).toplevel_mapping();
+    let mut reader = Reader {
+        text,
+        errors: Vec::new(),
+    };
+    let options = LoaderOptions::default()
+        .error_on_duplicate_keys(true)
+        .toplevel_mapping();
     let root = match marked_yaml::parse_yaml_with_options(0, text, options) {
         Ok(root) => root,
         Err(error) => {
@@ -149,7 +188,10 @@ struct Fields<'n> {
 
 impl<'n> Fields<'n> {
     fn get(&self, key: &str) -> Option<&'n Node> {
-        self.entries.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| *v)
+        self.entries
+            .iter()
+            .find(|(k, _)| k.as_str() == key)
+            .map(|(_, v)| *v)
     }
 }
 
@@ -171,31 +213,57 @@ impl<'t> Reader<'t> {
         let Some(top) = self.fields(root, "mapping", span, "the mapping", MAPPING_KEYS) else {
             return raw;
         };
-        raw.name = self.required(&top, "name", "name the mapping, as `g:topic:<topic>=<NAME>` refers to it")
+        raw.name = self
+            .required(
+                &top,
+                "name",
+                "name the mapping, as `g:topic:<topic>=<NAME>` refers to it",
+            )
             .and_then(|node| self.string("name", node));
-        raw.description = top.get("description").and_then(|node| self.string("description", node));
+        raw.description = top
+            .get("description")
+            .and_then(|node| self.string("description", node));
         raw.event = self
             .required(&top, "event", "name the event schema, e.g. `event: cobrowse-session` for schemas/events/cobrowse-session.schema.json")
             .and_then(|node| self.string("event", node));
         raw.fact = self
             .required(&top, "fact", "name the fact table the rows go to")
             .and_then(|node| self.string("fact", node));
-        if let Some(node) = self.required(&top, "scopes", "declare at least the root scope: `scopes: {event: {each: \"$\"}}`") {
-            raw.scopes = self.entries(node, "scopes", |reader, name, node| reader.scope(name, node));
+        if let Some(node) = self.required(
+            &top,
+            "scopes",
+            "declare at least the root scope: `scopes: {event: {each: \"$\"}}`",
+        ) {
+            raw.scopes = self.entries(node, "scopes", |reader, name, node| {
+                reader.scope(name, node)
+            });
         }
         raw.key = self
-            .required(&top, "key", "list the fact's natural key columns: `key: [ID, ...]`")
+            .required(
+                &top,
+                "key",
+                "list the fact's natural key columns: `key: [ID, ...]`",
+            )
             .and_then(|node| self.strings("key", node));
         if let Some(node) = top.get("replace_by") {
-            raw.replace_by = self.strings("replace_by", node).map(|list| list.value).unwrap_or_default();
+            raw.replace_by = self
+                .strings("replace_by", node)
+                .map(|list| list.value)
+                .unwrap_or_default();
         }
-        if let Some(node) = self.required(&top, "columns", "bind the fact's columns: `columns: {COLUMN: {from: scope, path: \"$.attr\"}}`") {
+        if let Some(node) = self.required(
+            &top,
+            "columns",
+            "bind the fact's columns: `columns: {COLUMN: {from: scope, path: \"$.attr\"}}`",
+        ) {
             raw.columns = self.entries(node, "columns", |reader, column, node| {
                 reader.binding(column, node, "column")
             });
         }
         if let Some(node) = top.get("dimensions") {
-            raw.dimensions = self.entries(node, "dimensions", |reader, column, node| reader.dimension(column, node));
+            raw.dimensions = self.entries(node, "dimensions", |reader, column, node| {
+                reader.dimension(column, node)
+            });
         }
         raw
     }
@@ -207,19 +275,36 @@ impl<'t> Reader<'t> {
             .required(&fields, "each", "give the JSONPath this scope explodes, relative to its parent: `each: \"$.items[*]\"`")
             .and_then(|node| self.string("each", node));
         let parent = fields.get("in").and_then(|node| self.string("in", node));
-        let outer = fields.get("outer").and_then(|node| self.flag("outer", node)).unwrap_or(false);
-        Some(RawScope { name, each, parent, outer })
+        let outer = fields
+            .get("outer")
+            .and_then(|node| self.flag("outer", node))
+            .unwrap_or(false);
+        Some(RawScope {
+            name,
+            each,
+            parent,
+            outer,
+        })
     }
 
     fn binding(&mut self, column: Sp<String>, node: &Node, what: &str) -> Option<RawBinding> {
         let context = format!("{what} `{}`", column.value);
         let fields = self.fields(node, &column.value, column.span, &context, BINDING_KEYS)?;
-        let from = fields.get("from").and_then(|node| self.string("from", node));
-        let path = fields.get("path").and_then(|node| self.string("path", node));
+        let from = fields
+            .get("from")
+            .and_then(|node| self.string("from", node));
+        let path = fields
+            .get("path")
+            .and_then(|node| self.string("path", node));
         let convert = fields.get("convert").and_then(|node| self.convert(node));
         let default = fields.get("default").and_then(|node| self.default(node));
-        let missing = fields.get("missing").and_then(|node| self.constant("missing", node));
-        let required = fields.get("required").and_then(|node| self.flag("required", node)).unwrap_or(false);
+        let missing = fields
+            .get("missing")
+            .and_then(|node| self.constant("missing", node));
+        let required = fields
+            .get("required")
+            .and_then(|node| self.flag("required", node))
+            .unwrap_or(false);
         if path.is_none() && default.is_none() {
             self.errors.push(MappingError::MissingKey {
                 key: "path",
@@ -228,19 +313,37 @@ impl<'t> Reader<'t> {
                 help: "give `path` (a JSONPath relative to `from`), or a `default` to derive the value".into(),
             });
         }
-        Some(RawBinding { column, from, path, convert, default, missing, required })
+        Some(RawBinding {
+            column,
+            from,
+            path,
+            convert,
+            default,
+            missing,
+            required,
+        })
     }
 
     fn convert(&mut self, node: &Node) -> Option<RawConvert> {
         if let Some(name) = self.scalar_string(node) {
-            return Some(RawConvert { name, argument: None });
+            return Some(RawConvert {
+                name,
+                argument: None,
+            });
         }
         let map = node.as_mapping().filter(|map| map.len() == 1);
         let Some((name, argument)) = map.and_then(|map| map.iter().next()) else {
-            self.wrong_type("convert", "a conversion name, or `{date_time_key: SECONDS}`", node);
+            self.wrong_type(
+                "convert",
+                "a conversion name, or `{date_time_key: SECONDS}`",
+                node,
+            );
             return None;
         };
-        let name = Sp { value: name.as_str().to_owned(), span: self.scalar_span(name) };
+        let name = Sp {
+            value: name.as_str().to_owned(),
+            span: self.scalar_span(name),
+        };
         let argument = self.integer(&name.value, argument);
         Some(RawConvert { name, argument })
     }
@@ -249,10 +352,17 @@ impl<'t> Reader<'t> {
         let span = self.line_span(node);
         if node.as_mapping().is_none() {
             let constant = self.constant("default", node)?;
-            return Some(Sp { value: RawDefault::Constant(constant.value), span: constant.span });
+            return Some(Sp {
+                value: RawDefault::Constant(constant.value),
+                span: constant.span,
+            });
         }
         let fields = self.fields(node, "default", span, "default", DEFAULT_KEYS)?;
-        let chosen: Vec<&str> = DERIVATIONS.iter().copied().filter(|key| fields.get(key).is_some()).collect();
+        let chosen: Vec<&str> = DERIVATIONS
+            .iter()
+            .copied()
+            .filter(|key| fields.get(key).is_some())
+            .collect();
         let [derivation] = chosen.as_slice() else {
             self.errors.push(MappingError::MissingKey {
                 key: "position",
@@ -274,13 +384,25 @@ impl<'t> Reader<'t> {
             "url_query" => RawDefault::UrlPart(UrlPart::Query, argument),
             quantifier => {
                 let equals = self
-                    .required(&fields, "equals", "`any` and `all` compare each value with `equals`")
+                    .required(
+                        &fields,
+                        "equals",
+                        "`any` and `all` compare each value with `equals`",
+                    )
                     .and_then(|node| self.constant("equals", node))?;
-                RawDefault::Quantified { all: quantifier == "all", path: argument, equals }
+                RawDefault::Quantified {
+                    all: quantifier == "all",
+                    path: argument,
+                    equals,
+                }
             }
         };
         if !matches!(value, RawDefault::Quantified { .. }) {
-            if let Some((key, _)) = fields.entries.iter().find(|(key, _)| key.as_str() == "equals") {
+            if let Some((key, _)) = fields
+                .entries
+                .iter()
+                .find(|(key, _)| key.as_str() == "equals")
+            {
                 self.errors.push(MappingError::UnknownKey {
                     key: "equals".into(),
                     context: format!("default `{derivation}`"),
@@ -296,40 +418,79 @@ impl<'t> Reader<'t> {
         let context = format!("dimension `{}`", column.value);
         let fields = self.fields(node, &column.value, column.span, &context, DIMENSION_KEYS)?;
         let table = self
-            .required(&fields, "table", "name the dimension table: `table: MY_DIMENSION`")
+            .required(
+                &fields,
+                "table",
+                "name the dimension table: `table: MY_DIMENSION`",
+            )
             .and_then(|node| self.string("table", node));
         let kind = match (fields.get("static"), fields.get("get_or_create")) {
             (Some(node), None) => self.static_kind(node),
             (None, Some(node)) => self.get_or_create_kind(node),
             _ => {
-                self.errors.push(MappingError::DimensionKind { dimension: column.value.clone(), span: column.span });
+                self.errors.push(MappingError::DimensionKind {
+                    dimension: column.value.clone(),
+                    span: column.span,
+                });
                 None
             }
         };
-        let matches = match self.required(&fields, "match", "bind the dimension's natural key columns under `match:`") {
-            Some(node) => self.entries(node, "match", |reader, column, node| reader.binding(column, node, "match column")),
+        let matches = match self.required(
+            &fields,
+            "match",
+            "bind the dimension's natural key columns under `match:`",
+        ) {
+            Some(node) => self.entries(node, "match", |reader, column, node| {
+                reader.binding(column, node, "match column")
+            }),
             None => Vec::new(),
         };
-        Some(RawDimension { column, table, kind, matches })
+        Some(RawDimension {
+            column,
+            table,
+            kind,
+            matches,
+        })
     }
 
     fn static_kind(&mut self, node: &Node) -> Option<RawDimensionKind> {
         let span = self.line_span(node);
         let fields = self.fields(node, "static", span, "`static`", STATIC_KEYS)?;
         let members = self
-            .required(&fields, "members", "list the member values: `members: [A, B, UNKNOWN]`")
+            .required(
+                &fields,
+                "members",
+                "list the member values: `members: [A, B, UNKNOWN]`",
+            )
             .and_then(|node| self.strings("members", node));
         let otherwise = self
-            .required(&fields, "otherwise", "name the member any other value maps to: `otherwise: UNKNOWN`")
+            .required(
+                &fields,
+                "otherwise",
+                "name the member any other value maps to: `otherwise: UNKNOWN`",
+            )
             .and_then(|node| self.string("otherwise", node));
-        Some(RawDimensionKind::Static { members: members?, otherwise: otherwise? })
+        Some(RawDimensionKind::Static {
+            members: members?,
+            otherwise: otherwise?,
+        })
     }
 
     fn get_or_create_kind(&mut self, node: &Node) -> Option<RawDimensionKind> {
         let span = self.line_span(node);
-        let fields = self.fields(node, "get_or_create", span, "`get_or_create`", GET_OR_CREATE_KEYS)?;
+        let fields = self.fields(
+            node,
+            "get_or_create",
+            span,
+            "`get_or_create`",
+            GET_OR_CREATE_KEYS,
+        )?;
         let absent = self
-            .required(&fields, "absent", "name the value absent attributes take: `absent: NO_VALUE`")
+            .required(
+                &fields,
+                "absent",
+                "name the value absent attributes take: `absent: NO_VALUE`",
+            )
             .and_then(|node| self.string("absent", node))?;
         Some(RawDimensionKind::GetOrCreate { absent })
     }
@@ -350,7 +511,10 @@ impl<'t> Reader<'t> {
         };
         map.iter()
             .filter_map(|(name, value)| {
-                let name = Sp { value: name.as_str().to_owned(), span: self.scalar_span(name) };
+                let name = Sp {
+                    value: name.as_str().to_owned(),
+                    span: self.scalar_span(name),
+                };
                 read(self, name, value)
             })
             .collect()
@@ -379,10 +543,19 @@ impl<'t> Reader<'t> {
                 });
             }
         }
-        Some(Fields { entries: map.iter().collect(), owner, context: context.to_owned() })
+        Some(Fields {
+            entries: map.iter().collect(),
+            owner,
+            context: context.to_owned(),
+        })
     }
 
-    fn required<'n>(&mut self, fields: &Fields<'n>, key: &'static str, help: &str) -> Option<&'n Node> {
+    fn required<'n>(
+        &mut self,
+        fields: &Fields<'n>,
+        key: &'static str,
+        help: &str,
+    ) -> Option<&'n Node> {
         let node = fields.get(key);
         if node.is_none() {
             self.errors.push(MappingError::MissingKey {
@@ -397,7 +570,10 @@ impl<'t> Reader<'t> {
 
     fn scalar_string(&self, node: &Node) -> Option<Sp<String>> {
         let scalar = node.as_scalar().filter(|scalar| !is_null(scalar))?;
-        Some(Sp { value: scalar.as_str().to_owned(), span: self.scalar_span(scalar) })
+        Some(Sp {
+            value: scalar.as_str().to_owned(),
+            span: self.scalar_span(scalar),
+        })
     }
 
     fn string(&mut self, key: &str, node: &Node) -> Option<Sp<String>> {
@@ -419,7 +595,10 @@ impl<'t> Reader<'t> {
     fn integer(&mut self, key: &str, node: &Node) -> Option<Sp<i64>> {
         let scalar = node.as_scalar().filter(|scalar| scalar.may_coerce());
         match scalar.and_then(|scalar| scalar.as_str().parse::<i64>().ok().map(|v| (scalar, v))) {
-            Some((scalar, value)) => Some(Sp { value, span: self.scalar_span(scalar) }),
+            Some((scalar, value)) => Some(Sp {
+                value,
+                span: self.scalar_span(scalar),
+            }),
             None => {
                 self.wrong_type(key, "an integer", node);
                 None
@@ -436,7 +615,10 @@ impl<'t> Reader<'t> {
             Ok(number) if plain => Constant::Int(number),
             _ => Constant::Text(text.value),
         };
-        Some(Sp { value, span: text.span })
+        Some(Sp {
+            value,
+            span: text.span,
+        })
     }
 
     fn strings(&mut self, key: &str, node: &Node) -> Option<Sp<Vec<Sp<String>>>> {
@@ -444,8 +626,14 @@ impl<'t> Reader<'t> {
             self.wrong_type(key, "a list of names", node);
             return None;
         };
-        let items = list.iter().filter_map(|item| self.string(key, item)).collect();
-        Some(Sp { value: items, span: self.line_span(node) })
+        let items = list
+            .iter()
+            .filter_map(|item| self.string(key, item))
+            .collect();
+        Some(Sp {
+            value: items,
+            span: self.line_span(node),
+        })
     }
 
     fn wrong_type(&mut self, key: &str, expected: &'static str, node: &Node) {
@@ -471,7 +659,10 @@ impl<'t> Reader<'t> {
         if self.text.is_ascii() {
             chars.min(self.text.len())
         } else {
-            self.text.char_indices().nth(chars).map_or(self.text.len(), |(at, _)| at)
+            self.text
+                .char_indices()
+                .nth(chars)
+                .map_or(self.text.len(), |(at, _)| at)
         }
     }
 
@@ -497,10 +688,19 @@ impl<'t> Reader<'t> {
 
     fn load_error(&self, error: LoadError) -> MappingError {
         let (marker, message) = match &error {
-            LoadError::TopLevelMustBeMapping(at) => (*at, "a mapping file is a YAML mapping (`name: ...`)".to_owned()),
-            LoadError::TopLevelMustBeSequence(at) => (*at, "unexpected list at the top level".to_owned()),
-            LoadError::UnexpectedAnchor(at) => (*at, "anchors and aliases are not supported".to_owned()),
-            LoadError::MappingKeyMustBeScalar(at) => (*at, "mapping keys must be plain names".to_owned()),
+            LoadError::TopLevelMustBeMapping(at) => (
+                *at,
+                "a mapping file is a YAML mapping (`name: ...`)".to_owned(),
+            ),
+            LoadError::TopLevelMustBeSequence(at) => {
+                (*at, "unexpected list at the top level".to_owned())
+            }
+            LoadError::UnexpectedAnchor(at) => {
+                (*at, "anchors and aliases are not supported".to_owned())
+            }
+            LoadError::MappingKeyMustBeScalar(at) => {
+                (*at, "mapping keys must be plain names".to_owned())
+            }
             LoadError::UnexpectedTag(at) => (*at, "tags are not supported".to_owned()),
             LoadError::ScanError(at, scan) => (*at, scan.info().to_owned()),
             LoadError::DuplicateKey(inner) => {
@@ -512,7 +712,10 @@ impl<'t> Reader<'t> {
             }
         };
         let start = self.offset(Some(&marker));
-        MappingError::YamlSyntax { message, span: (start, 1.min(self.text.len() - start)).into() }
+        MappingError::YamlSyntax {
+            message,
+            span: (start, 1.min(self.text.len() - start)).into(),
+        }
     }
 }
 

@@ -11,9 +11,13 @@ use std::collections::HashMap;
 use miette::SourceSpan;
 
 use super::error::MappingError;
-use super::model::{Binding, Conversion, Derivation, Dimension, DimensionKind, Mapping, Scope, ScopeId, ValueKind};
+use super::model::{
+    Binding, Conversion, Derivation, Dimension, DimensionKind, Mapping, Scope, ScopeId, ValueKind,
+};
 use super::path::JsonPath;
-use super::raw::{RawBinding, RawConvert, RawDefault, RawDimension, RawDimensionKind, RawMapping, RawScope, Sp};
+use super::raw::{
+    RawBinding, RawConvert, RawDefault, RawDimension, RawDimensionKind, RawMapping, RawScope, Sp,
+};
 use crate::catalog::{Catalog, ColumnType, EventSchema, PathStep, Role, SeedValue, Table};
 use crate::diagnostic::{closest, quoted_list, suggest};
 
@@ -21,9 +25,18 @@ use crate::diagnostic::{closest, quoted_list, suggest};
 pub const CONVERSIONS: &[&str] = &["string", "int", "flag", "epoch_seconds", "date_time_key"];
 
 pub fn validate(raw: &RawMapping, catalog: &Catalog) -> Result<Mapping, Vec<MappingError>> {
-    let mut checker = Checker { catalog, errors: Vec::new() };
-    let event = raw.event.as_ref().and_then(|event| checker.check_event(event));
-    let fact = raw.fact.as_ref().and_then(|fact| checker.check_table(fact, Role::Fact));
+    let mut checker = Checker {
+        catalog,
+        errors: Vec::new(),
+    };
+    let event = raw
+        .event
+        .as_ref()
+        .and_then(|event| checker.check_event(event));
+    let fact = raw
+        .fact
+        .as_ref()
+        .and_then(|fact| checker.check_table(fact, Role::Fact));
     let scopes = checker.check_scopes(&raw.scopes, raw.span);
     let context = Context { scopes, event };
 
@@ -49,11 +62,20 @@ pub fn validate(raw: &RawMapping, catalog: &Catalog) -> Result<Mapping, Vec<Mapp
     let complete = raw.name.is_some() && event.is_some() && fact.is_some();
     match (checker.errors.is_empty(), complete, raw.key.as_ref()) {
         (true, true, Some(key)) => Ok(Mapping {
-            name: raw.name.as_ref().map(|name| name.value.clone()).unwrap_or_default(),
+            name: raw
+                .name
+                .as_ref()
+                .map(|name| name.value.clone())
+                .unwrap_or_default(),
             description: raw.description.as_ref().map(|d| d.value.clone()),
             event: event.map(|e| e.name.clone()).unwrap_or_default(),
             fact: fact.map(|f| f.name.clone()).unwrap_or_default(),
-            scopes: context.scopes.chain.into_iter().map(|(scope, _)| scope).collect(),
+            scopes: context
+                .scopes
+                .chain
+                .into_iter()
+                .map(|(scope, _)| scope)
+                .collect(),
             key: names(&key.value),
             replace_by: names(&raw.replace_by),
             columns,
@@ -109,7 +131,10 @@ impl<'c> Checker<'c> {
             self.errors.push(MappingError::UnknownEvent {
                 name: event.value.clone(),
                 span: event.span,
-                help: suggest(event.as_str(), self.catalog.events.keys().map(String::as_str)),
+                help: suggest(
+                    event.as_str(),
+                    self.catalog.events.keys().map(String::as_str),
+                ),
             });
         }
         found
@@ -117,7 +142,12 @@ impl<'c> Checker<'c> {
 
     fn check_table(&mut self, name: &Sp<String>, role: Role) -> Option<&'c Table> {
         let Some(table) = self.catalog.table(name.as_str()) else {
-            let candidates = self.catalog.tables.values().filter(|t| t.role == role).map(|t| t.name.as_str());
+            let candidates = self
+                .catalog
+                .tables
+                .values()
+                .filter(|t| t.role == role)
+                .map(|t| t.name.as_str());
             self.errors.push(MappingError::UnknownTable {
                 name: name.value.clone(),
                 span: name.span,
@@ -129,7 +159,11 @@ impl<'c> Checker<'c> {
             self.errors.push(MappingError::TableRole {
                 table: table.name.clone(),
                 role: table.role.to_string(),
-                expected: if role == Role::Fact { "fact" } else { "dimension" },
+                expected: if role == Role::Fact {
+                    "fact"
+                } else {
+                    "dimension"
+                },
                 span: name.span,
             });
             return None;
@@ -141,16 +175,28 @@ impl<'c> Checker<'c> {
     fn check_scopes(&mut self, raw: &[RawScope], top: SourceSpan) -> Scopes {
         let mut scopes = Scopes::default();
         if raw.is_empty() {
-            self.errors.push(MappingError::Empty { key: "scopes", span: top });
+            self.errors.push(MappingError::Empty {
+                key: "scopes",
+                span: top,
+            });
             return scopes;
         }
-        let index: HashMap<&str, usize> = raw.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+        let index: HashMap<&str, usize> = raw
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect();
         let names: Vec<&str> = raw.iter().map(|s| s.name.as_str()).collect();
         let mut parent_of: Vec<Option<usize>> = vec![None; raw.len()];
         let mut usable = vec![true; raw.len()];
         let mut paths: Vec<Option<JsonPath>> = Vec::with_capacity(raw.len());
         for (at, scope) in raw.iter().enumerate() {
-            paths.push(scope.each.as_ref().and_then(|each| self.check_path(each, false)));
+            paths.push(
+                scope
+                    .each
+                    .as_ref()
+                    .and_then(|each| self.check_path(each, false)),
+            );
             usable[at] &= paths[at].is_some();
             if let Some(parent) = &scope.parent {
                 match index.get(parent.as_str()) {
@@ -160,7 +206,10 @@ impl<'c> Checker<'c> {
                         self.errors.push(MappingError::UnknownScope {
                             name: parent.value.clone(),
                             span: parent.span,
-                            help: suggest(parent.as_str(), names.iter().copied().filter(|n| *n != scope.name.as_str())),
+                            help: suggest(
+                                parent.as_str(),
+                                names.iter().copied().filter(|n| *n != scope.name.as_str()),
+                            ),
                         });
                     }
                 }
@@ -174,8 +223,12 @@ impl<'c> Checker<'c> {
                 if parent == start {
                     let first = *seen.iter().min().unwrap_or(&start);
                     if first == start {
-                        let cycle: Vec<&str> = seen.iter().chain([&start]).map(|&i| names[i]).collect();
-                        let span = raw[start].parent.as_ref().map_or(raw[start].name.span, |p| p.span);
+                        let cycle: Vec<&str> =
+                            seen.iter().chain([&start]).map(|&i| names[i]).collect();
+                        let span = raw[start]
+                            .parent
+                            .as_ref()
+                            .map_or(raw[start].name.span, |p| p.span);
                         self.errors.push(MappingError::ScopeCycle {
                             name: names[start].to_owned(),
                             cycle: cycle.join(" in "),
@@ -192,7 +245,9 @@ impl<'c> Checker<'c> {
                 at = parent;
             }
         }
-        let roots: Vec<usize> = (0..raw.len()).filter(|&i| raw[i].parent.is_none()).collect();
+        let roots: Vec<usize> = (0..raw.len())
+            .filter(|&i| raw[i].parent.is_none())
+            .collect();
         match roots.as_slice() {
             [] => self.errors.push(MappingError::ScopeShape {
                 problem: "no root scope: every scope is `in` another".into(),
@@ -201,7 +256,10 @@ impl<'c> Checker<'c> {
             [_, extra @ ..] => {
                 for &second in extra {
                     self.errors.push(MappingError::ScopeShape {
-                        problem: format!("scope `{}` is a second root; `{}` is already the root", names[second], names[roots[0]]),
+                        problem: format!(
+                            "scope `{}` is a second root; `{}` is already the root",
+                            names[second], names[roots[0]]
+                        ),
                         span: raw[second].name.span,
                     });
                 }
@@ -214,15 +272,27 @@ impl<'c> Checker<'c> {
             if !usable[at] {
                 break;
             }
-            let (Some(each), false) = (paths[at].clone(), scopes.ids.contains_key(names[at])) else { break };
-            let mut steps = parent_id.map(|p| scopes.chain[p].1.clone()).unwrap_or_default();
+            let (Some(each), false) = (paths[at].clone(), scopes.ids.contains_key(names[at]))
+            else {
+                break;
+            };
+            let mut steps = parent_id
+                .map(|p| scopes.chain[p].1.clone())
+                .unwrap_or_default();
             steps.extend(each.steps());
-            let scope = Scope { name: names[at].to_owned(), each, parent: parent_id, outer: raw[at].outer };
+            let scope = Scope {
+                name: names[at].to_owned(),
+                each,
+                parent: parent_id,
+                outer: raw[at].outer,
+            };
             let id = scopes.chain.len();
             scopes.ids.insert(scope.name.clone(), id);
             scopes.chain.push((scope, steps));
             parent_id = Some(id);
-            let children: Vec<usize> = (0..raw.len()).filter(|&c| parent_of[c] == Some(at)).collect();
+            let children: Vec<usize> = (0..raw.len())
+                .filter(|&c| parent_of[c] == Some(at))
+                .collect();
             if let [_, extra @ ..] = children.as_slice() {
                 for &branch in extra {
                     self.errors.push(MappingError::ScopeShape {
@@ -236,14 +306,21 @@ impl<'c> Checker<'c> {
             }
             current = children.first().copied();
         }
-        scopes.broken = names.iter().filter(|n| !scopes.ids.contains_key(**n)).map(|n| (*n).to_owned()).collect();
+        scopes.broken = names
+            .iter()
+            .filter(|n| !scopes.ids.contains_key(**n))
+            .map(|n| (*n).to_owned())
+            .collect();
         scopes
     }
 
     fn check_path(&mut self, path: &Sp<String>, singular: bool) -> Option<JsonPath> {
         match JsonPath::parse(path.as_str()) {
             Ok(parsed) if singular && !parsed.is_singular() => {
-                self.errors.push(MappingError::PathNotSingular { path: path.value.clone(), span: path.span });
+                self.errors.push(MappingError::PathNotSingular {
+                    path: path.value.clone(),
+                    span: path.span,
+                });
                 None
             }
             Ok(parsed) => Some(parsed),
@@ -267,7 +344,11 @@ impl<'c> Checker<'c> {
             return Some(id);
         }
         if !scopes.broken.iter().any(|broken| broken == name.as_str()) {
-            let known = scopes.ids.keys().map(String::as_str).chain(scopes.broken.iter().map(String::as_str));
+            let known = scopes
+                .ids
+                .keys()
+                .map(String::as_str)
+                .chain(scopes.broken.iter().map(String::as_str));
             self.errors.push(MappingError::UnknownScope {
                 name: name.value.clone(),
                 span: name.span,
@@ -278,7 +359,13 @@ impl<'c> Checker<'c> {
     }
 
     /// Checks that `path`, read in `scope`, can exist in the event.
-    fn check_event_path(&mut self, context: &Context, scope: ScopeId, path: &JsonPath, at: &Sp<String>) {
+    fn check_event_path(
+        &mut self,
+        context: &Context,
+        scope: ScopeId,
+        path: &JsonPath,
+        at: &Sp<String>,
+    ) {
         let Some(event) = context.event else { return };
         let mut steps = context.scopes.chain[scope].1.clone();
         steps.extend(path.steps());
@@ -290,7 +377,8 @@ impl<'c> Checker<'c> {
                 .map(|best| format!("did you mean `{best}`?"))
                 .or_else(|| {
                     (!mismatch.candidates.is_empty()).then(|| {
-                        let declared: Vec<&str> = mismatch.candidates.iter().map(String::as_str).collect();
+                        let declared: Vec<&str> =
+                            mismatch.candidates.iter().map(String::as_str).collect();
                         format!("`{}` declares {}", mismatch.parent, quoted_list(&declared))
                     })
                 });
@@ -305,7 +393,12 @@ impl<'c> Checker<'c> {
     }
 
     /// Resolves one column binding against its table and the scopes.
-    fn check_binding(&mut self, raw: &RawBinding, table: &Table, context: &Context) -> Option<Binding> {
+    fn check_binding(
+        &mut self,
+        raw: &RawBinding,
+        table: &Table,
+        context: &Context,
+    ) -> Option<Binding> {
         let Some(column) = table.column(raw.column.as_str()) else {
             self.errors.push(MappingError::UnknownColumn {
                 column: raw.column.value.clone(),
@@ -321,21 +414,36 @@ impl<'c> Checker<'c> {
             None if scopes.chain.is_empty() => None,
             None => Some(0),
         };
-        let path = raw.path.as_ref().and_then(|path| self.check_path(path, true));
+        let path = raw
+            .path
+            .as_ref()
+            .and_then(|path| self.check_path(path, true));
         if let (Some(scope), Some(parsed), Some(at)) = (scope, &path, &raw.path) {
             self.check_event_path(context, scope, parsed, at);
         }
         let kind = ValueKind::of(column.ty);
         let convert = match &raw.convert {
             Some(convert) => self.check_conversion(convert, raw, column.ty),
-            None => Some(if kind == ValueKind::Integer { Conversion::Int } else { Conversion::String }),
+            None => Some(if kind == ValueKind::Integer {
+                Conversion::Int
+            } else {
+                Conversion::String
+            }),
         };
         let default = match (&raw.default, scope) {
-            (Some(default), Some(scope)) => self.check_default(default, raw, column.ty, scope, context),
+            (Some(default), Some(scope)) => {
+                self.check_default(default, raw, column.ty, scope, context)
+            }
             _ => None,
         };
         if let Some(missing) = &raw.missing {
-            self.check_kind(format!("`missing: {}`", missing.value), missing.value.kind(), raw, column.ty, missing.span);
+            self.check_kind(
+                format!("`missing: {}`", missing.value),
+                missing.value.kind(),
+                raw,
+                column.ty,
+                missing.span,
+            );
         }
         let resolved = scope.zip(convert)?;
         if raw.path.is_some() && path.is_none() || raw.default.is_some() && default.is_none() {
@@ -353,7 +461,12 @@ impl<'c> Checker<'c> {
         })
     }
 
-    fn check_conversion(&mut self, raw: &RawConvert, binding: &RawBinding, ty: ColumnType) -> Option<Conversion> {
+    fn check_conversion(
+        &mut self,
+        raw: &RawConvert,
+        binding: &RawBinding,
+        ty: ColumnType,
+    ) -> Option<Conversion> {
         let conversion = match (raw.name.as_str(), &raw.argument) {
             ("string", None) => Conversion::String,
             ("int", None) => Conversion::Int,
@@ -452,17 +565,29 @@ impl<'c> Checker<'c> {
             RawDefault::Quantified { all, path, equals } => {
                 let parsed = self.check_path(path, false)?;
                 self.check_event_path(context, scope, &parsed, path);
-                Derivation::Quantified { all: *all, path: parsed, equals: equals.value.clone() }
+                Derivation::Quantified {
+                    all: *all,
+                    path: parsed,
+                    equals: equals.value.clone(),
+                }
             }
         };
         let what = match &raw.value {
             RawDefault::Constant(constant) => format!("default `{constant}`"),
             derived => format!("default `{}`", derived.name()),
         };
-        self.check_kind(what, derivation.yields(), binding, ty, raw.span).then_some(derivation)
+        self.check_kind(what, derivation.yields(), binding, ty, raw.span)
+            .then_some(derivation)
     }
 
-    fn check_kind(&mut self, what: String, yields: ValueKind, binding: &RawBinding, ty: ColumnType, span: SourceSpan) -> bool {
+    fn check_kind(
+        &mut self,
+        what: String,
+        yields: ValueKind,
+        binding: &RawBinding,
+        ty: ColumnType,
+        span: SourceSpan,
+    ) -> bool {
         let fits = yields == ValueKind::of(ty);
         if !fits {
             self.errors.push(MappingError::ValueType {
@@ -476,7 +601,12 @@ impl<'c> Checker<'c> {
         fits
     }
 
-    fn check_dimension(&mut self, raw: &RawDimension, fact: Option<&Table>, context: &Context) -> Option<Dimension> {
+    fn check_dimension(
+        &mut self,
+        raw: &RawDimension,
+        fact: Option<&Table>,
+        context: &Context,
+    ) -> Option<Dimension> {
         if let Some(fact) = fact {
             if fact.column(raw.column.as_str()).is_none() {
                 self.errors.push(MappingError::DimensionKeyMissing {
@@ -487,11 +617,21 @@ impl<'c> Checker<'c> {
                 });
             }
         }
-        let table = raw.table.as_ref().and_then(|table| self.check_table(table, Role::Dimension))?;
-        let matches: Vec<Binding> =
-            raw.matches.iter().filter_map(|binding| self.check_binding(binding, table, context)).collect();
+        let table = raw
+            .table
+            .as_ref()
+            .and_then(|table| self.check_table(table, Role::Dimension))?;
+        let matches: Vec<Binding> = raw
+            .matches
+            .iter()
+            .filter_map(|binding| self.check_binding(binding, table, context))
+            .collect();
         for column in &table.natural_key {
-            if !raw.matches.iter().any(|binding| binding.column.as_str() == column) {
+            if !raw
+                .matches
+                .iter()
+                .any(|binding| binding.column.as_str() == column)
+            {
                 self.errors.push(MappingError::UnboundNaturalKey {
                     column: column.clone(),
                     table: table.name.clone(),
@@ -503,7 +643,9 @@ impl<'c> Checker<'c> {
             RawDimensionKind::Static { members, otherwise } => {
                 self.check_static(table, members, otherwise)?
             }
-            RawDimensionKind::GetOrCreate { absent } => DimensionKind::GetOrCreate { absent: absent.value.clone() },
+            RawDimensionKind::GetOrCreate { absent } => DimensionKind::GetOrCreate {
+                absent: absent.value.clone(),
+            },
         };
         (matches.len() == raw.matches.len()).then(|| Dimension {
             key_column: raw.column.value.clone(),
@@ -513,9 +655,17 @@ impl<'c> Checker<'c> {
         })
     }
 
-    fn check_static(&mut self, table: &Table, members: &Sp<Vec<Sp<String>>>, otherwise: &Sp<String>) -> Option<DimensionKind> {
+    fn check_static(
+        &mut self,
+        table: &Table,
+        members: &Sp<Vec<Sp<String>>>,
+        otherwise: &Sp<String>,
+    ) -> Option<DimensionKind> {
         if members.value.is_empty() {
-            self.errors.push(MappingError::Empty { key: "members", span: members.span });
+            self.errors.push(MappingError::Empty {
+                key: "members",
+                span: members.span,
+            });
             return None;
         }
         let listed: Vec<&str> = members.value.iter().map(Sp::as_str).collect();
@@ -549,21 +699,36 @@ impl<'c> Checker<'c> {
                         table: table.name.clone(),
                         column: column.clone(),
                         span: member.span,
-                        help: format!("{} seeds {}; add a row under `rows:` in the catalog", table.name, quoted_list(&seeded)),
+                        help: format!(
+                            "{} seeds {}; add a row under `rows:` in the catalog",
+                            table.name,
+                            quoted_list(&seeded)
+                        ),
                     });
                 }
             }
         }
-        valid.then(|| DimensionKind::Static { members: listed.iter().map(|m| (*m).to_owned()).collect(), otherwise: otherwise.value.clone() })
+        valid.then(|| DimensionKind::Static {
+            members: listed.iter().map(|m| (*m).to_owned()).collect(),
+            otherwise: otherwise.value.clone(),
+        })
     }
 
     /// A fact column takes its value from one place only.
     fn check_bound_once(&mut self, raw: &RawMapping) {
         let mut first: HashMap<&str, SourceSpan> = HashMap::new();
-        let bound = raw.columns.iter().map(|b| &b.column).chain(raw.dimensions.iter().map(|d| &d.column));
+        let bound = raw
+            .columns
+            .iter()
+            .map(|b| &b.column)
+            .chain(raw.dimensions.iter().map(|d| &d.column));
         for column in bound {
             if let Some(&earlier) = first.get(column.as_str()) {
-                self.errors.push(MappingError::DuplicateBinding { column: column.value.clone(), span: column.span, first: earlier });
+                self.errors.push(MappingError::DuplicateBinding {
+                    column: column.value.clone(),
+                    span: column.span,
+                    first: earlier,
+                });
             } else {
                 first.insert(column.as_str(), column.span);
             }
@@ -573,7 +738,10 @@ impl<'c> Checker<'c> {
     fn check_key(&mut self, raw: &RawMapping, fact: &Table) {
         let Some(key) = &raw.key else { return };
         if key.value.is_empty() {
-            self.errors.push(MappingError::Empty { key: "key", span: key.span });
+            self.errors.push(MappingError::Empty {
+                key: "key",
+                span: key.span,
+            });
         }
         for column in &key.value {
             if fact.column(column.as_str()).is_none() {
@@ -584,12 +752,18 @@ impl<'c> Checker<'c> {
                     help: suggest(column.as_str(), fact.column_names()),
                 });
             } else if !is_bound(raw, column.as_str()) {
-                self.errors.push(MappingError::UnboundKey { column: column.value.clone(), span: column.span });
+                self.errors.push(MappingError::UnboundKey {
+                    column: column.value.clone(),
+                    span: column.span,
+                });
             }
         }
         for column in &raw.replace_by {
             if !key.value.iter().any(|k| k.value == column.value) {
-                self.errors.push(MappingError::ReplaceBy { column: column.value.clone(), span: column.span });
+                self.errors.push(MappingError::ReplaceBy {
+                    column: column.value.clone(),
+                    span: column.span,
+                });
             }
         }
     }
@@ -600,7 +774,10 @@ impl<'c> Checker<'c> {
             if column.nullable || fact.is_managed(name) || is_bound(raw, name) {
                 continue;
             }
-            let in_key = raw.key.as_ref().is_some_and(|key| key.value.iter().any(|k| k.as_str() == name));
+            let in_key = raw
+                .key
+                .as_ref()
+                .is_some_and(|key| key.value.iter().any(|k| k.as_str() == name));
             if in_key {
                 continue; // reported as an unbound key column
             }

@@ -25,7 +25,10 @@ pub fn martmap<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
         .expect("the martmap binary runs");
     format!(
         "exit code: {}\n--- stdout\n{}--- stderr\n{}",
-        output.status.code().map_or("none".into(), |code| code.to_string()),
+        output
+            .status
+            .code()
+            .map_or("none".into(), |code| code.to_string()),
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr),
     )

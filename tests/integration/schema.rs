@@ -9,9 +9,11 @@ use serde_json::Value;
 use crate::repository;
 
 fn schema(name: &str) -> jsonschema::Validator {
-    let text = std::fs::read_to_string(repository().join("schemas").join(name)).expect("schema is readable");
+    let text = std::fs::read_to_string(repository().join("schemas").join(name))
+        .expect("schema is readable");
     let schema: Value = serde_json::from_str(&text).expect("schema is JSON");
-    jsonschema::validator_for(&schema).unwrap_or_else(|error| panic!("{name} is not a valid JSON Schema: {error}"))
+    jsonschema::validator_for(&schema)
+        .unwrap_or_else(|error| panic!("{name} is not a valid JSON Schema: {error}"))
 }
 
 fn yaml(path: &str) -> Value {
@@ -20,13 +22,19 @@ fn yaml(path: &str) -> Value {
 }
 
 fn errors(validator: &jsonschema::Validator, path: &str) -> Vec<String> {
-    validator.iter_errors(&yaml(path)).map(|error| format!("{}: {error}", error.instance_path())).collect()
+    validator
+        .iter_errors(&yaml(path))
+        .map(|error| format!("{}: {error}", error.instance_path()))
+        .collect()
 }
 
 #[test]
 fn mapping_schema_accepts_the_valid_mappings() {
     let validator = schema("mapping.schema.json");
-    for path in ["mappings/COBROWSE.yaml", "tests/cases/validate/survey-valid/SURVEY.yaml"] {
+    for path in [
+        "mappings/COBROWSE.yaml",
+        "tests/cases/validate/survey-valid/SURVEY.yaml",
+    ] {
         assert_eq!(errors(&validator, path), Vec::<String>::new(), "{path}");
     }
 }
@@ -34,22 +42,40 @@ fn mapping_schema_accepts_the_valid_mappings() {
 #[test]
 fn mapping_schema_rejects_what_validate_mapping_rejects_structurally() {
     let validator = schema("mapping.schema.json");
-    for case in ["unknown-top-level-key", "unknown-column-key", "unknown-conversion"] {
+    for case in [
+        "unknown-top-level-key",
+        "unknown-column-key",
+        "unknown-conversion",
+    ] {
         let path = format!("tests/cases/validate/{case}/mapping.yaml");
-        assert!(!errors(&validator, &path).is_empty(), "{path} should not match the schema");
+        assert!(
+            !errors(&validator, &path).is_empty(),
+            "{path} should not match the schema"
+        );
     }
 }
 
 #[test]
 fn catalog_schema_accepts_every_tables_file() {
     let validator = schema("catalog.schema.json");
-    let dirs = ["schemas/tables", "tests/cases/validate/survey-valid/schemas/tables"];
+    let dirs = [
+        "schemas/tables",
+        "tests/cases/validate/survey-valid/schemas/tables",
+    ];
     let mut checked = 0;
     for dir in dirs {
         for entry in std::fs::read_dir(repository().join(dir)).expect("tables directory") {
             let path = entry.expect("entry").path();
-            let relative = path.strip_prefix(repository()).unwrap_or(&path).display().to_string();
-            assert_eq!(errors(&validator, &relative), Vec::<String>::new(), "{relative}");
+            let relative = path
+                .strip_prefix(repository())
+                .unwrap_or(&path)
+                .display()
+                .to_string();
+            assert_eq!(
+                errors(&validator, &relative),
+                Vec::<String>::new(),
+                "{relative}"
+            );
             checked += 1;
         }
     }

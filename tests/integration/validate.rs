@@ -34,9 +34,16 @@ fn validate_mapping_golden_cases() {
 /// repository root as a user would type them.
 fn arguments(case: &Path) -> Vec<String> {
     let relative = |path: &Path| {
-        path.strip_prefix(repository()).unwrap_or(path).display().to_string()
+        path.strip_prefix(repository())
+            .unwrap_or(path)
+            .display()
+            .to_string()
     };
-    let mut args = vec!["validate-mapping".to_owned(), "--color".to_owned(), "never".to_owned()];
+    let mut args = vec![
+        "validate-mapping".to_owned(),
+        "--color".to_owned(),
+        "never".to_owned(),
+    ];
     if case.join("schemas").is_dir() {
         args.extend(["--catalog".to_owned(), relative(&case.join("schemas"))]);
     }
@@ -52,7 +59,12 @@ fn arguments(case: &Path) -> Vec<String> {
     mappings.sort();
     args.extend(mappings);
     if let Ok(extra) = std::fs::read_to_string(case.join("args")) {
-        args.extend(extra.lines().filter(|line| !line.trim().is_empty()).map(str::to_owned));
+        args.extend(
+            extra
+                .lines()
+                .filter(|line| !line.trim().is_empty())
+                .map(str::to_owned),
+        );
     }
     args
 }
@@ -61,18 +73,27 @@ fn arguments(case: &Path) -> Vec<String> {
 fn the_shipped_mapping_is_valid() {
     let output = martmap(&["validate-mapping", "mappings/COBROWSE.yaml"]);
     assert!(output.starts_with("exit code: 0\n"), "{output}");
-    assert!(output.contains("mapping COBROWSE loads event cobrowse-session into COBROWSE_FACT"), "{output}");
+    assert!(
+        output.contains("mapping COBROWSE loads event cobrowse-session into COBROWSE_FACT"),
+        "{output}"
+    );
 }
 
 #[test]
 fn json_format_gives_file_line_column_code_and_help() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_martmap"))
-        .args(["validate-mapping", "--format", "json", "tests/cases/validate/unknown-column/mapping.yaml"])
+        .args([
+            "validate-mapping",
+            "--format",
+            "json",
+            "tests/cases/validate/unknown-column/mapping.yaml",
+        ])
         .current_dir(repository())
         .output()
         .expect("martmap runs");
     assert_eq!(output.status.code(), Some(1));
-    let document: serde_json::Value = serde_json::from_slice(&output.stdout).expect("stdout is JSON");
+    let document: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("stdout is JSON");
     assert_eq!(document["valid"], false);
     assert_eq!(
         document["problems"][0],
