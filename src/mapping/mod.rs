@@ -47,3 +47,60 @@ fn first_offset(error: &MappingError) -> usize {
         .and_then(|mut labels| labels.next())
         .map_or(0, |label| label.offset())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The codes of the problems `load` reports for `yaml`, against the
+    /// shipped catalog.
+    fn check(yaml: &str, expected: &[&str]) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
+        let catalog = Catalog::load(&dir).expect("the shipped catalog is valid");
+        let codes: Vec<String> = match load(&SourceFile::new("test.yaml", yaml), &catalog) {
+            Ok(_) => Vec::new(),
+            Err(problems) => problems
+                .iter()
+                .map(|p| {
+                    p.diagnostic
+                        .code()
+                        .map(|c| c.to_string())
+                        .unwrap_or_default()
+                })
+                .collect(),
+        };
+        assert_eq!(codes, expected, "{yaml}");
+    }
+
+    /// `check` on the shipped co-browse mapping with one text replaced.
+    fn check_cobrowse(from: &str, to: &str, expected: &[&str]) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/COBROWSE.yaml");
+        let text = std::fs::read_to_string(path).expect("the shipped mapping");
+        assert!(text.contains(from), "{from}");
+        check(&text.replacen(from, to, 1), expected);
+    }
+
+    const SCOPES: &str = "scopes:
+  session: {each: \"$\"}
+  segment: {each: \"$.segments[*]\", in: session, outer: true}
+  page: {each: \"$.pages[*]\", in: segment, outer: true}
+";
+
+    #[test]
+    fn one_mistake_gives_one_diagnostic() {
+        check("", &["martmap::mapping::missing_key"; 6]);
+        check_cobrowse("", "", &[]);
+        check_cobrowse(SCOPES, "scopes: {}\n", &["martmap::mapping::empty"]);
+        check_cobrowse(SCOPES, "scopes: []\n", &["martmap::mapping::invalid_type"]);
+        check_cobrowse(
+            "in: segment, outer",
+            "in: segmnt, outer",
+            &["martmap::mapping::unknown_scope"],
+        );
+        check_cobrowse(
+            "fact: COBROWSE_FACT",
+            "fact: COBROWSE_FACTS",
+            &["martmap::mapping::unknown_table"],
+        );
+    }
+}

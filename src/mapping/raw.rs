@@ -237,6 +237,12 @@ impl<'t> Reader<'t> {
             raw.scopes = self.entries(node, "scopes", |reader, name, node| {
                 reader.scope(name, node)
             });
+            if node.as_mapping().is_some_and(|map| map.is_empty()) {
+                self.errors.push(MappingError::Empty {
+                    key: "scopes",
+                    span: self.line_span(node),
+                });
+            }
         }
         raw.key = self
             .required(

@@ -37,7 +37,7 @@ pub fn validate(raw: &RawMapping, catalog: &Catalog) -> Result<Mapping, Vec<Mapp
         .fact
         .as_ref()
         .and_then(|fact| checker.check_table(fact, Role::Fact));
-    let scopes = checker.check_scopes(&raw.scopes, raw.span);
+    let scopes = checker.check_scopes(&raw.scopes);
     let context = Context { scopes, event };
 
     let columns: Vec<Binding> = match fact {
@@ -172,14 +172,10 @@ impl<'c> Checker<'c> {
     }
 
     /// Orders the scopes into one chain from the root to the grain.
-    fn check_scopes(&mut self, raw: &[RawScope], top: SourceSpan) -> Scopes {
+    fn check_scopes(&mut self, raw: &[RawScope]) -> Scopes {
         let mut scopes = Scopes::default();
         if raw.is_empty() {
-            self.errors.push(MappingError::Empty {
-                key: "scopes",
-                span: top,
-            });
-            return scopes;
+            return scopes; // missing, mistyped or empty: reported by the reader
         }
         let index: HashMap<&str, usize> = raw
             .iter()
@@ -342,6 +338,9 @@ impl<'c> Checker<'c> {
     fn check_scope_name(&mut self, name: &Sp<String>, scopes: &Scopes) -> Option<ScopeId> {
         if let Some(&id) = scopes.ids.get(name.as_str()) {
             return Some(id);
+        }
+        if scopes.ids.is_empty() {
+            return None; // no usable scope at all: the scopes section is reported
         }
         if !scopes.broken.iter().any(|broken| broken == name.as_str()) {
             let known = scopes
