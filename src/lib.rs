@@ -18,6 +18,7 @@
 //! ```
 
 pub mod catalog;
+pub mod convert;
 pub mod diagnostic;
 pub mod mapping;
 pub mod options;
