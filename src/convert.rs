@@ -19,7 +19,10 @@ pub struct Mismatch {
 
 impl Mismatch {
     fn new(expected: &'static str, found: &Value) -> Self {
-        Mismatch { expected, found: describe(found) }
+        Mismatch {
+            expected,
+            found: describe(found),
+        }
     }
 }
 
@@ -34,7 +37,9 @@ pub fn text(value: &Value) -> Result<String, Mismatch> {
 
 /// A JSON integer that fits 64 bits.
 pub fn int(value: &Value) -> Result<i64, Mismatch> {
-    value.as_i64().ok_or_else(|| Mismatch::new("an integer", value))
+    value
+        .as_i64()
+        .ok_or_else(|| Mismatch::new("an integer", value))
 }
 
 /// `true`/`false` or `0`/`1`, as 1/0.
@@ -108,7 +113,10 @@ pub fn url_parts(text: &str) -> Option<UrlParts> {
     Some(UrlParts {
         host: url.host_str().map(str::to_lowercase),
         path,
-        query: url.query().filter(|query| !query.is_empty()).map(str::to_owned),
+        query: url
+            .query()
+            .filter(|query| !query.is_empty())
+            .map(str::to_owned),
     })
 }
 
@@ -147,7 +155,8 @@ mod tests {
         value: Value,
         expected: Result<T, &str>,
     ) {
-        let got = convert(&value).map_err(|mismatch| format!("{} / {}", mismatch.expected, mismatch.found));
+        let got = convert(&value)
+            .map_err(|mismatch| format!("{} / {}", mismatch.expected, mismatch.found));
         assert_eq!(got, expected.map_err(str::to_owned), "{value}");
     }
 
@@ -169,11 +178,27 @@ mod tests {
 
     #[test]
     fn timestamps_are_floored_epoch_seconds() {
-        check(epoch_seconds, json!(1_772_359_530_999_i64), Ok(1_772_359_530));
+        check(
+            epoch_seconds,
+            json!(1_772_359_530_999_i64),
+            Ok(1_772_359_530),
+        );
         check(epoch_seconds, json!(-1), Ok(-1));
-        check(epoch_seconds, json!("2026-03-01T10:15:30.123+02:00"), Ok(1_772_352_930));
-        check(epoch_seconds, json!("2026-03-01T08:15:30Z"), Ok(1_772_352_930));
-        check(epoch_seconds, json!("2026-03-01T13:45:30+0530"), Ok(1_772_352_930));
+        check(
+            epoch_seconds,
+            json!("2026-03-01T10:15:30.123+02:00"),
+            Ok(1_772_352_930),
+        );
+        check(
+            epoch_seconds,
+            json!("2026-03-01T08:15:30Z"),
+            Ok(1_772_352_930),
+        );
+        check(
+            epoch_seconds,
+            json!("2026-03-01T13:45:30+0530"),
+            Ok(1_772_352_930),
+        );
         check(epoch_seconds, json!("2026-03-01T08:15Z"), Ok(1_772_352_900));
         let expected = "epoch milliseconds or an ISO-8601 timestamp with offset / string \"2026-03-01T08:15:30\"";
         check(epoch_seconds, json!("2026-03-01T08:15:30"), Err(expected));

@@ -22,3 +22,4 @@ pub mod convert;
 pub mod diagnostic;
 pub mod mapping;
 pub mod options;
+pub mod plan;

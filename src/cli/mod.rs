@@ -2,6 +2,7 @@
 //! dispatch to each. Every subcommand returns an [`Outcome`] or a runtime
 //! error; only `main` maps them to exit codes.
 
+mod test_mapping;
 mod validate;
 
 use std::io::IsTerminal;
@@ -26,6 +27,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     ValidateMapping(validate::ValidateArgs),
+    TestMapping(test_mapping::TestMappingArgs),
 }
 
 /// How a command ended when it ran to completion.
@@ -80,5 +82,30 @@ pub struct CatalogArgs {
 pub fn run(cli: Cli) -> Result<Outcome, Box<dyn std::error::Error>> {
     match cli.command {
         Command::ValidateMapping(args) => validate::run(args),
+        Command::TestMapping(args) => test_mapping::run(args),
     }
+}
+
+/// Loads the catalog and compiles one mapping. Problems are rendered to
+/// standard error and `None` returned: the input is invalid.
+pub fn load_plan(
+    path: &std::path::Path,
+    catalog: &CatalogArgs,
+    color: Color,
+) -> Result<Option<martmap::plan::Plan>, Box<dyn std::error::Error>> {
+    use martmap::diagnostic::{SourceFile, render};
+    let problems = match martmap::catalog::Catalog::load(&catalog.catalog) {
+        Err(problems) => problems,
+        Ok(loaded) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let file = SourceFile::new(path.display().to_string(), text);
+            match martmap::mapping::load_plan(&file, &loaded) {
+                Ok(plan) => return Ok(Some(plan)),
+                Err(problems) => problems,
+            }
+        }
+    };
+    eprint!("{}", render(problems, color.enabled()));
+    Ok(None)
 }

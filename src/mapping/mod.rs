@@ -6,6 +6,7 @@
 //! against the [`Catalog`] into a [`Mapping`], or every problem found. This
 //! module never touches a database or a broker.
 
+mod compile;
 mod error;
 mod model;
 mod path;
@@ -15,6 +16,7 @@ mod validate;
 use crate::catalog::Catalog;
 use crate::diagnostic::{Problem, SourceFile};
 
+pub use compile::compile;
 pub use error::MappingError;
 pub use model::{
     Binding, Constant, Conversion, Derivation, Dimension, DimensionKind, Mapping, Scope, ScopeId,
@@ -38,6 +40,14 @@ pub fn load(file: &SourceFile, catalog: &Catalog) -> Result<Mapping, Vec<Problem
         .into_iter()
         .map(|error| Problem::new(file, error))
         .collect())
+}
+
+/// Reads, validates and compiles one mapping file.
+pub fn load_plan(file: &SourceFile, catalog: &Catalog) -> Result<crate::plan::Plan, Vec<Problem>> {
+    use sha2::{Digest, Sha256};
+    let mapping = load(file, catalog)?;
+    let hash = format!("{:x}", Sha256::digest(file.text.as_bytes()));
+    Ok(compile(&mapping, hash))
 }
 
 fn first_offset(error: &MappingError) -> usize {

@@ -3,6 +3,7 @@
 //! and no unchecked strings, so the plan compiler never fails on it.
 
 use crate::catalog::ColumnType;
+pub use crate::plan::{Conversion, DimensionKind, UrlPart};
 
 use super::path::JsonPath;
 
@@ -53,37 +54,11 @@ pub struct Binding {
     pub required: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Conversion {
-    /// A string, or a JSON integer as its decimal text; cut to the column size.
-    String,
-    /// A JSON integer.
-    Int,
-    /// true/false or 0/1, stored as 1/0.
-    Flag,
-    /// Epoch milliseconds or ISO-8601 with offset, stored as whole epoch seconds.
-    EpochSeconds,
-    /// Like `EpochSeconds`, floored to the start of an interval of this many seconds.
-    DateTimeKey { interval: u32 },
-}
-
-impl Conversion {
-    pub fn name(self) -> String {
-        match self {
-            Conversion::String => "string".into(),
-            Conversion::Int => "int".into(),
-            Conversion::Flag => "flag".into(),
-            Conversion::EpochSeconds => "epoch_seconds".into(),
-            Conversion::DateTimeKey { interval } => format!("date_time_key: {interval}"),
-        }
-    }
-
-    /// The kind of value it yields.
-    pub fn yields(self) -> ValueKind {
-        match self {
-            Conversion::String => ValueKind::Text,
-            _ => ValueKind::Integer,
-        }
+/// The kind of value a conversion yields.
+pub fn yields(conversion: Conversion) -> ValueKind {
+    match conversion {
+        Conversion::String => ValueKind::Text,
+        _ => ValueKind::Integer,
     }
 }
 
@@ -166,16 +141,6 @@ impl Derivation {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UrlPart {
-    /// Lower case, without port or user info.
-    Host,
-    /// `/` when empty.
-    Path,
-    /// Without `?`; absent when empty.
-    Query,
-}
-
 /// A dimension lookup: natural values → surrogate key in the fact column.
 #[derive(Debug, Clone)]
 pub struct Dimension {
@@ -185,15 +150,4 @@ pub struct Dimension {
     pub kind: DimensionKind,
     /// Natural key columns of the dimension and where their values come from.
     pub matches: Vec<Binding>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DimensionKind {
-    /// Fixed members seeded with the schema; any other value is `otherwise`.
-    Static {
-        members: Vec<String>,
-        otherwise: String,
-    },
-    /// Members created on first sight; absent attributes take `absent`.
-    GetOrCreate { absent: String },
 }

@@ -511,7 +511,7 @@ impl<'c> Checker<'c> {
             }
         };
         let kind = ValueKind::of(ty);
-        if conversion.yields() != kind {
+        if super::model::yields(conversion) != kind {
             let fitting: Vec<&str> = if kind == ValueKind::Text {
                 vec!["string"]
             } else {
@@ -519,7 +519,7 @@ impl<'c> Checker<'c> {
             };
             self.errors.push(MappingError::ConversionType {
                 conversion: conversion.name(),
-                yields: conversion.yields().describe(),
+                yields: super::model::yields(conversion).describe(),
                 column: binding.column.value.clone(),
                 column_type: ty.to_string(),
                 span: raw.name.span,

@@ -2,11 +2,14 @@
 //! the built `martmap` binary against files under `tests/cases/`.
 //!
 //! Where new tests go:
+//! - `rows`: `martmap test-mapping`; golden rows per event under
+//!   `tests/cases/rows/`, the discard corpus under `tests/cases/discards/`.
 //! - `schema`: the JSON Schemas under `schemas/` agree with martmap's own
 //!   reading of mappings and catalog files.
 //! - `validate`: `martmap validate-mapping`; a new golden case is a new
 //!   directory under `tests/cases/validate/` (see that module's doc).
 
+mod rows;
 mod schema;
 mod validate;
 

@@ -1,0 +1,195 @@
+//! `martmap test-mapping`: the rows a mapping makes of sample events, with
+//! no database — the mapping author's unit test.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use martmap::plan::{Cell, Plan};
+use serde_json::{Map, Value, json};
+
+use super::{CatalogArgs, Color, Format, Outcome, load_plan};
+
+/// Show the rows a mapping makes of sample events, without a database.
+///
+/// Each EVENT file holds one JSON event (`.json`), or one event per line
+/// (`.jsonl`). For each event it prints the fact row(s) — columns, and per
+/// dimension the natural key values of the member — or why the event would
+/// be discarded. With --expect, the rows are compared with a file written by
+/// `--format json`, and any difference is shown as a diff (exit code 1).
+///
+/// Example: martmap test-mapping mappings/COBROWSE.yaml session.json --expect session.rows.json
+#[derive(Debug, clap::Args)]
+pub struct TestMappingArgs {
+    /// The mapping file.
+    #[arg(value_name = "MAPPING")]
+    mapping: PathBuf,
+
+    /// Event files: one JSON event per `.json` file, one per line in `.jsonl`.
+    #[arg(required = true, value_name = "EVENT")]
+    events: Vec<PathBuf>,
+
+    /// Compare the rows with this file (the JSON that `--format json` prints).
+    #[arg(long, value_name = "FILE")]
+    expect: Option<PathBuf>,
+
+    #[command(flatten)]
+    catalog: CatalogArgs,
+
+    /// Output format of the rows.
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    format: Format,
+
+    /// Colour in diagnostics.
+    #[arg(long, value_enum, default_value_t = Color::Auto)]
+    color: Color,
+}
+
+pub fn run(args: TestMappingArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
+    let Some(plan) = load_plan(&args.mapping, &args.catalog, args.color)? else {
+        return Ok(Outcome::Invalid);
+    };
+    let mut results = Vec::new();
+    for path in &args.events {
+        for (label, payload) in events(path)? {
+            results.push((
+                label,
+                plan.apply(&payload).map_err(|discard| discard.to_string()),
+            ));
+        }
+    }
+    let document: Value = results
+        .iter()
+        .map(|(label, result)| record(&plan, label, result))
+        .collect();
+    let mut stdout = std::io::stdout().lock();
+
+    if let Some(expect) = &args.expect {
+        let text = std::fs::read_to_string(expect)
+            .map_err(|e| format!("cannot read {}: {e}", expect.display()))?;
+        let expected: Value = serde_json::from_str(&text)
+            .map_err(|e| format!("{} is not JSON: {e}", expect.display()))?;
+        if expected == document {
+            writeln!(stdout, "rows match {}", expect.display())?;
+            return Ok(Outcome::Success);
+        }
+        let (old, new) = (
+            serde_json::to_string_pretty(&expected)?,
+            serde_json::to_string_pretty(&document)?,
+        );
+        let diff = similar::TextDiff::from_lines(&old, &new);
+        let expect_name = expect.display().to_string();
+        write!(
+            stdout,
+            "{}",
+            diff.unified_diff().header(&expect_name, "actual rows")
+        )?;
+        return Ok(Outcome::Invalid);
+    }
+    match args.format {
+        Format::Json => writeln!(stdout, "{}", serde_json::to_string_pretty(&document)?)?,
+        Format::Human => {
+            for (label, result) in &results {
+                match result {
+                    Ok(rows) => {
+                        writeln!(stdout, "{label}: {} row(s)", rows.len())?;
+                        for (number, row) in rows.iter().enumerate() {
+                            writeln!(stdout, "  row {}", number + 1)?;
+                            let fields = row_fields(&plan, row);
+                            let width =
+                                fields.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+                            for (name, value) in fields {
+                                writeln!(stdout, "    {name:<width$}  {value}")?;
+                            }
+                        }
+                    }
+                    Err(reason) => writeln!(stdout, "{label}: discarded: {reason}")?,
+                }
+            }
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+/// The events of one file, each with a label naming where it came from.
+fn events(path: &Path) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let name = path.display().to_string();
+    if path.extension().is_some_and(|ext| ext == "jsonl") {
+        Ok(bytes
+            .split(|&byte| byte == b'\n')
+            .enumerate()
+            .filter(|(_, line)| !line.trim_ascii().is_empty())
+            .map(|(at, line)| (format!("{name}:{}", at + 1), line.to_vec()))
+            .collect())
+    } else {
+        Ok(vec![(name, bytes)])
+    }
+}
+
+fn record(plan: &Plan, label: &str, result: &Result<Vec<martmap::plan::Row>, String>) -> Value {
+    match result {
+        Ok(rows) => {
+            let rows: Vec<Value> = rows
+                .iter()
+                .map(|row| {
+                    let mut object = Map::new();
+                    for ((name, _), cell) in plan.columns.iter().zip(&row.values) {
+                        object.insert(name.clone(), cell_json(cell));
+                    }
+                    for (dimension, member) in plan.dimensions.iter().zip(&row.members) {
+                        let natural: Map<String, Value> = dimension
+                            .columns
+                            .iter()
+                            .zip(member)
+                            .map(|((column, _), value)| {
+                                (column.clone(), Value::from(value.as_str()))
+                            })
+                            .collect();
+                        object.insert(dimension.key_column.clone(), Value::Object(natural));
+                    }
+                    Value::Object(object)
+                })
+                .collect();
+            json!({ "event": label, "rows": rows })
+        }
+        Err(reason) => json!({ "event": label, "discarded": reason }),
+    }
+}
+
+/// Column name and shown value, for the human layout.
+fn row_fields(plan: &Plan, row: &martmap::plan::Row) -> Vec<(String, String)> {
+    let mut fields: Vec<(String, String)> = plan
+        .columns
+        .iter()
+        .zip(&row.values)
+        .map(|((name, _), cell)| {
+            let shown = match cell {
+                Cell::Null => "NULL".to_owned(),
+                Cell::Int(number) => number.to_string(),
+                Cell::Text(text) => format!("{text:?}"),
+            };
+            (name.clone(), shown)
+        })
+        .collect();
+    for (dimension, member) in plan.dimensions.iter().zip(&row.members) {
+        let natural: Vec<String> = dimension
+            .columns
+            .iter()
+            .zip(member)
+            .map(|((column, _), value)| format!("{column}={value:?}"))
+            .collect();
+        fields.push((
+            dimension.key_column.clone(),
+            format!("→ {}({})", dimension.table, natural.join(", ")),
+        ));
+    }
+    fields
+}
+
+fn cell_json(cell: &Cell) -> Value {
+    match cell {
+        Cell::Null => Value::Null,
+        Cell::Int(number) => Value::from(*number),
+        Cell::Text(text) => Value::from(text.as_str()),
+    }
+}

@@ -1,0 +1,99 @@
+//! Compilation: a validated [`Mapping`] becomes a [`Plan`]. Paths become
+//! selectors, constants become cells, column sizes become cut lengths, and
+//! every value is assigned a slot in its scope. It cannot fail: validation
+//! has resolved every name already.
+
+use super::model::{Binding, Constant, Derivation, Mapping};
+use crate::plan::{Cell, Default, Plan, PlanDimension, PlanScope, Selector, ValuePlan};
+
+/// Compiles a mapping; `content_hash` identifies the mapping file's text in
+/// the audit log.
+pub fn compile(mapping: &Mapping, content_hash: String) -> Plan {
+    let mut scopes: Vec<PlanScope> = mapping
+        .scopes
+        .iter()
+        .map(|scope| PlanScope {
+            name: scope.name.clone(),
+            each: Selector::compile(scope.each.query()),
+            each_text: scope.each.as_str().to_owned(),
+            outer: scope.outer,
+            values: Vec::new(),
+        })
+        .collect();
+    let mut values: Vec<ValuePlan> = Vec::new();
+    let mut add = |binding: &Binding| {
+        let index = values.len();
+        let slot = scopes[binding.scope].values.len();
+        scopes[binding.scope].values.push(index);
+        values.push(value_plan(binding, slot));
+        index
+    };
+    let columns = mapping
+        .columns
+        .iter()
+        .map(|binding| (binding.column.clone(), add(binding)))
+        .collect();
+    let dimensions = mapping
+        .dimensions
+        .iter()
+        .map(|dimension| PlanDimension {
+            key_column: dimension.key_column.clone(),
+            table: dimension.table.clone(),
+            kind: dimension.kind.clone(),
+            columns: dimension
+                .matches
+                .iter()
+                .map(|binding| (binding.column.clone(), add(binding)))
+                .collect(),
+        })
+        .collect();
+    Plan {
+        mapping: mapping.name.clone(),
+        content_hash,
+        fact: mapping.fact.clone(),
+        scopes,
+        values,
+        columns,
+        dimensions,
+        key: mapping.key.clone(),
+        replace_by: mapping.replace_by.clone(),
+    }
+}
+
+fn value_plan(binding: &Binding, slot: usize) -> ValuePlan {
+    ValuePlan {
+        column: binding.column.clone(),
+        scope: binding.scope,
+        slot,
+        path: binding
+            .path
+            .as_ref()
+            .map(|path| (Selector::compile(path.query()), path.as_str().to_owned())),
+        convert: binding.convert,
+        default: binding.default.as_ref().map(|default| match default {
+            Derivation::Constant(constant) => Default::Constant(cell(constant)),
+            Derivation::Position(scope) => Default::Position(*scope),
+            Derivation::Ordinal(scope) => Default::Ordinal(*scope),
+            Derivation::UrlPart(part, path) => Default::UrlPart(
+                *part,
+                Selector::compile(path.query()),
+                path.as_str().to_owned(),
+            ),
+            Derivation::Quantified { all, path, equals } => Default::Quantified {
+                all: *all,
+                path: Selector::compile(path.query()),
+                equals: cell(equals),
+            },
+        }),
+        missing: binding.missing.as_ref().map_or(Cell::Null, cell),
+        required: binding.required,
+        max_chars: binding.ty.max_chars(),
+    }
+}
+
+fn cell(constant: &Constant) -> Cell {
+    match constant {
+        Constant::Int(number) => Cell::Int(*number),
+        Constant::Text(text) => Cell::Text(text.clone()),
+    }
+}

@@ -1,0 +1,318 @@
+//! The interpreter: explodes an event along the plan's scope chain, computes
+//! each scope item's values once, and emits one row per leaf item. Any type
+//! error, unparseable timestamp or missing required value discards the whole
+//! event with a message naming the concrete path (`$.segments[1].index`),
+//! what was expected and what was found.
+
+use serde_json::Value;
+
+use super::{Cell, Conversion, Default, DimensionKind, Plan, UrlPart, ValuePlan};
+use crate::convert::{self, Mismatch};
+
+/// One fact row: the plan's fact columns in order, and per dimension the
+/// natural key values of its member (static members already resolved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub values: Vec<Cell>,
+    pub members: Vec<Vec<String>>,
+}
+
+/// Why an event cannot be loaded. Its `Display` is the stored error text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Discard {
+    #[error("not UTF-8: invalid bytes at offset {0}")]
+    NotUtf8(usize),
+    #[error("not valid JSON: {0}")]
+    Json(String),
+    #[error("the event must be a JSON object, found {0}")]
+    NotAnObject(String),
+    #[error("`{path}`: expected {expected}, found {found}")]
+    WrongType {
+        path: String,
+        expected: &'static str,
+        found: String,
+    },
+    #[error("`{path}` is required (column {column}) but is absent or empty")]
+    Required { path: String, column: String },
+}
+
+/// Where the interpreter is in one event: per scope depth, the current item.
+struct Walk<'v> {
+    items: Vec<Item<'v>>,
+    /// Per depth, the values of the scope's `values`, in that order.
+    computed: Vec<Vec<Cell>>,
+    /// Per depth, how many items have been seen in the whole event.
+    ordinals: Vec<usize>,
+    rows: Vec<Row>,
+}
+
+#[derive(Clone, Copy)]
+enum Item<'v> {
+    /// An outer scope that selected nothing.
+    Empty,
+    Value {
+        value: &'v Value,
+        position: usize,
+        ordinal: usize,
+    },
+}
+
+impl Plan {
+    /// Interprets one event.
+    pub fn apply(&self, payload: &[u8]) -> Result<Vec<Row>, Discard> {
+        let text =
+            std::str::from_utf8(payload).map_err(|error| Discard::NotUtf8(error.valid_up_to()))?;
+        let event: Value =
+            serde_json::from_str(text).map_err(|error| Discard::Json(error.to_string()))?;
+        self.apply_value(&event)
+    }
+
+    /// Interprets one already parsed event.
+    pub fn apply_value(&self, event: &Value) -> Result<Vec<Row>, Discard> {
+        if !event.is_object() {
+            return Err(Discard::NotAnObject(convert::describe(event)));
+        }
+        let depth = self.scopes.len();
+        let mut walk = Walk {
+            items: vec![Item::Empty; depth],
+            computed: vec![Vec::new(); depth],
+            ordinals: vec![0; depth],
+            rows: Vec::new(),
+        };
+        self.explode(0, event, &mut walk)?;
+        Ok(walk.rows)
+    }
+
+    fn explode<'v>(
+        &self,
+        depth: usize,
+        parent: &'v Value,
+        walk: &mut Walk<'v>,
+    ) -> Result<(), Discard> {
+        let scope = &self.scopes[depth];
+        let mut items = Vec::new();
+        scope.each.select(parent, &mut items).map_err(|error| {
+            let at = self.location(depth.saturating_sub(1), walk, &error.at);
+            wrong_type(at, error.mismatch)
+        })?;
+        if items.is_empty() {
+            if scope.outer {
+                return self.empty_from(depth, walk);
+            }
+            return Ok(());
+        }
+        for (position, value) in items.into_iter().enumerate() {
+            let ordinal = walk.ordinals[depth];
+            walk.ordinals[depth] += 1;
+            walk.items[depth] = Item::Value {
+                value,
+                position,
+                ordinal,
+            };
+            self.compute(depth, walk)?;
+            if depth + 1 < self.scopes.len() {
+                self.explode(depth + 1, value, walk)?;
+            } else {
+                self.emit(walk);
+            }
+        }
+        Ok(())
+    }
+
+    /// Scope `depth` and all below it are empty: one row with their
+    /// `missing` values.
+    fn empty_from(&self, depth: usize, walk: &mut Walk) -> Result<(), Discard> {
+        for level in depth..self.scopes.len() {
+            walk.items[level] = Item::Empty;
+            self.compute(level, walk)?;
+        }
+        self.emit(walk);
+        Ok(())
+    }
+
+    fn compute(&self, depth: usize, walk: &mut Walk) -> Result<(), Discard> {
+        let mut cells = std::mem::take(&mut walk.computed[depth]);
+        cells.clear();
+        for &index in &self.scopes[depth].values {
+            cells.push(self.value(&self.values[index], walk)?);
+        }
+        walk.computed[depth] = cells;
+        Ok(())
+    }
+
+    fn value(&self, plan: &ValuePlan, walk: &Walk) -> Result<Cell, Discard> {
+        let Item::Value { value: item, .. } = walk.items[plan.scope] else {
+            return Ok(plan.missing.clone());
+        };
+        let found = match &plan.path {
+            Some((selector, text)) => selector
+                .get(item)
+                .map_err(|error| {
+                    wrong_type(self.location(plan.scope, walk, &error.at), error.mismatch)
+                })?
+                .map(|value| (value, text)),
+            None => None,
+        };
+        let cell = match found {
+            Some((value, text)) => convert_value(plan.convert, value)
+                .map_err(|mismatch| wrong_type(self.location(plan.scope, walk, text), mismatch))?,
+            None => match &plan.default {
+                Some(default) => self.derive(default, plan.scope, item, walk)?,
+                None => Cell::Null,
+            },
+        };
+        let cell = match (cell, plan.max_chars) {
+            (Cell::Text(text), Some(max)) => Cell::Text(convert::truncate(text, max)),
+            (cell, _) => cell,
+        };
+        let empty = match &cell {
+            Cell::Null => true,
+            Cell::Text(text) => text.is_empty(),
+            Cell::Int(_) => false,
+        };
+        if plan.required && empty {
+            let path = plan.path.as_ref().map_or("$", |(_, text)| text.as_str());
+            return Err(Discard::Required {
+                path: self.location(plan.scope, walk, path),
+                column: plan.column.clone(),
+            });
+        }
+        Ok(cell)
+    }
+
+    fn derive(
+        &self,
+        default: &Default,
+        scope: usize,
+        item: &Value,
+        walk: &Walk,
+    ) -> Result<Cell, Discard> {
+        Ok(match default {
+            Default::Constant(cell) => cell.clone(),
+            Default::Position(of) | Default::Ordinal(of) => match walk.items[*of] {
+                Item::Empty => Cell::Null,
+                Item::Value {
+                    position, ordinal, ..
+                } => {
+                    let n = if matches!(default, Default::Position(_)) {
+                        position
+                    } else {
+                        ordinal
+                    };
+                    Cell::Int(n as i64)
+                }
+            },
+            Default::UrlPart(part, selector, text) => {
+                let at = |error_at: &str| self.location(scope, walk, error_at);
+                let url = match selector
+                    .get(item)
+                    .map_err(|e| wrong_type(at(&e.at), e.mismatch))?
+                {
+                    Some(value) => {
+                        convert::text(value).map_err(|mismatch| wrong_type(at(text), mismatch))?
+                    }
+                    None => return Ok(Cell::Null),
+                };
+                let Some(parts) = convert::url_parts(&url) else {
+                    return Ok(Cell::Null);
+                };
+                match part {
+                    UrlPart::Host => parts.host.map_or(Cell::Null, Cell::Text),
+                    UrlPart::Path => Cell::Text(parts.path),
+                    UrlPart::Query => parts.query.map_or(Cell::Null, Cell::Text),
+                }
+            }
+            Default::Quantified { all, path, equals } => {
+                let mut found = Vec::new();
+                path.select(item, &mut found)
+                    .map_err(|e| wrong_type(self.location(scope, walk, &e.at), e.mismatch))?;
+                let matches = |value: &Value| match equals {
+                    Cell::Text(text) => value.as_str() == Some(text.as_str()),
+                    Cell::Int(number) => value.as_i64() == Some(*number),
+                    Cell::Null => value.is_null(),
+                };
+                let mut present = found.into_iter().filter(|value| !value.is_null());
+                let result = if *all {
+                    present.all(matches)
+                } else {
+                    present.any(matches)
+                };
+                Cell::Int(i64::from(result))
+            }
+        })
+    }
+
+    fn emit(&self, walk: &mut Walk) {
+        let cell = |index: usize| {
+            let value = &self.values[index];
+            walk.computed[value.scope][value.slot].clone()
+        };
+        let values = self.columns.iter().map(|(_, index)| cell(*index)).collect();
+        let members = self
+            .dimensions
+            .iter()
+            .map(|dimension| {
+                dimension
+                    .columns
+                    .iter()
+                    .map(|(_, index)| member_value(&dimension.kind, cell(*index)))
+                    .collect()
+            })
+            .collect();
+        walk.rows.push(Row { values, members });
+    }
+
+    /// The concrete path of `relative` read in the current item of scope
+    /// `depth`: `$.segments[1]` + `$.index` → `$.segments[1].index`.
+    fn location(&self, depth: usize, walk: &Walk, relative: &str) -> String {
+        let mut text = String::from("$");
+        for level in 0..=depth.min(self.scopes.len() - 1) {
+            let each = self.scopes[level].each_text.trim_start_matches('$');
+            match walk.items[level] {
+                Item::Value { position, .. } if level <= depth => {
+                    text.push_str(&each.replacen("[*]", &format!("[{position}]"), 1));
+                }
+                _ => text.push_str(each),
+            }
+        }
+        text.push_str(relative.trim_start_matches('$'));
+        text
+    }
+}
+
+fn convert_value(conversion: Conversion, value: &Value) -> Result<Cell, Mismatch> {
+    Ok(match conversion {
+        Conversion::String => Cell::Text(convert::text(value)?),
+        Conversion::Int => Cell::Int(convert::int(value)?),
+        Conversion::Flag => Cell::Int(convert::flag(value)?),
+        Conversion::EpochSeconds => Cell::Int(convert::epoch_seconds(value)?),
+        Conversion::DateTimeKey { interval } => Cell::Int(convert::interval_start(
+            convert::epoch_seconds(value)?,
+            interval,
+        )),
+    })
+}
+
+/// The natural key value a dimension member gets for one attribute.
+fn member_value(kind: &DimensionKind, cell: Cell) -> String {
+    let text = match cell {
+        Cell::Null => None,
+        Cell::Int(number) => Some(number.to_string()),
+        Cell::Text(text) => Some(text),
+    };
+    match kind {
+        DimensionKind::Static { members, otherwise } => match text {
+            Some(text) if members.contains(&text) => text,
+            _ => otherwise.clone(),
+        },
+        DimensionKind::GetOrCreate { absent } => text.unwrap_or_else(|| absent.clone()),
+    }
+}
+
+fn wrong_type(path: String, mismatch: Mismatch) -> Discard {
+    Discard::WrongType {
+        path,
+        expected: mismatch.expected,
+        found: mismatch.found,
+    }
+}
