@@ -19,7 +19,9 @@
 
 pub mod catalog;
 pub mod convert;
+pub mod dimension;
 pub mod diagnostic;
 pub mod mapping;
 pub mod options;
 pub mod plan;
+pub mod sink;

@@ -1,0 +1,167 @@
+//! Dimension resolution: natural key values → surrogate keys.
+//!
+//! [`Members`] caches every member seen, per dimension of a plan, and asks a
+//! [`MemberStore`] (implemented by the database sink) only for the members it
+//! has not seen. New cache entries are kept aside until the batch's
+//! transaction commits ([`Members::keep`]), so a rolled-back batch never
+//! leaves ids in the cache that the database does not hold.
+
+use std::collections::HashMap;
+
+use crate::plan::Row;
+
+/// One member's natural key values, in the dimension's column order.
+pub type Member = Vec<String>;
+
+/// Where members live: finds the ids of existing members and creates the
+/// missing ones (race-safe), returning every id asked for.
+pub trait MemberStore {
+    type Error;
+
+    /// The ids of `members` of dimension `dimension`, creating those that do
+    /// not exist. Returns them in order, with how many were created.
+    fn find_or_create(
+        &mut self,
+        dimension: usize,
+        members: &[&Member],
+    ) -> impl std::future::Future<Output = Result<(Vec<i64>, usize), Self::Error>>;
+}
+
+/// The member cache of one plan.
+#[derive(Debug, Default)]
+pub struct Members {
+    known: Vec<HashMap<Member, i64>>,
+}
+
+/// The surrogate keys of a batch's rows, and what the batch learnt.
+#[derive(Debug, Default)]
+pub struct Resolved {
+    /// Per row, per dimension, the surrogate key.
+    pub keys: Vec<Vec<i64>>,
+    /// How many members the store created.
+    pub created: usize,
+    learnt: Vec<(usize, Member, i64)>,
+}
+
+impl Members {
+    pub fn new(dimensions: usize) -> Self {
+        Members { known: vec![HashMap::new(); dimensions] }
+    }
+
+    /// Seeds the cache with members known to exist (static dimensions).
+    pub fn preload(&mut self, dimension: usize, members: impl IntoIterator<Item = (Member, i64)>) {
+        self.known[dimension].extend(members);
+    }
+
+    pub fn get(&self, dimension: usize, member: &Member) -> Option<i64> {
+        self.known[dimension].get(member).copied()
+    }
+
+    /// The surrogate keys of every row, asking `store` for unseen members.
+    pub async fn resolve<S: MemberStore>(&self, store: &mut S, rows: &[&Row]) -> Result<Resolved, S::Error> {
+        let mut resolved = Resolved::default();
+        let mut batch: Vec<HashMap<&Member, i64>> = vec![HashMap::new(); self.known.len()];
+        for (dimension, found) in batch.iter_mut().enumerate() {
+            let mut unseen: Vec<&Member> = Vec::new();
+            for row in rows {
+                let member = &row.members[dimension];
+                if !self.known[dimension].contains_key(member) && !found.contains_key(member) {
+                    found.insert(member, 0);
+                    unseen.push(member);
+                }
+            }
+            if unseen.is_empty() {
+                continue;
+            }
+            let (ids, created) = store.find_or_create(dimension, &unseen).await?;
+            resolved.created += created;
+            for (member, id) in unseen.into_iter().zip(ids) {
+                found.insert(member, id);
+                resolved.learnt.push((dimension, member.clone(), id));
+            }
+        }
+        resolved.keys = rows
+            .iter()
+            .map(|row| {
+                row.members
+                    .iter()
+                    .enumerate()
+                    .map(|(d, member)| self.get(d, member).or_else(|| batch[d].get(member).copied()).unwrap_or(0))
+                    .collect()
+            })
+            .collect();
+        Ok(resolved)
+    }
+
+    /// Keeps what a committed batch learnt.
+    pub fn keep(&mut self, resolved: Resolved) {
+        for (dimension, member, id) in resolved.learnt {
+            self.known[dimension].insert(member, id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store that numbers members in order of creation.
+    #[derive(Default)]
+    struct Counting {
+        created: Vec<Member>,
+        asked: usize,
+    }
+
+    impl MemberStore for Counting {
+        type Error = ();
+
+        async fn find_or_create(&mut self, _: usize, members: &[&Member]) -> Result<(Vec<i64>, usize), ()> {
+            self.asked += 1;
+            let mut ids = Vec::new();
+            let mut created = 0;
+            for member in members {
+                let at = match self.created.iter().position(|m| m == *member) {
+                    Some(at) => at,
+                    None => {
+                        created += 1;
+                        self.created.push((*member).clone());
+                        self.created.len() - 1
+                    }
+                };
+                ids.push(at as i64 + 1);
+            }
+            Ok((ids, created))
+        }
+    }
+
+    fn row(member: &str) -> Row {
+        Row { values: Vec::new(), members: vec![vec![member.to_owned()]] }
+    }
+
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().build().expect("runtime").block_on(future)
+    }
+
+    #[test]
+    fn asks_once_per_unseen_member_and_caches_after_keep() {
+        let mut members = Members::new(1);
+        let mut store = Counting::default();
+        let rows = [row("a"), row("b"), row("a")];
+        let refs: Vec<&Row> = rows.iter().collect();
+        let first = block_on(members.resolve(&mut store, &refs)).unwrap();
+        assert_eq!((first.keys.clone(), first.created, store.asked), (vec![vec![1], vec![2], vec![1]], 2, 1));
+        members.keep(first);
+        let again = block_on(members.resolve(&mut store, &refs)).unwrap();
+        assert_eq!((again.keys, again.created, store.asked), (vec![vec![1], vec![2], vec![1]], 0, 1));
+    }
+
+    #[test]
+    fn a_batch_that_is_not_kept_leaves_the_cache_alone() {
+        let members = Members::new(1);
+        let mut store = Counting::default();
+        let rows = [row("a")];
+        let refs: Vec<&Row> = rows.iter().collect();
+        let _rolled_back = block_on(members.resolve(&mut store, &refs)).unwrap();
+        assert_eq!(members.get(0, &vec!["a".to_owned()]), None);
+    }
+}

@@ -1,0 +1,132 @@
+//! Tables from the catalog, for SQLite and PostgreSQL, via SeaQuery.
+//!
+//! Each catalog column becomes a column of its type; a table's surrogate key
+//! becomes a generated id; dimensions get one more column, the
+//! `NATURAL_KEY_HASH` (SHA-256 of the natural key values) with a unique
+//! index, so that members are unique and race-safe to create however long
+//! their natural keys are (PostgreSQL limits index entries to ~2.7 kB).
+//! Seeded rows (static members) are inserted once.
+
+use sea_orm::sea_query::{ColumnDef, Index, OnConflict, Query, Table as DdlTable};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr};
+use sha2::{Digest, Sha256};
+
+use super::Names;
+use crate::catalog::{ColumnType, Role, SeedValue, Table};
+
+/// The sink-managed column holding the hash of a dimension member's natural key.
+pub const HASH_COLUMN: &str = "NATURAL_KEY_HASH";
+
+/// SHA-256 (hex) of natural key values, separated by a unit separator.
+pub fn natural_key_hash<S: AsRef<str>>(values: &[S]) -> String {
+    let mut hasher = Sha256::new();
+    for (at, value) in values.iter().enumerate() {
+        if at > 0 {
+            hasher.update([0x1f]);
+        }
+        hasher.update(value.as_ref().as_bytes());
+    }
+    format!("{:x}", hasher.finalize())
+}
+
+/// Creates `table` (and its indexes) when it does not exist, and inserts its
+/// seeded rows that are missing.
+pub async fn create(db: &impl ConnectionTrait, names: &Names, table: &Table) -> Result<(), DbErr> {
+    let backend = db.get_database_backend();
+    let mut create = DdlTable::create();
+    create.table(names.table(&table.name)).if_not_exists();
+    for (name, column) in &table.columns {
+        let mut def = ColumnDef::new(names.column(name));
+        let surrogate = table.surrogate_key.as_deref() == Some(name.as_str());
+        match (column.ty, surrogate, backend) {
+            // SQLite generates ids only for a column typed exactly INTEGER PRIMARY KEY.
+            (_, true, DbBackend::Sqlite) => def.integer(),
+            (ColumnType::SmallInt, ..) => def.small_integer(),
+            (ColumnType::Integer, ..) => def.integer(),
+            (ColumnType::BigInt, ..) => def.big_integer(),
+            (ColumnType::Varchar(size), ..) => def.string_len(size as u32),
+            (ColumnType::Text, ..) => def.text(),
+            (ColumnType::Bytes, _, DbBackend::Postgres) => def.binary(),
+            (ColumnType::Bytes, ..) => def.blob(),
+        };
+        if surrogate {
+            def.primary_key().auto_increment();
+        } else if !column.nullable {
+            def.not_null();
+        }
+        create.col(&mut def);
+    }
+    if table.role == Role::Dimension {
+        create.col(ColumnDef::new(names.column(HASH_COLUMN)).string_len(64).not_null());
+    }
+    if table.surrogate_key.is_none() {
+        let mut primary = Index::create();
+        for column in &table.primary_key {
+            primary.col(names.column(column));
+        }
+        create.primary_key(&mut primary);
+    }
+    db.execute(&create).await?;
+
+    if table.role == Role::Dimension {
+        let index = Index::create()
+            .if_not_exists()
+            .unique()
+            .name(names.index(&table.name, "natural_key"))
+            .table(names.table(&table.name))
+            .col(names.column(HASH_COLUMN))
+            .to_owned();
+        db.execute(&index).await?;
+    }
+    if !table.rows.is_empty() {
+        seed(db, names, table).await?;
+    }
+    Ok(())
+}
+
+async fn seed(db: &impl ConnectionTrait, names: &Names, table: &Table) -> Result<(), DbErr> {
+    let columns: Vec<&String> = table.rows[0].keys().collect();
+    let mut insert = Query::insert();
+    insert.into_table(names.table(&table.name));
+    let mut targets: Vec<_> = columns.iter().map(|c| names.column(c)).collect();
+    let dimension = table.role == Role::Dimension;
+    if dimension {
+        targets.push(names.column(HASH_COLUMN));
+    }
+    insert.columns(targets);
+    for row in &table.rows {
+        let mut values: Vec<sea_orm::sea_query::SimpleExpr> = columns
+            .iter()
+            .map(|column| match row.get(*column) {
+                Some(SeedValue::Int(number)) => (*number).into(),
+                Some(SeedValue::Text(text)) => text.clone().into(),
+                None => sea_orm::sea_query::Value::String(None).into(),
+            })
+            .collect();
+        if dimension {
+            let natural: Vec<String> = table
+                .natural_key
+                .iter()
+                .map(|column| match row.get(column) {
+                    Some(SeedValue::Int(number)) => number.to_string(),
+                    Some(SeedValue::Text(text)) => text.clone(),
+                    None => String::new(),
+                })
+                .collect();
+            values.push(natural_key_hash(&natural).into());
+        }
+        insert.values_panic(values);
+    }
+    insert.on_conflict(OnConflict::new().do_nothing().to_owned());
+    db.execute(&insert).await?;
+    // Seeded ids are explicit; move PostgreSQL's id sequence past them.
+    if let (DbBackend::Postgres, Some(key)) = (db.get_database_backend(), &table.surrogate_key) {
+        let (table_name, key) = (names.raw(&table.name), names.raw(key));
+        let sql = format!(
+            "SELECT setval(pg_get_serial_sequence('{table_name}', '{key}'), \
+             GREATEST((SELECT MAX({key}) FROM {table_name}), 1))"
+        );
+        db.execute_unprepared(&sql).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! The database sink: the only code that talks to a database (through
+//! sea-orm, with SeaQuery for the catalog-driven tables).
+//!
+//! [`Database::connect`] opens SQLite (the embedded default) or PostgreSQL;
+//! [`Sink::open`] creates a plan's tables, the control tables and the static
+//! members; [`Sink::write`] commits one [`Batch`] — fact rows, new dimension
+//! members, discards and its audit row — in one transaction, so a failure
+//! leaves no partial batch. In PostgreSQL, names are lower case so analysts
+//! can write plain unquoted SQL.
+
+mod ddl;
+mod write;
+
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
+use sea_orm::{ConnectOptions, ConnectionTrait, DatabaseConnection, DbBackend, DbErr};
+
+use crate::catalog::{Catalog, Role, Table};
+use crate::dimension::Members;
+use crate::plan::{DimensionKind, Plan};
+
+pub use ddl::{HASH_COLUMN, natural_key_hash};
+pub use write::{Batch, BatchReport, DiscardRecord};
+
+/// The control tables every load writes.
+pub const CONTROL_TABLES: [&str; 3] = ["CTL_AUDIT_LOG", "CTL_KAFKA_OFFSET", "CTL_DISCARD"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("database: {0}")]
+    Database(#[from] DbErr),
+    #[error("table `{0}` is not in the catalog")]
+    MissingTable(String),
+    #[error("static member `{member}` of `{table}` is not in the database; run init-db with the current catalog")]
+    MissingMember { table: String, member: String },
+}
+
+/// How catalog names become SQL names on one backend.
+#[derive(Debug, Clone, Copy)]
+pub struct Names {
+    backend: DbBackend,
+}
+
+impl Names {
+    /// The name as created: lower case in PostgreSQL, as declared elsewhere.
+    pub fn raw(&self, name: &str) -> String {
+        match self.backend {
+            DbBackend::Postgres => name.to_lowercase(),
+            _ => name.to_owned(),
+        }
+    }
+
+    pub fn table(&self, name: &str) -> Alias {
+        Alias::new(self.raw(name))
+    }
+
+    pub fn column(&self, name: &str) -> Alias {
+        Alias::new(self.raw(name))
+    }
+
+    pub fn index(&self, table: &str, what: &str) -> String {
+        self.raw(&format!("{table}_{what}"))
+    }
+}
+
+/// An open database.
+pub struct Database {
+    pub connection: DatabaseConnection,
+    pub names: Names,
+}
+
+impl Database {
+    /// Connects; an `sqlite://` file is created when missing.
+    pub async fn connect(url: &str) -> Result<Database, SinkError> {
+        let url = if url.starts_with("sqlite:") && !url.contains("mode=") {
+            format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+        } else {
+            url.to_owned()
+        };
+        let mut options = ConnectOptions::new(url);
+        options.sqlx_logging(false);
+        if options.get_url().starts_with("sqlite:") {
+            // One writer: SQLite serialises writes anyway; one connection
+            // avoids "database is locked" between our own connections.
+            options.max_connections(1);
+        }
+        let connection = sea_orm::Database::connect(options).await?;
+        let backend = connection.get_database_backend();
+        if backend == DbBackend::Sqlite {
+            connection
+                .execute_unprepared("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;")
+                .await?;
+        }
+        Ok(Database { connection, names: Names { backend } })
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.names.backend
+    }
+
+    /// Creates the named tables (and the control tables) that do not exist.
+    pub async fn create_tables<'c>(
+        &self,
+        catalog: &'c Catalog,
+        tables: impl IntoIterator<Item = &'c str>,
+    ) -> Result<Vec<&'c Table>, SinkError> {
+        let mut created = Vec::new();
+        for name in CONTROL_TABLES.into_iter().chain(tables) {
+            let table = catalog.table(name).ok_or_else(|| SinkError::MissingTable(name.to_owned()))?;
+            if !created.iter().any(|t: &&Table| t.name == table.name) {
+                ddl::create(&self.connection, &self.names, table).await?;
+                created.push(table);
+            }
+        }
+        Ok(created)
+    }
+}
+
+/// The tables a plan writes to.
+pub fn plan_tables(plan: &Plan) -> impl Iterator<Item = &str> {
+    std::iter::once(plan.fact.as_str()).chain(plan.dimensions.iter().map(|d| d.table.as_str()))
+}
+
+/// A plan bound to a database: writes its batches.
+pub struct Sink {
+    db: Database,
+    plan: Plan,
+    fact: Table,
+    dimensions: Vec<Table>,
+    members: Members,
+}
+
+impl Sink {
+    /// Creates what is missing and loads the static members.
+    pub async fn open(db: Database, catalog: &Catalog, plan: Plan) -> Result<Sink, SinkError> {
+        db.create_tables(catalog, plan_tables(&plan)).await?;
+        let table = |name: &str| catalog.table(name).cloned().ok_or_else(|| SinkError::MissingTable(name.to_owned()));
+        let fact = table(&plan.fact)?;
+        let dimensions = plan.dimensions.iter().map(|d| table(&d.table)).collect::<Result<Vec<_>, _>>()?;
+        let mut members = Members::new(plan.dimensions.len());
+        for (at, dimension) in plan.dimensions.iter().enumerate() {
+            let DimensionKind::Static { members: listed, otherwise } = &dimension.kind else { continue };
+            let found = static_members(&db, &dimensions[at]).await?;
+            for member in listed.iter().chain([otherwise]) {
+                if !found.iter().any(|(values, _)| values.len() == 1 && &values[0] == member) {
+                    return Err(SinkError::MissingMember { table: dimension.table.clone(), member: member.clone() });
+                }
+            }
+            members.preload(at, found);
+        }
+        Ok(Sink { db, plan, fact, dimensions, members })
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+}
+
+/// Every row of a static dimension: natural key values and id.
+async fn static_members(db: &Database, table: &Table) -> Result<Vec<(Vec<String>, i64)>, SinkError> {
+    debug_assert_eq!(table.role, Role::Dimension);
+    let names = &db.names;
+    let key = table.surrogate_key.as_deref().unwrap_or("ID");
+    let mut select = Query::select();
+    select.from(names.table(&table.name)).expr(Expr::col(names.column(key)).cast_as(Alias::new("BIGINT")));
+    for column in &table.natural_key {
+        select.expr(Expr::col(names.column(column)));
+    }
+    let rows = db.connection.query_all(&select).await?;
+    rows.iter()
+        .map(|row| {
+            let id: i64 = row.try_get_by_index(0)?;
+            let values = (0..table.natural_key.len())
+                .map(|at| row.try_get_by_index::<String>(at + 1))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((values, id))
+        })
+        .collect::<Result<_, DbErr>>()
+        .map_err(SinkError::from)
+}
