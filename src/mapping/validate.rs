@@ -620,11 +620,16 @@ impl<'c> Checker<'c> {
             .table
             .as_ref()
             .and_then(|table| self.check_table(table, Role::Dimension))?;
-        let matches: Vec<Binding> = raw
+        let mut matches: Vec<Binding> = raw
             .matches
             .iter()
             .filter_map(|binding| self.check_binding(binding, table, context))
             .collect();
+        // Members are identified in the table's natural key order.
+        matches.sort_by_key(|binding| {
+            let position = table.natural_key.iter().position(|c| *c == binding.column);
+            position.unwrap_or(usize::MAX)
+        });
         for column in &table.natural_key {
             if !raw
                 .matches
