@@ -45,7 +45,9 @@ pub struct Resolved {
 
 impl Members {
     pub fn new(dimensions: usize) -> Self {
-        Members { known: vec![HashMap::new(); dimensions] }
+        Members {
+            known: vec![HashMap::new(); dimensions],
+        }
     }
 
     /// Seeds the cache with members known to exist (static dimensions).
@@ -58,7 +60,11 @@ impl Members {
     }
 
     /// The surrogate keys of every row, asking `store` for unseen members.
-    pub async fn resolve<S: MemberStore>(&self, store: &mut S, rows: &[&Row]) -> Result<Resolved, S::Error> {
+    pub async fn resolve<S: MemberStore>(
+        &self,
+        store: &mut S,
+        rows: &[&Row],
+    ) -> Result<Resolved, S::Error> {
         let mut resolved = Resolved::default();
         let mut batch: Vec<HashMap<&Member, i64>> = vec![HashMap::new(); self.known.len()];
         for (dimension, found) in batch.iter_mut().enumerate() {
@@ -86,7 +92,11 @@ impl Members {
                 row.members
                     .iter()
                     .enumerate()
-                    .map(|(d, member)| self.get(d, member).or_else(|| batch[d].get(member).copied()).unwrap_or(0))
+                    .map(|(d, member)| {
+                        self.get(d, member)
+                            .or_else(|| batch[d].get(member).copied())
+                            .unwrap_or(0)
+                    })
                     .collect()
             })
             .collect();
@@ -115,7 +125,11 @@ mod tests {
     impl MemberStore for Counting {
         type Error = ();
 
-        async fn find_or_create(&mut self, _: usize, members: &[&Member]) -> Result<(Vec<i64>, usize), ()> {
+        async fn find_or_create(
+            &mut self,
+            _: usize,
+            members: &[&Member],
+        ) -> Result<(Vec<i64>, usize), ()> {
             self.asked += 1;
             let mut ids = Vec::new();
             let mut created = 0;
@@ -135,11 +149,17 @@ mod tests {
     }
 
     fn row(member: &str) -> Row {
-        Row { values: Vec::new(), members: vec![vec![member.to_owned()]] }
+        Row {
+            values: Vec::new(),
+            members: vec![vec![member.to_owned()]],
+        }
     }
 
     fn block_on<F: std::future::Future>(future: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread().build().expect("runtime").block_on(future)
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(future)
     }
 
     #[test]
@@ -149,10 +169,16 @@ mod tests {
         let rows = [row("a"), row("b"), row("a")];
         let refs: Vec<&Row> = rows.iter().collect();
         let first = block_on(members.resolve(&mut store, &refs)).unwrap();
-        assert_eq!((first.keys.clone(), first.created, store.asked), (vec![vec![1], vec![2], vec![1]], 2, 1));
+        assert_eq!(
+            (first.keys.clone(), first.created, store.asked),
+            (vec![vec![1], vec![2], vec![1]], 2, 1)
+        );
         members.keep(first);
         let again = block_on(members.resolve(&mut store, &refs)).unwrap();
-        assert_eq!((again.keys, again.created, store.asked), (vec![vec![1], vec![2], vec![1]], 0, 1));
+        assert_eq!(
+            (again.keys, again.created, store.asked),
+            (vec![vec![1], vec![2], vec![1]], 0, 1)
+        );
     }
 
     #[test]

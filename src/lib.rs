@@ -19,9 +19,11 @@
 
 pub mod catalog;
 pub mod convert;
-pub mod dimension;
 pub mod diagnostic;
+pub mod dimension;
 pub mod mapping;
 pub mod options;
+pub mod pipeline;
 pub mod plan;
 pub mod sink;
+pub mod source;

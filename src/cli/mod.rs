@@ -2,6 +2,8 @@
 //! dispatch to each. Every subcommand returns an [`Outcome`] or a runtime
 //! error; only `main` maps them to exit codes.
 
+mod init_db;
+mod load;
 mod test_mapping;
 mod validate;
 
@@ -28,6 +30,8 @@ pub struct Cli {
 pub enum Command {
     ValidateMapping(validate::ValidateArgs),
     TestMapping(test_mapping::TestMappingArgs),
+    InitDb(init_db::InitDbArgs),
+    Load(load::LoadArgs),
 }
 
 /// How a command ended when it ran to completion.
@@ -79,10 +83,34 @@ pub struct CatalogArgs {
     pub catalog: PathBuf,
 }
 
+/// Which database; shared by every command that writes.
+#[derive(Debug, clap::Args)]
+pub struct DatabaseArgs {
+    /// `sqlite://PATH` (created when missing) or `postgres://USER@HOST/DB`.
+    /// Defaults to $DATABASE_URL, then to martmap.db in the working directory.
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
+}
+
+impl DatabaseArgs {
+    pub fn url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| "sqlite://martmap.db".to_owned())
+    }
+}
+
 pub fn run(cli: Cli) -> Result<Outcome, Box<dyn std::error::Error>> {
     match cli.command {
         Command::ValidateMapping(args) => validate::run(args),
         Command::TestMapping(args) => test_mapping::run(args),
+        Command::InitDb(args) => init_db::run(args),
+        Command::Load(args) => load::run(args),
     }
 }
 

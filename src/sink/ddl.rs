@@ -57,7 +57,11 @@ pub async fn create(db: &impl ConnectionTrait, names: &Names, table: &Table) -> 
         create.col(&mut def);
     }
     if table.role == Role::Dimension {
-        create.col(ColumnDef::new(names.column(HASH_COLUMN)).string_len(64).not_null());
+        create.col(
+            ColumnDef::new(names.column(HASH_COLUMN))
+                .string_len(64)
+                .not_null(),
+        );
     }
     if table.surrogate_key.is_none() {
         let mut primary = Index::create();

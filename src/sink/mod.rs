@@ -30,7 +30,9 @@ pub enum SinkError {
     Database(#[from] DbErr),
     #[error("table `{0}` is not in the catalog")]
     MissingTable(String),
-    #[error("static member `{member}` of `{table}` is not in the database; run init-db with the current catalog")]
+    #[error(
+        "static member `{member}` of `{table}` is not in the database; run init-db with the current catalog"
+    )]
     MissingMember { table: String, member: String },
 }
 
@@ -90,7 +92,10 @@ impl Database {
                 .execute_unprepared("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;")
                 .await?;
         }
-        Ok(Database { connection, names: Names { backend } })
+        Ok(Database {
+            connection,
+            names: Names { backend },
+        })
     }
 
     pub fn backend(&self) -> DbBackend {
@@ -105,7 +110,9 @@ impl Database {
     ) -> Result<Vec<&'c Table>, SinkError> {
         let mut created = Vec::new();
         for name in CONTROL_TABLES.into_iter().chain(tables) {
-            let table = catalog.table(name).ok_or_else(|| SinkError::MissingTable(name.to_owned()))?;
+            let table = catalog
+                .table(name)
+                .ok_or_else(|| SinkError::MissingTable(name.to_owned()))?;
             if !created.iter().any(|t: &&Table| t.name == table.name) {
                 ddl::create(&self.connection, &self.names, table).await?;
                 created.push(table);
@@ -133,21 +140,48 @@ impl Sink {
     /// Creates what is missing and loads the static members.
     pub async fn open(db: Database, catalog: &Catalog, plan: Plan) -> Result<Sink, SinkError> {
         db.create_tables(catalog, plan_tables(&plan)).await?;
-        let table = |name: &str| catalog.table(name).cloned().ok_or_else(|| SinkError::MissingTable(name.to_owned()));
+        let table = |name: &str| {
+            catalog
+                .table(name)
+                .cloned()
+                .ok_or_else(|| SinkError::MissingTable(name.to_owned()))
+        };
         let fact = table(&plan.fact)?;
-        let dimensions = plan.dimensions.iter().map(|d| table(&d.table)).collect::<Result<Vec<_>, _>>()?;
+        let dimensions = plan
+            .dimensions
+            .iter()
+            .map(|d| table(&d.table))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut members = Members::new(plan.dimensions.len());
         for (at, dimension) in plan.dimensions.iter().enumerate() {
-            let DimensionKind::Static { members: listed, otherwise } = &dimension.kind else { continue };
+            let DimensionKind::Static {
+                members: listed,
+                otherwise,
+            } = &dimension.kind
+            else {
+                continue;
+            };
             let found = static_members(&db, &dimensions[at]).await?;
             for member in listed.iter().chain([otherwise]) {
-                if !found.iter().any(|(values, _)| values.len() == 1 && &values[0] == member) {
-                    return Err(SinkError::MissingMember { table: dimension.table.clone(), member: member.clone() });
+                if !found
+                    .iter()
+                    .any(|(values, _)| values.len() == 1 && &values[0] == member)
+                {
+                    return Err(SinkError::MissingMember {
+                        table: dimension.table.clone(),
+                        member: member.clone(),
+                    });
                 }
             }
             members.preload(at, found);
         }
-        Ok(Sink { db, plan, fact, dimensions, members })
+        Ok(Sink {
+            db,
+            plan,
+            fact,
+            dimensions,
+            members,
+        })
     }
 
     pub fn plan(&self) -> &Plan {
@@ -160,12 +194,17 @@ impl Sink {
 }
 
 /// Every row of a static dimension: natural key values and id.
-async fn static_members(db: &Database, table: &Table) -> Result<Vec<(Vec<String>, i64)>, SinkError> {
+async fn static_members(
+    db: &Database,
+    table: &Table,
+) -> Result<Vec<(Vec<String>, i64)>, SinkError> {
     debug_assert_eq!(table.role, Role::Dimension);
     let names = &db.names;
     let key = table.surrogate_key.as_deref().unwrap_or("ID");
     let mut select = Query::select();
-    select.from(names.table(&table.name)).expr(Expr::col(names.column(key)).cast_as(Alias::new("BIGINT")));
+    select
+        .from(names.table(&table.name))
+        .expr(Expr::col(names.column(key)).cast_as(Alias::new("BIGINT")));
     for column in &table.natural_key {
         select.expr(Expr::col(names.column(column)));
     }

@@ -60,9 +60,15 @@ impl Sink {
         let audit_key = self.insert_audit(&txn, batch, started).await?;
 
         let rows = self.latest_rows(batch);
-        let mut store = TxnStore { txn: &txn, names, tables: &self.dimensions, audit_key };
+        let mut store = TxnStore {
+            txn: &txn,
+            names,
+            tables: &self.dimensions,
+            audit_key,
+        };
         let resolved = self.members.resolve(&mut store, &rows).await?;
-        self.upsert_facts(&txn, &rows, &resolved.keys, audit_key).await?;
+        self.upsert_facts(&txn, &rows, &resolved.keys, audit_key)
+            .await?;
         self.delete_replaced(&txn, &rows, audit_key).await?;
         insert_discards(&txn, names, &self.plan.mapping, &batch.discards, audit_key).await?;
 
@@ -86,7 +92,12 @@ impl Sink {
         Ok(report)
     }
 
-    async fn insert_audit(&self, txn: &DatabaseTransaction, batch: &Batch, started: i64) -> Result<i64, DbErr> {
+    async fn insert_audit(
+        &self,
+        txn: &DatabaseTransaction,
+        batch: &Batch,
+        started: i64,
+    ) -> Result<i64, DbErr> {
         let names = self.db.names;
         let insert = Query::insert()
             .into_table(names.table("CTL_AUDIT_LOG"))
@@ -115,9 +126,15 @@ impl Sink {
                 started.into(),
                 started.into(),
             ])
-            .returning(Query::returning().expr(Expr::col(names.column("AUDIT_KEY")).cast_as(Alias::new("BIGINT"))))
+            .returning(
+                Query::returning()
+                    .expr(Expr::col(names.column("AUDIT_KEY")).cast_as(Alias::new("BIGINT"))),
+            )
             .to_owned();
-        let row = txn.query_one(&insert).await?.ok_or_else(|| DbErr::RecordNotInserted)?;
+        let row = txn
+            .query_one(&insert)
+            .await?
+            .ok_or_else(|| DbErr::RecordNotInserted)?;
         row.try_get_by_index(0)
     }
 
@@ -135,7 +152,9 @@ impl Sink {
         let mut by_key: HashMap<Vec<&Cell>, usize> = HashMap::new();
         let mut rows: Vec<&Row> = Vec::new();
         for (at, event_rows) in batch.events.iter().enumerate() {
-            let Some(first) = event_rows.first() else { continue };
+            let Some(first) = event_rows.first() else {
+                continue;
+            };
             let identity: Vec<&Cell> = replace_by.iter().map(|&i| &first.values[i]).collect();
             if last_event.get(&identity) != Some(&at) {
                 continue;
@@ -156,7 +175,15 @@ impl Sink {
 
     /// Positions in the plan's fact columns of the named columns.
     fn column_positions(&self, names: &[String]) -> Vec<usize> {
-        names.iter().filter_map(|name| self.plan.columns.iter().position(|(column, _)| column == name)).collect()
+        names
+            .iter()
+            .filter_map(|name| {
+                self.plan
+                    .columns
+                    .iter()
+                    .position(|(column, _)| column == name)
+            })
+            .collect()
     }
 
     async fn upsert_facts(
@@ -170,16 +197,25 @@ impl Sink {
             return Ok(());
         }
         let names = self.db.names;
-        let mut columns: Vec<&str> = self.plan.columns.iter().map(|(name, _)| name.as_str()).collect();
+        let mut columns: Vec<&str> = self
+            .plan
+            .columns
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect();
         columns.extend(self.plan.dimensions.iter().map(|d| d.key_column.as_str()));
         let audit = &self.fact.audit;
         columns.extend(audit.create.as_deref());
         columns.extend(audit.update.as_deref());
-        let types: Vec<ColumnType> =
-            columns.iter().map(|c| self.fact.column(c).map_or(ColumnType::BigInt, |c| c.ty)).collect();
+        let types: Vec<ColumnType> = columns
+            .iter()
+            .map(|c| self.fact.column(c).map_or(ColumnType::BigInt, |c| c.ty))
+            .collect();
         let updated: Vec<Alias> = columns
             .iter()
-            .filter(|c| !self.plan.key.iter().any(|k| k == *c) && audit.create.as_deref() != Some(**c))
+            .filter(|c| {
+                !self.plan.key.iter().any(|k| k == *c) && audit.create.as_deref() != Some(**c)
+            })
             .map(|c| names.column(c))
             .collect();
         let conflict = OnConflict::columns(self.plan.key.iter().map(|k| names.column(k)))
@@ -188,13 +224,22 @@ impl Sink {
         let audits = usize::from(audit.create.is_some()) + usize::from(audit.update.is_some());
         for (chunk_rows, chunk_keys) in rows.chunks(CHUNK).zip(keys.chunks(CHUNK)) {
             let mut insert = Query::insert();
-            insert.into_table(names.table(&self.fact.name)).columns(columns.iter().map(|c| names.column(c)));
+            insert
+                .into_table(names.table(&self.fact.name))
+                .columns(columns.iter().map(|c| names.column(c)));
             for (row, dimension_keys) in chunk_rows.iter().zip(chunk_keys) {
-                let mut values: Vec<SimpleExpr> =
-                    row.values.iter().zip(&types).map(|(cell, ty)| value(cell, *ty).into()).collect();
+                let mut values: Vec<SimpleExpr> = row
+                    .values
+                    .iter()
+                    .zip(&types)
+                    .map(|(cell, ty)| value(cell, *ty).into())
+                    .collect();
                 let offset = row.values.len();
                 values.extend(
-                    dimension_keys.iter().enumerate().map(|(d, id)| value(&Cell::Int(*id), types[offset + d]).into()),
+                    dimension_keys
+                        .iter()
+                        .enumerate()
+                        .map(|(d, id)| value(&Cell::Int(*id), types[offset + d]).into()),
                 );
                 values.extend(std::iter::repeat_n(SimpleExpr::from(audit_key), audits));
                 insert.values_panic(values);
@@ -206,14 +251,24 @@ impl Sink {
     }
 
     /// Deletes the rows of this batch's events that the events no longer have.
-    async fn delete_replaced(&self, txn: &DatabaseTransaction, rows: &[&Row], audit_key: i64) -> Result<(), DbErr> {
-        let Some(audit_update) = self.fact.audit.update.as_deref() else { return Ok(()) };
+    async fn delete_replaced(
+        &self,
+        txn: &DatabaseTransaction,
+        rows: &[&Row],
+        audit_key: i64,
+    ) -> Result<(), DbErr> {
+        let Some(audit_update) = self.fact.audit.update.as_deref() else {
+            return Ok(());
+        };
         if self.plan.replace_by.is_empty() || rows.is_empty() {
             return Ok(());
         }
         let names = self.db.names;
         let positions = self.column_positions(&self.plan.replace_by);
-        let mut identities: Vec<Vec<&Cell>> = rows.iter().map(|row| positions.iter().map(|&i| &row.values[i]).collect()).collect();
+        let mut identities: Vec<Vec<&Cell>> = rows
+            .iter()
+            .map(|row| positions.iter().map(|&i| &row.values[i]).collect())
+            .collect();
         identities.sort();
         identities.dedup();
         for chunk in identities.chunks(CHUNK) {
@@ -221,7 +276,8 @@ impl Sink {
             for identity in chunk {
                 let mut all = Cond::all();
                 for (&position, cell) in positions.iter().zip(identity) {
-                    let name = &self.plan.replace_by[positions.iter().position(|&p| p == position).unwrap_or(0)];
+                    let name = &self.plan.replace_by
+                        [positions.iter().position(|&p| p == position).unwrap_or(0)];
                     let ty = self.fact.column(name).map_or(ColumnType::Text, |c| c.ty);
                     all = all.add(Expr::col(names.column(name)).eq(value(cell, ty)));
                 }
@@ -229,7 +285,11 @@ impl Sink {
             }
             let delete = Query::delete()
                 .from_table(names.table(&self.fact.name))
-                .cond_where(Cond::all().add(any).add(Expr::col(names.column(audit_update)).ne(audit_key)))
+                .cond_where(
+                    Cond::all()
+                        .add(any)
+                        .add(Expr::col(names.column(audit_update)).ne(audit_key)),
+                )
                 .to_owned();
             txn.execute(&delete).await?;
         }
@@ -290,13 +350,21 @@ struct TxnStore<'a> {
 impl MemberStore for TxnStore<'_> {
     type Error = DbErr;
 
-    async fn find_or_create(&mut self, dimension: usize, members: &[&Member]) -> Result<(Vec<i64>, usize), DbErr> {
+    async fn find_or_create(
+        &mut self,
+        dimension: usize,
+        members: &[&Member],
+    ) -> Result<(Vec<i64>, usize), DbErr> {
         let table = &self.tables[dimension];
         let names = self.names;
-        let hashes: Vec<String> = members.iter().map(|member| natural_key_hash(member)).collect();
+        let hashes: Vec<String> = members
+            .iter()
+            .map(|member| natural_key_hash(member))
+            .collect();
         let mut created = 0;
         for (chunk, chunk_hashes) in members.chunks(CHUNK).zip(hashes.chunks(CHUNK)) {
-            let mut columns: Vec<Alias> = table.natural_key.iter().map(|c| names.column(c)).collect();
+            let mut columns: Vec<Alias> =
+                table.natural_key.iter().map(|c| names.column(c)).collect();
             columns.push(names.column(HASH_COLUMN));
             columns.extend(table.audit.create.as_deref().map(|c| names.column(c)));
             let mut insert = Query::insert();
@@ -309,7 +377,11 @@ impl MemberStore for TxnStore<'_> {
                 }
                 insert.values_panic(values);
             }
-            insert.on_conflict(OnConflict::column(names.column(HASH_COLUMN)).do_nothing().to_owned());
+            insert.on_conflict(
+                OnConflict::column(names.column(HASH_COLUMN))
+                    .do_nothing()
+                    .to_owned(),
+            );
             created += self.txn.execute(&insert).await?.rows_affected() as usize;
         }
         let key = table.surrogate_key.as_deref().unwrap_or("ID");
@@ -327,7 +399,11 @@ impl MemberStore for TxnStore<'_> {
         }
         let ids = hashes
             .iter()
-            .map(|hash| ids.get(hash).copied().ok_or_else(|| DbErr::RecordNotFound(format!("member {hash} of {}", table.name))))
+            .map(|hash| {
+                ids.get(hash).copied().ok_or_else(|| {
+                    DbErr::RecordNotFound(format!("member {hash} of {}", table.name))
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok((ids, created))
     }

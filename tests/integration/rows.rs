@@ -115,8 +115,19 @@ fn survey_mapping_runs_through_the_same_engine() {
     settings.set_snapshot_path(repository().join(case));
     settings.set_prepend_module_to_snapshot(false);
     settings.set_omit_expression(true);
-    let (catalog, mapping, event) =
-        (format!("{case}/schemas"), format!("{case}/SURVEY.yaml"), format!("{case}/event.json"));
-    let args = ["test-mapping", "--format", "json", "--catalog", &catalog, &mapping, &event];
+    let (catalog, mapping, event) = (
+        format!("{case}/schemas"),
+        format!("{case}/SURVEY.yaml"),
+        format!("{case}/event.json"),
+    );
+    let args = [
+        "test-mapping",
+        "--format",
+        "json",
+        "--catalog",
+        &catalog,
+        &mapping,
+        &event,
+    ];
     settings.bind(|| insta::assert_snapshot!("rows", martmap(&args)));
 }

@@ -1,0 +1,79 @@
+//! Messages in, batches out: the stage between a source and the sink.
+//!
+//! A [`Batcher`] interprets each [`Message`] with the plan and collects its
+//! rows, or its discard with the exact payload and where it came from, into
+//! a [`Batch`] for the sink. It knows no source and no database.
+
+use crate::plan::Plan;
+use crate::sink::{Batch, DiscardRecord};
+
+/// One event as a source delivers it.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// The file name, or the topic.
+    pub source: String,
+    pub partition: Option<i32>,
+    /// The offset in the partition, or the line number in the file.
+    pub position: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
+/// Collects interpreted messages into batches.
+pub struct Batcher {
+    plan: Plan,
+    batch: Batch,
+    events: usize,
+}
+
+impl Batcher {
+    pub fn new(plan: Plan) -> Self {
+        Batcher {
+            plan,
+            batch: Batch::default(),
+            events: 0,
+        }
+    }
+
+    /// Interprets one message into the current batch.
+    pub fn push(&mut self, message: Message) {
+        self.events += 1;
+        if !self
+            .batch
+            .source
+            .split(", ")
+            .any(|source| source == message.source)
+        {
+            if !self.batch.source.is_empty() {
+                self.batch.source.push_str(", ");
+            }
+            self.batch.source.push_str(&message.source);
+        }
+        match self.plan.apply(&message.payload) {
+            Ok(rows) => self.batch.events.push(rows),
+            Err(discard) => self.batch.discards.push(DiscardRecord {
+                source: message.source,
+                partition: message.partition,
+                position: message.position,
+                key: message.key,
+                payload: message.payload,
+                error: discard.to_string(),
+            }),
+        }
+    }
+
+    /// Messages in the current batch.
+    pub fn len(&self) -> usize {
+        self.events
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events == 0
+    }
+
+    /// Hands over the current batch and starts a new one.
+    pub fn take(&mut self) -> Batch {
+        self.events = 0;
+        std::mem::take(&mut self.batch)
+    }
+}
