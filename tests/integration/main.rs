@@ -2,6 +2,8 @@
 //! the built `martmap` binary against files under `tests/cases/`.
 //!
 //! Where new tests go:
+//! - `database`: `load` and `init-db` against SQLite and the PostgreSQL
+//!   cluster `scripts/test` starts.
 //! - `rows`: `martmap test-mapping`; golden rows per event under
 //!   `tests/cases/rows/`, the discard corpus under `tests/cases/discards/`.
 //! - `schema`: the JSON Schemas under `schemas/` agree with martmap's own
@@ -9,6 +11,7 @@
 //! - `validate`: `martmap validate-mapping`; a new golden case is a new
 //!   directory under `tests/cases/validate/` (see that module's doc).
 
+mod database;
 mod rows;
 mod schema;
 mod validate;

@@ -1,0 +1,352 @@
+//! `martmap load` and `init-db` against real databases: an SQLite file and
+//! the throw-away PostgreSQL cluster that `scripts/test` starts
+//! (`MARTMAP_TEST_POSTGRES_URL`). Without it these tests fail; they never
+//! skip. Each test works in a database of its own.
+
+use std::process::{Command, Output};
+
+use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
+
+use crate::repository;
+
+const SAMPLE: &str = "samples/cobrowse-sessions.jsonl";
+
+/// Natural values of every fact row, joined with its dimension members, in
+/// key order: what an analyst sees, independent of surrogate ids.
+const FACTS_BY_NATURAL_VALUES: &str = "
+SELECT f.session_id, CAST(f.segment_index AS TEXT), CAST(f.page_index AS TEXT), f.session_token,
+       f.media_server_ixn_guid, CAST(f.first_session AS TEXT), CAST(f.session_rw_flag AS TEXT), f.end_reason,
+       CAST(f.start_date_time_key AS TEXT), CAST(f.session_start_time_ts AS TEXT), CAST(f.session_end_time_ts AS TEXT),
+       f.segment_id, CAST(f.segment_start_time_ts AS TEXT), CAST(f.segment_end_time_ts AS TEXT),
+       f.page_id, f.page_url, f.page_query, CAST(f.page_start_time_ts AS TEXT), CAST(f.page_end_time_ts AS TEXT),
+       m.segment_mode, p.page_domain, p.page_path, p.page_title,
+       u.creator_user_agent, u.creator_agent_class, u.creator_agent_name, u.creator_agent_ver,
+       u.creator_device_brand, u.creator_device_class, u.creator_device_name,
+       u.creator_os_class, u.creator_os_name, u.creator_os_ver
+FROM cobrowse_fact f
+JOIN cobrowse_mode m ON m.id = f.cobrowse_mode_key
+JOIN cobrowse_page p ON p.id = f.cobrowse_page_key
+JOIN cobrowse_user_agent u ON u.id = f.cobrowse_user_agent_key
+ORDER BY f.session_id, f.segment_index, f.page_index";
+
+/// The PostgreSQL server the test script started.
+fn postgres_server() -> String {
+    std::env::var("MARTMAP_TEST_POSTGRES_URL").expect(
+        "these tests need PostgreSQL: run scripts/test, which starts a throw-away cluster \
+         and sets MARTMAP_TEST_POSTGRES_URL",
+    )
+}
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(future)
+}
+
+/// A new, empty PostgreSQL database for one test.
+fn postgres_database(name: &str) -> String {
+    let server = postgres_server();
+    let database = format!("{name}_{}", std::process::id());
+    block_on(async {
+        let admin = Database::connect(&server)
+            .await
+            .expect("connect to PostgreSQL");
+        admin
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {database}"))
+            .await
+            .expect("drop database");
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {database}"))
+            .await
+            .expect("create database");
+    });
+    let (base, _) = server.rsplit_once('/').expect("URL with a database name");
+    format!("{base}/{database}")
+}
+
+/// A new SQLite file for one test, removed with the returned guard.
+fn sqlite_database() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let url = format!("sqlite://{}", dir.path().join("martmap.db").display());
+    (dir, url)
+}
+
+fn load(url: &str, files: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_martmap"))
+        .args([
+            "load",
+            "--database-url",
+            url,
+            "--mapping",
+            "mappings/COBROWSE.yaml",
+        ])
+        .args(files)
+        .current_dir(repository())
+        .output()
+        .expect("martmap runs")
+}
+
+fn assert_success(output: &Output) {
+    assert!(
+        output.status.success(),
+        "martmap failed ({:?}):\n{}{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Every row of `sql`, each column as text (NULL as `None`).
+fn query(url: &str, sql: &str) -> Vec<Vec<Option<String>>> {
+    block_on(async {
+        let db = Database::connect(url).await.expect("connect");
+        let backend = db.get_database_backend();
+        let rows = db
+            .query_all_raw(Statement::from_string(backend, sql))
+            .await
+            .expect(sql);
+        rows.iter()
+            .map(|row| {
+                let columns = row.column_names().len();
+                (0..columns)
+                    .map(|at| {
+                        row.try_get_by_index::<Option<String>>(at)
+                            .expect("text column")
+                    })
+                    .collect()
+            })
+            .collect()
+    })
+}
+
+fn count(url: &str, sql: &str) -> i64 {
+    let rows = query(
+        url,
+        &format!("SELECT CAST(COUNT(*) AS TEXT) FROM ({sql}) counted"),
+    );
+    rows[0][0]
+        .as_deref()
+        .expect("a count")
+        .parse()
+        .expect("a number")
+}
+
+#[test]
+fn sample_loads_identically_into_sqlite_and_postgres() {
+    let (_dir, sqlite) = sqlite_database();
+    let postgres = postgres_database("identical");
+    assert_success(&load(&sqlite, &[SAMPLE]));
+    assert_success(&load(&postgres, &[SAMPLE]));
+
+    let in_sqlite = query(&sqlite, FACTS_BY_NATURAL_VALUES);
+    let in_postgres = query(&postgres, FACTS_BY_NATURAL_VALUES);
+    assert_eq!(in_sqlite.len(), 6185, "fact rows of the sample");
+    assert!(
+        in_sqlite == in_postgres,
+        "SQLite and PostgreSQL hold different facts"
+    );
+    for url in [&sqlite, &postgres] {
+        assert_eq!(
+            count(url, "SELECT 1 FROM ctl_discard"),
+            5,
+            "the sample's malformed events"
+        );
+        // The sample ends with a later version of its first session, with one segment of four pages.
+        let replaced = "SELECT 1 FROM cobrowse_fact WHERE end_reason = 'REPLACED'";
+        assert_eq!(count(url, replaced), 4);
+    }
+}
+
+#[test]
+fn loading_twice_changes_only_update_audit_key() {
+    let (_dir, sqlite) = sqlite_database();
+    let postgres = postgres_database("twice");
+    let everything_but_update_key = FACTS_BY_NATURAL_VALUES.replacen(
+        "SELECT f.session_id,",
+        "SELECT CAST(f.create_audit_key AS TEXT), f.session_id,",
+        1,
+    );
+    for url in [&sqlite, &postgres] {
+        assert_success(&load(url, &[SAMPLE]));
+        let first = query(url, &everything_but_update_key);
+        let members = count(url, "SELECT 1 FROM cobrowse_user_agent")
+            + count(url, "SELECT 1 FROM cobrowse_page");
+        assert_success(&load(url, &[SAMPLE]));
+        assert_eq!(
+            query(url, &everything_but_update_key),
+            first,
+            "a second load changed the data"
+        );
+        let members_again = count(url, "SELECT 1 FROM cobrowse_user_agent")
+            + count(url, "SELECT 1 FROM cobrowse_page");
+        assert_eq!(
+            members_again, members,
+            "a second load created dimension members"
+        );
+        let second_batch_keys =
+            "SELECT 1 FROM cobrowse_fact f JOIN ctl_audit_log a ON a.audit_key = f.update_audit_key
+                                 WHERE a.audit_key > 2";
+        assert_eq!(
+            count(url, second_batch_keys),
+            6185,
+            "every row's UPDATE_AUDIT_KEY moved to the second load"
+        );
+    }
+}
+
+#[test]
+fn discards_keep_payload_position_and_reason() {
+    let (_dir, sqlite) = sqlite_database();
+    let corpus = "tests/cases/discards/corpus.jsonl";
+    let output = load(&sqlite, &[corpus]);
+    assert_success(&output);
+    let lines: Vec<Vec<u8>> = std::fs::read(repository().join(corpus))
+        .expect("corpus")
+        .split(|&b| b == b'\n')
+        .map(<[u8]>::to_vec)
+        .collect();
+
+    let block = |url: &str| {
+        block_on(async {
+            let db = Database::connect(url).await.expect("connect");
+            let sql = "SELECT position, payload, error, source FROM ctl_discard ORDER BY position";
+            let rows = db
+                .query_all_raw(Statement::from_string(DbBackend::Sqlite, sql))
+                .await
+                .expect("discards");
+            rows.iter()
+                .map(|row| {
+                    let position: i64 = row.try_get_by_index(0).expect("position");
+                    let payload: Vec<u8> = row.try_get_by_index(1).expect("payload");
+                    let error: String = row.try_get_by_index(2).expect("error");
+                    let source: String = row.try_get_by_index(3).expect("source");
+                    (position, payload, error, source)
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    let discards = block(&sqlite);
+    assert_eq!(discards.len(), 16, "one discard per bad line");
+    for (position, payload, error, source) in &discards {
+        assert_eq!(
+            payload,
+            &lines[*position as usize - 1],
+            "payload of line {position} is kept exactly"
+        );
+        assert_eq!(source, corpus);
+        assert!(!error.is_empty());
+    }
+    let errors: Vec<&str> = discards.iter().map(|d| d.2.as_str()).collect();
+    assert!(
+        errors.contains(&"`$.segments[0].index`: expected an integer, found string \"3\""),
+        "{errors:#?}"
+    );
+    assert!(
+        errors.contains(&"`$.creator`: expected an object, found string \"Mozilla/5.0\""),
+        "{errors:#?}"
+    );
+    assert_eq!(
+        count(&sqlite, "SELECT DISTINCT session_id FROM cobrowse_fact"),
+        17,
+        "the good lines load"
+    );
+}
+
+#[test]
+fn concurrent_loads_into_postgres_create_no_duplicate_members() {
+    let postgres = postgres_database("concurrent");
+    let start = |url: &str| {
+        Command::new(env!("CARGO_BIN_EXE_martmap"))
+            .args([
+                "load",
+                "--database-url",
+                url,
+                "--mapping",
+                "mappings/COBROWSE.yaml",
+                "--batch-size",
+                "50",
+                SAMPLE,
+            ])
+            .current_dir(repository())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("martmap starts")
+    };
+    // Create the tables first, so that the two loads race on members, not on DDL.
+    let init = Command::new(env!("CARGO_BIN_EXE_martmap"))
+        .args(["init-db", "--database-url", postgres.as_str()])
+        .current_dir(repository())
+        .output()
+        .expect("init-db runs");
+    assert_success(&init);
+    let (first, second) = (start(&postgres), start(&postgres));
+    for child in [first, second] {
+        assert_success(&child.wait_with_output().expect("martmap finishes"));
+    }
+    for (table, natural) in [
+        ("cobrowse_page", "page_domain, page_path, page_title"),
+        (
+            "cobrowse_user_agent",
+            "creator_user_agent, creator_agent_class, creator_agent_name, creator_agent_ver, creator_device_brand, creator_device_class, creator_device_name, creator_os_class, creator_os_name, creator_os_ver",
+        ),
+    ] {
+        let members = count(&postgres, &format!("SELECT 1 FROM {table}"));
+        let distinct = count(
+            &postgres,
+            &format!("SELECT DISTINCT {natural} FROM {table}"),
+        );
+        assert_eq!(members, distinct, "duplicate members in {table}");
+    }
+    assert_eq!(count(&postgres, "SELECT 1 FROM cobrowse_fact"), 6185);
+}
+
+#[test]
+fn a_failed_batch_leaves_nothing_behind() {
+    let postgres = postgres_database("atomic");
+    let init = Command::new(env!("CARGO_BIN_EXE_martmap"))
+        .args(["init-db", "--database-url", postgres.as_str()])
+        .current_dir(repository())
+        .output()
+        .expect("init-db runs");
+    assert_success(&init);
+    // The database refuses one session, after the batch has written members and rows.
+    block_on(async {
+        let db = Database::connect(&postgres).await.expect("connect");
+        db.execute_unprepared(
+            "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused by test'; END $$ LANGUAGE plpgsql;
+             CREATE TRIGGER refuse BEFORE INSERT ON cobrowse_fact FOR EACH ROW
+               WHEN (NEW.session_id = 'good-15') EXECUTE FUNCTION refuse();",
+        )
+        .await
+        .expect("trigger");
+    });
+    let output = load(&postgres, &["tests/cases/discards/corpus.jsonl"]);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "an infrastructure failure exits 2"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("refused by test"), "{stderr}");
+    for table in [
+        "cobrowse_fact",
+        "cobrowse_page",
+        "cobrowse_user_agent",
+        "ctl_audit_log",
+        "ctl_discard",
+    ] {
+        assert_eq!(
+            count(&postgres, &format!("SELECT 1 FROM {table}")),
+            0,
+            "{table} kept part of a failed batch"
+        );
+    }
+    assert_eq!(
+        count(&postgres, "SELECT 1 FROM cobrowse_mode"),
+        3,
+        "static members stay"
+    );
+}
