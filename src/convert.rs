@@ -122,6 +122,9 @@ pub fn url_parts(text: &str) -> Option<UrlParts> {
 
 /// Cuts `text` to at most `max` characters, at a character boundary.
 pub fn truncate(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text; // no more bytes than allowed characters
+    }
     if let Some((cut, _)) = text.char_indices().nth(max) {
         text.truncate(cut);
     }

@@ -8,10 +8,8 @@
 
 use std::collections::HashMap;
 
+pub use crate::plan::Member;
 use crate::plan::Row;
-
-/// One member's natural key values, in the dimension's column order.
-pub type Member = Vec<String>;
 
 /// Where members live: finds the ids of existing members and creates the
 /// missing ones (race-safe), returning every id asked for.
@@ -151,7 +149,7 @@ mod tests {
     fn row(member: &str) -> Row {
         Row {
             values: Vec::new(),
-            members: vec![vec![member.to_owned()]],
+            members: vec![vec![member.to_owned()].into()],
         }
     }
 
@@ -188,6 +186,6 @@ mod tests {
         let rows = [row("a")];
         let refs: Vec<&Row> = rows.iter().collect();
         let _rolled_back = block_on(members.resolve(&mut store, &refs)).unwrap();
-        assert_eq!(members.get(0, &vec!["a".to_owned()]), None);
+        assert_eq!(members.get(0, &Member::from(vec!["a".to_owned()])), None);
     }
 }

@@ -4,8 +4,9 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use indexmap::IndexMap;
 use martmap::plan::{Cell, Plan};
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use super::{CatalogArgs, Color, Format, Outcome, load_plan};
 
@@ -57,10 +58,12 @@ pub fn run(args: TestMappingArgs) -> Result<Outcome, Box<dyn std::error::Error>>
             ));
         }
     }
-    let document: Value = results
+    let records: Vec<Record> = results
         .iter()
         .map(|(label, result)| record(&plan, label, result))
         .collect();
+    // Compared as JSON values: key order does not matter, content does.
+    let document = serde_json::to_value(&records)?;
     let mut stdout = std::io::stdout().lock();
 
     if let Some(expect) = &args.expect {
@@ -86,7 +89,7 @@ pub fn run(args: TestMappingArgs) -> Result<Outcome, Box<dyn std::error::Error>>
         return Ok(Outcome::Invalid);
     }
     match args.format {
-        Format::Json => writeln!(stdout, "{}", serde_json::to_string_pretty(&document)?)?,
+        Format::Json => writeln!(stdout, "{}", serde_json::to_string_pretty(&records)?)?,
         Format::Human => {
             for (label, result) in &results {
                 match result {
@@ -126,33 +129,53 @@ fn events(path: &Path) -> Result<Vec<(String, Vec<u8>)>, String> {
     }
 }
 
-fn record(plan: &Plan, label: &str, result: &Result<Vec<martmap::plan::Row>, String>) -> Value {
-    match result {
-        Ok(rows) => {
-            let rows: Vec<Value> = rows
-                .iter()
-                .map(|row| {
-                    let mut object = Map::new();
-                    for ((name, _), cell) in plan.columns.iter().zip(&row.values) {
-                        object.insert(name.clone(), cell_json(cell));
-                    }
-                    for (dimension, member) in plan.dimensions.iter().zip(&row.members) {
-                        let natural: Map<String, Value> = dimension
-                            .columns
-                            .iter()
-                            .zip(member)
-                            .map(|((column, _), value)| {
-                                (column.clone(), Value::from(value.as_str()))
-                            })
-                            .collect();
-                        object.insert(dimension.key_column.clone(), Value::Object(natural));
-                    }
-                    Value::Object(object)
-                })
-                .collect();
-            json!({ "event": label, "rows": rows })
-        }
-        Err(reason) => json!({ "event": label, "discarded": reason }),
+/// One event's outcome as `--format json` prints it, columns in mapping order.
+#[derive(serde::Serialize)]
+struct Record {
+    event: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rows: Option<Vec<IndexMap<String, Field>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    discarded: Option<String>,
+}
+
+/// A fact column's value, or a dimension member's natural key values.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Field {
+    Cell(Value),
+    Member(IndexMap<String, String>),
+}
+
+fn record(plan: &Plan, label: &str, result: &Result<Vec<martmap::plan::Row>, String>) -> Record {
+    let rows = result.as_ref().ok().map(|rows| {
+        rows.iter()
+            .map(|row| {
+                let mut fields: IndexMap<String, Field> = plan
+                    .columns
+                    .iter()
+                    .zip(&row.values)
+                    .map(|((name, _), cell)| (name.clone(), Field::Cell(cell_json(cell))))
+                    .collect();
+                for (dimension, member) in plan.dimensions.iter().zip(&row.members) {
+                    let natural = dimension
+                        .columns
+                        .iter()
+                        .zip(member.iter())
+                        .map(|((c, _), v)| (c.clone(), v.clone()));
+                    fields.insert(
+                        dimension.key_column.clone(),
+                        Field::Member(natural.collect()),
+                    );
+                }
+                fields
+            })
+            .collect()
+    });
+    Record {
+        event: label.to_owned(),
+        rows,
+        discarded: result.as_ref().err().cloned(),
     }
 }
 
@@ -175,7 +198,7 @@ fn row_fields(plan: &Plan, row: &martmap::plan::Row) -> Vec<(String, String)> {
         let natural: Vec<String> = dimension
             .columns
             .iter()
-            .zip(member)
+            .zip(member.iter())
             .map(|((column, _), value)| format!("{column}={value:?}"))
             .collect();
         fields.push((
@@ -190,6 +213,6 @@ fn cell_json(cell: &Cell) -> Value {
     match cell {
         Cell::Null => Value::Null,
         Cell::Int(number) => Value::from(*number),
-        Cell::Text(text) => Value::from(text.as_str()),
+        Cell::Text(text) => Value::from(&**text),
     }
 }

@@ -45,6 +45,12 @@ pub fn compile(mapping: &Mapping, content_hash: String) -> Plan {
                 .iter()
                 .map(|binding| (binding.column.clone(), add(binding)))
                 .collect(),
+            level: dimension
+                .matches
+                .iter()
+                .map(|binding| binding.scope)
+                .max()
+                .unwrap_or(0),
         })
         .collect();
     Plan {
@@ -94,6 +100,6 @@ fn value_plan(binding: &Binding, slot: usize) -> ValuePlan {
 fn cell(constant: &Constant) -> Cell {
     match constant {
         Constant::Int(number) => Cell::Int(*number),
-        Constant::Text(text) => Cell::Text(text.clone()),
+        Constant::Text(text) => Cell::Text(text.as_str().into()),
     }
 }

@@ -4,6 +4,8 @@
 //! event with a message naming the concrete path (`$.segments[1].index`),
 //! what was expected and what was found.
 
+use std::sync::Arc;
+
 use serde_json::Value;
 
 use super::{Cell, Conversion, Default, DimensionKind, Plan, UrlPart, ValuePlan};
@@ -14,8 +16,11 @@ use crate::convert::{self, Mismatch};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {
     pub values: Vec<Cell>,
-    pub members: Vec<Vec<String>>,
+    pub members: Vec<Member>,
 }
+
+/// A dimension member's natural key values, shared by the rows that have it.
+pub type Member = Arc<[String]>;
 
 /// Why an event cannot be loaded. Its `Display` is the stored error text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +48,11 @@ struct Walk<'v> {
     computed: Vec<Vec<Cell>>,
     /// Per depth, how many items have been seen in the whole event.
     ordinals: Vec<usize>,
+    /// Per dimension, the member of the current items.
+    members: Vec<Member>,
+    /// The last URL split, keyed by the address of its JSON value: a page's
+    /// host, path and query come from one parse.
+    last_url: std::cell::RefCell<Option<(usize, Option<convert::UrlParts>)>>,
     rows: Vec<Row>,
 }
 
@@ -77,6 +87,8 @@ impl Plan {
             items: vec![Item::Empty; depth],
             computed: vec![Vec::new(); depth],
             ordinals: vec![0; depth],
+            members: vec![Arc::from(Vec::new()); self.dimensions.len()],
+            last_url: std::cell::RefCell::new(None),
             rows: Vec::new(),
         };
         self.explode(0, event, &mut walk)?;
@@ -137,6 +149,20 @@ impl Plan {
             cells.push(self.value(&self.values[index], walk)?);
         }
         walk.computed[depth] = cells;
+        // A member changes only with the deepest scope its columns read.
+        for (at, dimension) in self.dimensions.iter().enumerate() {
+            if dimension.level == depth {
+                let values: Vec<String> = dimension
+                    .columns
+                    .iter()
+                    .map(|(_, index)| {
+                        let value = &self.values[*index];
+                        member_value(&dimension.kind, &walk.computed[value.scope][value.slot])
+                    })
+                    .collect();
+                walk.members[at] = values.into();
+            }
+        }
         Ok(())
     }
 
@@ -162,7 +188,9 @@ impl Plan {
             },
         };
         let cell = match (cell, plan.max_chars) {
-            (Cell::Text(text), Some(max)) => Cell::Text(convert::truncate(text, max)),
+            (Cell::Text(text), Some(max)) if text.len() > max => {
+                Cell::Text(convert::truncate(text.to_string(), max).into())
+            }
             (cell, _) => cell,
         };
         let empty = match &cell {
@@ -204,30 +232,35 @@ impl Plan {
             },
             Default::UrlPart(part, selector, text) => {
                 let at = |error_at: &str| self.location(scope, walk, error_at);
-                let url = match selector
+                let Some(value) = selector
                     .get(item)
                     .map_err(|e| wrong_type(at(&e.at), e.mismatch))?
-                {
-                    Some(value) => {
-                        convert::text(value).map_err(|mismatch| wrong_type(at(text), mismatch))?
-                    }
-                    None => return Ok(Cell::Null),
-                };
-                let Some(parts) = convert::url_parts(&url) else {
+                else {
                     return Ok(Cell::Null);
                 };
-                match part {
-                    UrlPart::Host => parts.host.map_or(Cell::Null, Cell::Text),
-                    UrlPart::Path => Cell::Text(parts.path),
-                    UrlPart::Query => parts.query.map_or(Cell::Null, Cell::Text),
+                let address = value as *const Value as usize;
+                let mut last = walk.last_url.borrow_mut();
+                if !matches!(&*last, Some((seen, _)) if *seen == address) {
+                    let url =
+                        convert::text(value).map_err(|mismatch| wrong_type(at(text), mismatch))?;
+                    *last = Some((address, convert::url_parts(&url)));
                 }
+                let Some((_, Some(parts))) = &*last else {
+                    return Ok(Cell::Null);
+                };
+                let part = match part {
+                    UrlPart::Host => parts.host.clone(),
+                    UrlPart::Path => Some(parts.path.clone()),
+                    UrlPart::Query => parts.query.clone(),
+                };
+                part.map_or(Cell::Null, |text| Cell::Text(text.into()))
             }
             Default::Quantified { all, path, equals } => {
                 let mut found = Vec::new();
                 path.select(item, &mut found)
                     .map_err(|e| wrong_type(self.location(scope, walk, &e.at), e.mismatch))?;
                 let matches = |value: &Value| match equals {
-                    Cell::Text(text) => value.as_str() == Some(text.as_str()),
+                    Cell::Text(text) => value.as_str() == Some(&**text),
                     Cell::Int(number) => value.as_i64() == Some(*number),
                     Cell::Null => value.is_null(),
                 };
@@ -248,17 +281,7 @@ impl Plan {
             walk.computed[value.scope][value.slot].clone()
         };
         let values = self.columns.iter().map(|(_, index)| cell(*index)).collect();
-        let members = self
-            .dimensions
-            .iter()
-            .map(|dimension| {
-                dimension
-                    .columns
-                    .iter()
-                    .map(|(_, index)| member_value(&dimension.kind, cell(*index)))
-                    .collect()
-            })
-            .collect();
+        let members = walk.members.clone();
         walk.rows.push(Row { values, members });
     }
 
@@ -282,7 +305,7 @@ impl Plan {
 
 fn convert_value(conversion: Conversion, value: &Value) -> Result<Cell, Mismatch> {
     Ok(match conversion {
-        Conversion::String => Cell::Text(convert::text(value)?),
+        Conversion::String => Cell::Text(convert::text(value)?.into()),
         Conversion::Int => Cell::Int(convert::int(value)?),
         Conversion::Flag => Cell::Int(convert::flag(value)?),
         Conversion::EpochSeconds => Cell::Int(convert::epoch_seconds(value)?),
@@ -294,11 +317,11 @@ fn convert_value(conversion: Conversion, value: &Value) -> Result<Cell, Mismatch
 }
 
 /// The natural key value a dimension member gets for one attribute.
-fn member_value(kind: &DimensionKind, cell: Cell) -> String {
+fn member_value(kind: &DimensionKind, cell: &Cell) -> String {
     let text = match cell {
         Cell::Null => None,
         Cell::Int(number) => Some(number.to_string()),
-        Cell::Text(text) => Some(text),
+        Cell::Text(text) => Some(text.to_string()),
     };
     match kind {
         DimensionKind::Static { members, otherwise } => match text {

@@ -6,7 +6,7 @@
 mod interpret;
 mod select;
 
-pub use interpret::{Discard, Row};
+pub use interpret::{Discard, Member, Row};
 pub use select::{Selector, Step, StepMismatch};
 
 /// A column value.
@@ -14,7 +14,8 @@ pub use select::{Selector, Step, StepMismatch};
 pub enum Cell {
     Null,
     Int(i64),
-    Text(String),
+    /// Shared: a session's text is cloned into each of its rows.
+    Text(std::sync::Arc<str>),
 }
 
 impl Cell {
@@ -140,4 +141,6 @@ pub struct PlanDimension {
     pub kind: DimensionKind,
     /// Natural key columns of the dimension, each with its index into `Plan::values`.
     pub columns: Vec<(String, usize)>,
+    /// The deepest scope its columns read: the member changes only with it.
+    pub level: usize,
 }

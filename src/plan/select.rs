@@ -60,9 +60,15 @@ impl Selector {
 
     /// The one value a singular path selects; `None` when absent or null.
     pub fn get<'v>(&self, value: &'v Value) -> Result<Option<&'v Value>, StepMismatch> {
-        let mut found = Vec::with_capacity(1);
-        self.select(value, &mut found)?;
-        Ok(found.into_iter().next().filter(|value| !value.is_null()))
+        let found = match self {
+            Selector::Steps(steps) => step_one(steps, value)?,
+            Selector::Query(_) => {
+                let mut found = Vec::with_capacity(1);
+                self.select(value, &mut found)?;
+                found.into_iter().next()
+            }
+        };
+        Ok(found.filter(|value| !value.is_null()))
     }
 
     /// Every value the path selects, in document order, into `out`.
@@ -85,6 +91,46 @@ impl Selector {
     }
 }
 
+/// `walk` for paths that select at most one value, without collecting.
+fn step_one<'v>(steps: &[Step], mut value: &'v Value) -> Result<Option<&'v Value>, StepMismatch> {
+    for (at, step) in steps.iter().enumerate() {
+        let next = match (step, value) {
+            (_, Value::Null) => return Ok(None),
+            (Step::Name(name), Value::Object(members)) => members.get(name),
+            (Step::Index(index), Value::Array(items)) => {
+                let resolved = if *index < 0 {
+                    items.len() as i64 + index
+                } else {
+                    *index
+                };
+                usize::try_from(resolved).ok().and_then(|i| items.get(i))
+            }
+            (Step::Each, _) => {
+                let mut found = Vec::new();
+                walk(steps, at, value, &mut found)?;
+                return Ok(found.into_iter().next());
+            }
+            (Step::Name(_), _) => return Err(mismatch(steps, at, "an object", value)),
+            (Step::Index(_), _) => return Err(mismatch(steps, at, "an array", value)),
+        };
+        match next {
+            Some(next) => value = next,
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(value))
+}
+
+fn mismatch(steps: &[Step], at: usize, expected: &'static str, value: &Value) -> StepMismatch {
+    StepMismatch {
+        at: path_text(&steps[..at]),
+        mismatch: Mismatch {
+            expected,
+            found: describe(value),
+        },
+    }
+}
+
 fn walk<'v>(
     steps: &[Step],
     at: usize,
@@ -98,13 +144,7 @@ fn walk<'v>(
     if value.is_null() {
         return Ok(()); // null is absent: nothing below it
     }
-    let wrong = |expected: &'static str| StepMismatch {
-        at: path_text(&steps[..at]),
-        mismatch: Mismatch {
-            expected,
-            found: describe(value),
-        },
-    };
+    let wrong = |expected: &'static str| mismatch(steps, at, expected, value);
     match step {
         Step::Name(name) => match value {
             Value::Object(members) => match members.get(name) {

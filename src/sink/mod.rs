@@ -173,7 +173,10 @@ impl Sink {
                     });
                 }
             }
-            members.preload(at, found);
+            members.preload(
+                at,
+                found.into_iter().map(|(values, id)| (values.into(), id)),
+            );
         }
         Ok(Sink {
             db,

@@ -271,23 +271,40 @@ impl Sink {
             .collect();
         identities.sort();
         identities.dedup();
+        let types: Vec<ColumnType> = self
+            .plan
+            .replace_by
+            .iter()
+            .map(|name| self.fact.column(name).map_or(ColumnType::Text, |c| c.ty))
+            .collect();
+        let columns: Vec<Alias> = self
+            .plan
+            .replace_by
+            .iter()
+            .map(|name| names.column(name))
+            .collect();
         for chunk in identities.chunks(CHUNK) {
-            let mut any = Cond::any();
-            for identity in chunk {
-                let mut all = Cond::all();
-                for (&position, cell) in positions.iter().zip(identity) {
-                    let name = &self.plan.replace_by
-                        [positions.iter().position(|&p| p == position).unwrap_or(0)];
-                    let ty = self.fact.column(name).map_or(ColumnType::Text, |c| c.ty);
-                    all = all.add(Expr::col(names.column(name)).eq(value(cell, ty)));
-                }
-                any = any.add(all);
-            }
+            // `key IN (...)`, or `(a, b) IN ((...), ...)`: both use the key's index.
+            let replaced = match columns.as_slice() {
+                [column] => Expr::col(column.clone())
+                    .is_in(chunk.iter().map(|identity| value(identity[0], types[0]))),
+                _ => Expr::tuple(columns.iter().map(|c| Expr::col(c.clone()))).in_tuples(
+                    chunk.iter().map(|identity| {
+                        sea_orm::sea_query::ValueTuple::Many(
+                            identity
+                                .iter()
+                                .zip(&types)
+                                .map(|(cell, ty)| value(cell, *ty))
+                                .collect(),
+                        )
+                    }),
+                ),
+            };
             let delete = Query::delete()
                 .from_table(names.table(&self.fact.name))
                 .cond_where(
                     Cond::all()
-                        .add(any)
+                        .add(replaced)
                         .add(Expr::col(names.column(audit_update)).ne(audit_key)),
                 )
                 .to_owned();
@@ -415,7 +432,7 @@ fn value(cell: &Cell, ty: ColumnType) -> Value {
         (Cell::Int(n), ColumnType::SmallInt) => Value::SmallInt(Some(*n as i16)),
         (Cell::Int(n), ColumnType::Integer) => Value::Int(Some(*n as i32)),
         (Cell::Int(n), _) => Value::BigInt(Some(*n)),
-        (Cell::Text(text), _) => Value::String(Some(text.clone())),
+        (Cell::Text(text), _) => Value::String(Some(text.to_string())),
         (Cell::Null, ColumnType::SmallInt) => Value::SmallInt(None),
         (Cell::Null, ColumnType::Integer) => Value::Int(None),
         (Cell::Null, ColumnType::BigInt) => Value::BigInt(None),

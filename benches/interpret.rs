@@ -1,0 +1,50 @@
+//! The interpreter against plain JSON parsing of the same bytes: how much
+//! turning events into rows costs beyond parsing them. Run:
+//! `cargo bench --bench interpret`; compare the two throughputs (rows/s).
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use martmap::catalog::Catalog;
+use martmap::diagnostic::SourceFile;
+use martmap::mapping;
+
+fn interpret(c: &mut Criterion) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let catalog = Catalog::load(&root.join("schemas")).expect("catalog");
+    let text = std::fs::read_to_string(root.join("mappings/COBROWSE.yaml")).expect("mapping");
+    let plan = mapping::load_plan(&SourceFile::new("COBROWSE.yaml", text), &catalog)
+        .expect("valid mapping");
+    let sample = std::fs::read(root.join("samples/cobrowse-sessions.jsonl")).expect("sample");
+    let events: Vec<&[u8]> = sample
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .collect();
+    let rows: usize = events
+        .iter()
+        .filter_map(|event| plan.apply(event).ok())
+        .map(|rows| rows.len())
+        .sum();
+
+    let mut group = c.benchmark_group("sample");
+    group.throughput(Throughput::Elements(rows as u64));
+    group.bench_function("serde_json parse only", |b| {
+        b.iter(|| {
+            for event in &events {
+                black_box(serde_json::from_slice::<serde_json::Value>(event).ok());
+            }
+        })
+    });
+    group.bench_function("martmap interpret (parse included)", |b| {
+        b.iter(|| {
+            for event in &events {
+                black_box(plan.apply(event).ok());
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, interpret);
+criterion_main!(benches);
