@@ -7,6 +7,7 @@
 //! leaves ids in the cache that the database does not hold.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 pub use crate::plan::Member;
 use crate::plan::Row;
@@ -64,14 +65,29 @@ impl Members {
         rows: &[&Row],
     ) -> Result<Resolved, S::Error> {
         let mut resolved = Resolved::default();
-        let mut batch: Vec<HashMap<&Member, i64>> = vec![HashMap::new(); self.known.len()];
-        for (dimension, found) in batch.iter_mut().enumerate() {
+        let mut keys = vec![vec![0i64; self.known.len()]; rows.len()];
+        for (dimension, known) in self.known.iter().enumerate() {
+            // Rows waiting for each unseen member; members in first-seen order.
+            let mut waiting: HashMap<&Member, Vec<usize>> = HashMap::new();
             let mut unseen: Vec<&Member> = Vec::new();
-            for row in rows {
+            let mut previous: Option<(&Member, Option<i64>)> = None;
+            for (at, row) in rows.iter().enumerate() {
                 let member = &row.members[dimension];
-                if !self.known[dimension].contains_key(member) && !found.contains_key(member) {
-                    found.insert(member, 0);
-                    unseen.push(member);
+                // Rows of one session or page share their member: skip hashing it again.
+                let id = match previous {
+                    Some((last, id)) if Arc::ptr_eq(last, member) => id,
+                    _ => known.get(member).copied(),
+                };
+                previous = Some((member, id));
+                match id {
+                    Some(id) => keys[at][dimension] = id,
+                    None => {
+                        let rows_waiting = waiting.entry(member).or_default();
+                        if rows_waiting.is_empty() {
+                            unseen.push(member);
+                        }
+                        rows_waiting.push(at);
+                    }
                 }
             }
             if unseen.is_empty() {
@@ -80,24 +96,13 @@ impl Members {
             let (ids, created) = store.find_or_create(dimension, &unseen).await?;
             resolved.created += created;
             for (member, id) in unseen.into_iter().zip(ids) {
-                found.insert(member, id);
+                for &at in &waiting[member] {
+                    keys[at][dimension] = id;
+                }
                 resolved.learnt.push((dimension, member.clone(), id));
             }
         }
-        resolved.keys = rows
-            .iter()
-            .map(|row| {
-                row.members
-                    .iter()
-                    .enumerate()
-                    .map(|(d, member)| {
-                        self.get(d, member)
-                            .or_else(|| batch[d].get(member).copied())
-                            .unwrap_or(0)
-                    })
-                    .collect()
-            })
-            .collect();
+        resolved.keys = keys;
         Ok(resolved)
     }
 

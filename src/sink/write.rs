@@ -9,7 +9,9 @@
 use std::collections::HashMap;
 
 use sea_orm::sea_query::{Alias, Cond, Expr, ExprTrait, OnConflict, Query, SimpleExpr, Value};
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, TransactionTrait};
+use sea_orm::{
+    ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, Statement, TransactionTrait,
+};
 
 use super::ddl::{HASH_COLUMN, natural_key_hash};
 use super::{Names, Sink, SinkError};
@@ -20,6 +22,9 @@ use crate::plan::{Cell, Row};
 /// Rows per INSERT statement: well under SQLite's and PostgreSQL's limits
 /// on bound parameters for the widest tables.
 const CHUNK: usize = 400;
+
+/// Rows per JSON document on PostgreSQL (one bound parameter each).
+const JSON_CHUNK: usize = 5000;
 
 /// What one batch holds: each loaded event's rows, and the discarded ones.
 #[derive(Debug, Default)]
@@ -222,6 +227,11 @@ impl Sink {
             .update_columns(updated)
             .to_owned();
         let audits = usize::from(audit.create.is_some()) + usize::from(audit.update.is_some());
+        if names.backend == DbBackend::Postgres {
+            return self
+                .upsert_facts_postgres(txn, &columns, rows, keys, audit_key)
+                .await;
+        }
         for (chunk_rows, chunk_keys) in rows.chunks(CHUNK).zip(keys.chunks(CHUNK)) {
             let mut insert = Query::insert();
             insert
@@ -246,6 +256,57 @@ impl Sink {
             }
             insert.on_conflict(conflict.clone());
             txn.execute(&insert).await?;
+        }
+        Ok(())
+    }
+
+    /// PostgreSQL: each chunk is one JSON document that the server expands
+    /// with `json_populate_recordset`, so a statement binds one parameter
+    /// instead of one per cell, and its text (hence its plan) is reused.
+    async fn upsert_facts_postgres(
+        &self,
+        txn: &DatabaseTransaction,
+        columns: &[&str],
+        rows: &[&Row],
+        keys: &[Vec<i64>],
+        audit_key: i64,
+    ) -> Result<(), DbErr> {
+        let names = self.db.names;
+        let quote = |name: &str| format!("\"{}\"", names.raw(name).replace('"', "\"\""));
+        let list: Vec<String> = columns.iter().map(|c| quote(c)).collect();
+        let list = list.join(", ");
+        let key: Vec<String> = self.plan.key.iter().map(|k| quote(k)).collect();
+        let set: Vec<String> = columns
+            .iter()
+            .filter(|c| {
+                !self.plan.key.iter().any(|k| k == *c)
+                    && self.fact.audit.create.as_deref() != Some(**c)
+            })
+            .map(|c| format!("{0} = excluded.{0}", quote(c)))
+            .collect();
+        let table = quote(&self.fact.name);
+        let sql = format!(
+            "INSERT INTO {table} ({list}) SELECT {list} FROM json_populate_recordset(NULL::{table}, $1::json) \
+             ON CONFLICT ({}) DO UPDATE SET {}",
+            key.join(", "),
+            set.join(", ")
+        );
+        let json_names: Vec<String> = columns.iter().map(|c| names.raw(c)).collect();
+        for (chunk_rows, chunk_keys) in rows.chunks(JSON_CHUNK).zip(keys.chunks(JSON_CHUNK)) {
+            let document = JsonRows {
+                names: &json_names,
+                rows: chunk_rows,
+                keys: chunk_keys,
+                audit_key,
+            };
+            let json =
+                serde_json::to_string(&document).map_err(|e| DbErr::Custom(e.to_string()))?;
+            txn.execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                &sql,
+                [json.into()],
+            ))
+            .await?;
         }
         Ok(())
     }
@@ -283,6 +344,39 @@ impl Sink {
             .iter()
             .map(|name| names.column(name))
             .collect();
+        if let ([column], DbBackend::Postgres) = (self.plan.replace_by.as_slice(), names.backend) {
+            // One statement for the whole batch: the identities as one JSON array.
+            let texts: Vec<String> = identities
+                .iter()
+                .map(|identity| match identity[0] {
+                    Cell::Text(text) => text.to_string(),
+                    Cell::Int(number) => number.to_string(),
+                    Cell::Null => String::new(),
+                })
+                .collect();
+            let json = serde_json::to_string(&texts).map_err(|e| DbErr::Custom(e.to_string()))?;
+            let quote = |name: &str| format!("\"{}\"", names.raw(name).replace('"', "\"\""));
+            let (table, column, audit) =
+                (quote(&self.fact.name), quote(column), quote(audit_update));
+            // The ids are cast to the column's type so that its index is used.
+            let element = if types[0].is_integer() {
+                "CAST(id AS BIGINT)"
+            } else {
+                "id"
+            };
+            let sql = format!(
+                "DELETE FROM {table} WHERE {column} IN (SELECT {element} FROM json_array_elements_text($1::json) id) \
+                 AND {audit} <> $2"
+            );
+            let values = [json.into(), audit_key.into()];
+            txn.execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                &sql,
+                values,
+            ))
+            .await?;
+            return Ok(());
+        }
         for chunk in identities.chunks(CHUNK) {
             // `key IN (...)`, or `(a, b) IN ((...), ...)`: both use the key's index.
             let replaced = match columns.as_slice() {
@@ -354,6 +448,66 @@ async fn insert_discards(
         txn.execute(&insert).await?;
     }
     Ok(())
+}
+
+/// Rows of one PostgreSQL chunk as a JSON array of objects keyed by column:
+/// the fact values, then the dimension keys, then the audit keys.
+struct JsonRows<'a> {
+    names: &'a [String],
+    rows: &'a [&'a Row],
+    keys: &'a [Vec<i64>],
+    audit_key: i64,
+}
+
+impl serde::Serialize for JsonRows<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut rows = serializer.serialize_seq(Some(self.rows.len()))?;
+        for (row, keys) in self.rows.iter().zip(self.keys) {
+            rows.serialize_element(&JsonRow {
+                names: self.names,
+                row,
+                keys,
+                audit_key: self.audit_key,
+            })?;
+        }
+        rows.end()
+    }
+}
+
+struct JsonRow<'a> {
+    names: &'a [String],
+    row: &'a Row,
+    keys: &'a [i64],
+    audit_key: i64,
+}
+
+impl serde::Serialize for JsonRow<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.names.len()))?;
+        let mut names = self.names.iter();
+        for cell in &self.row.values {
+            let name = names
+                .next()
+                .ok_or_else(|| serde::ser::Error::custom("more cells than columns"))?;
+            match cell {
+                Cell::Null => map.serialize_entry(name, &())?,
+                Cell::Int(number) => map.serialize_entry(name, number)?,
+                Cell::Text(text) => map.serialize_entry(name, &**text)?,
+            }
+        }
+        for key in self.keys {
+            let name = names
+                .next()
+                .ok_or_else(|| serde::ser::Error::custom("more keys than columns"))?;
+            map.serialize_entry(name, key)?;
+        }
+        for name in names {
+            map.serialize_entry(name, &self.audit_key)?; // the audit columns come last
+        }
+        map.end()
+    }
 }
 
 /// Finds and creates dimension members inside the batch's transaction.
