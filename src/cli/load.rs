@@ -118,7 +118,7 @@ pub fn run(args: LoadArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
 
         let elapsed = started.elapsed().as_secs_f64();
         println!(
-            "loaded {} events into {}: {} fact rows, {} discarded, {} new dimension members, {} batches in {:.2} s ({:.0} events/s)",
+            "loaded {} events into {}: {} fact rows written, {} discarded, {} new dimension members, {} batches in {:.2} s ({:.0} events/s)",
             totals.events,
             sink.plan().fact,
             totals.rows,
