@@ -9,6 +9,7 @@
 //! can write plain unquoted SQL.
 
 mod ddl;
+mod txn;
 mod write;
 
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};

@@ -9,11 +9,10 @@
 use std::collections::HashMap;
 
 use sea_orm::sea_query::{Alias, Cond, Expr, ExprTrait, OnConflict, Query, SimpleExpr, Value};
-use sea_orm::{
-    ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, Statement, TransactionTrait,
-};
+use sea_orm::{DbBackend, DbErr};
 
 use super::ddl::{HASH_COLUMN, natural_key_hash};
+use super::txn::Txn;
 use super::{Names, Sink, SinkError};
 use crate::catalog::{ColumnType, Table};
 use crate::dimension::{Member, MemberStore};
@@ -59,23 +58,35 @@ pub struct BatchReport {
 impl Sink {
     /// Commits one batch, or nothing.
     pub async fn write(&mut self, batch: &Batch) -> Result<BatchReport, SinkError> {
-        let txn = self.db.connection.begin().await?;
+        let mut txn = Txn::begin(&self.db.connection).await?;
         let names = self.db.names;
         let started = now();
-        let audit_key = self.insert_audit(&txn, batch, started).await?;
+        let audit_key = self.insert_audit(&mut txn, batch, started).await?;
 
         let rows = self.latest_rows(batch);
         let mut store = TxnStore {
-            txn: &txn,
+            txn: &mut txn,
             names,
             tables: &self.dimensions,
             audit_key,
         };
         let resolved = self.members.resolve(&mut store, &rows).await?;
-        self.upsert_facts(&txn, &rows, &resolved.keys, audit_key)
-            .await?;
-        self.delete_replaced(&txn, &rows, audit_key).await?;
-        insert_discards(&txn, names, &self.plan.mapping, &batch.discards, audit_key).await?;
+        if self.replaces_by_copy() {
+            self.replace_facts_postgres(&mut txn, &rows, &resolved.keys, audit_key)
+                .await?;
+        } else {
+            self.upsert_facts(&mut txn, &rows, &resolved.keys, audit_key)
+                .await?;
+            self.delete_replaced(&mut txn, &rows, audit_key).await?;
+        }
+        insert_discards(
+            &mut txn,
+            names,
+            &self.plan.mapping,
+            &batch.discards,
+            audit_key,
+        )
+        .await?;
 
         let report = BatchReport {
             audit_key,
@@ -97,12 +108,7 @@ impl Sink {
         Ok(report)
     }
 
-    async fn insert_audit(
-        &self,
-        txn: &DatabaseTransaction,
-        batch: &Batch,
-        started: i64,
-    ) -> Result<i64, DbErr> {
+    async fn insert_audit(&self, txn: &mut Txn, batch: &Batch, started: i64) -> Result<i64, DbErr> {
         let names = self.db.names;
         let insert = Query::insert()
             .into_table(names.table("CTL_AUDIT_LOG"))
@@ -136,11 +142,11 @@ impl Sink {
                     .expr(Expr::col(names.column("AUDIT_KEY")).cast_as(Alias::new("BIGINT"))),
             )
             .to_owned();
-        let row = txn
-            .query_one(&insert)
-            .await?
-            .ok_or_else(|| DbErr::RecordNotInserted)?;
-        row.try_get_by_index(0)
+        let rows = txn.query(&insert).await?;
+        rows.first()
+            .and_then(|row| row.first())
+            .ok_or(DbErr::RecordNotInserted)?
+            .int()
     }
 
     /// The rows to write: of events with the same `replace_by` values only
@@ -191,9 +197,32 @@ impl Sink {
             .collect()
     }
 
+    /// The fact columns a row fills, in order: the mapping's columns, the
+    /// dimension keys, then the audit keys.
+    fn fact_columns(&self) -> Vec<&str> {
+        let mut columns: Vec<&str> = self
+            .plan
+            .columns
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect();
+        columns.extend(self.plan.dimensions.iter().map(|d| d.key_column.as_str()));
+        columns.extend(self.fact.audit.create.as_deref());
+        columns.extend(self.fact.audit.update.as_deref());
+        columns
+    }
+
+    /// Whether the batch's events replace their rows by delete-then-COPY:
+    /// PostgreSQL, with `replace_by` and a key of mapped columns.
+    fn replaces_by_copy(&self) -> bool {
+        self.db.names.backend == DbBackend::Postgres
+            && !self.plan.replace_by.is_empty()
+            && self.column_positions(&self.plan.key).len() == self.plan.key.len()
+    }
+
     async fn upsert_facts(
         &self,
-        txn: &DatabaseTransaction,
+        txn: &mut Txn,
         rows: &[&Row],
         keys: &[Vec<i64>],
         audit_key: i64,
@@ -202,16 +231,8 @@ impl Sink {
             return Ok(());
         }
         let names = self.db.names;
-        let mut columns: Vec<&str> = self
-            .plan
-            .columns
-            .iter()
-            .map(|(name, _)| name.as_str())
-            .collect();
-        columns.extend(self.plan.dimensions.iter().map(|d| d.key_column.as_str()));
+        let columns = self.fact_columns();
         let audit = &self.fact.audit;
-        columns.extend(audit.create.as_deref());
-        columns.extend(audit.update.as_deref());
         let types: Vec<ColumnType> = columns
             .iter()
             .map(|c| self.fact.column(c).map_or(ColumnType::BigInt, |c| c.ty))
@@ -260,12 +281,125 @@ impl Sink {
         Ok(())
     }
 
+    /// PostgreSQL with `replace_by`: the batch's events replace their rows
+    /// wholesale, so the rows are deleted (keeping each key's
+    /// `CREATE_AUDIT_KEY`) and the new ones arrive by COPY, PostgreSQL's bulk
+    /// path. Advisory locks on the replaced identities, taken in one order,
+    /// make a second writer of the same events wait for the first to commit,
+    /// and its DELETE then sees the first one's rows.
+    async fn replace_facts_postgres(
+        &self,
+        txn: &mut Txn,
+        rows: &[&Row],
+        keys: &[Vec<i64>],
+        audit_key: i64,
+    ) -> Result<(), DbErr> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let names = self.db.names;
+        let columns = self.fact_columns();
+        let quote = |name: &str| format!("\"{}\"", names.raw(name).replace('"', "\"\""));
+        let replace_by = self.column_positions(&self.plan.replace_by);
+        let mut identities: Vec<Vec<String>> = rows
+            .iter()
+            .map(|row| {
+                replace_by
+                    .iter()
+                    .map(|&i| cell_text(&row.values[i]))
+                    .collect()
+            })
+            .collect();
+        identities.sort();
+        identities.dedup();
+        let json = serde_json::to_string(&identities).map_err(|e| DbErr::Custom(e.to_string()))?;
+
+        let lock = "SELECT pg_advisory_xact_lock(h) FROM \
+                    (SELECT DISTINCT hashtextextended(e::text, 0) AS h FROM json_array_elements($1::json) e) l ORDER BY h";
+        txn.execute_sql(lock, vec![json.clone().into()]).await?;
+
+        let elements: Vec<String> = self
+            .plan
+            .replace_by
+            .iter()
+            .enumerate()
+            .map(|(at, name)| match self.fact.column(name).map(|c| c.ty) {
+                Some(ty) if ty.is_integer() => format!("CAST(e->>{at} AS BIGINT)"),
+                _ => format!("e->>{at}"),
+            })
+            .collect();
+        let identity: Vec<String> = self.plan.replace_by.iter().map(|c| quote(c)).collect();
+        let key: Vec<String> = self
+            .plan
+            .key
+            .iter()
+            .map(|k| format!("CAST({} AS TEXT)", quote(k)))
+            .collect();
+        let create = self.fact.audit.create.as_deref();
+        let returning = match create {
+            Some(create) => format!("{}, CAST({} AS BIGINT)", key.join(", "), quote(create)),
+            None => key.join(", "),
+        };
+        let delete = format!(
+            "DELETE FROM {} WHERE ({}) IN (SELECT {} FROM json_array_elements($1::json) e) RETURNING {returning}",
+            quote(&self.fact.name),
+            identity.join(", "),
+            elements.join(", "),
+        );
+        let mut created_by: HashMap<Vec<String>, i64> = HashMap::new();
+        for row in txn.query_sql(&delete, vec![json.into()]).await? {
+            if let Some((last, key)) = row.split_last().filter(|_| create.is_some()) {
+                created_by.insert(
+                    key.iter().map(|k| k.text()).collect::<Result<_, _>>()?,
+                    last.int()?,
+                );
+            }
+        }
+
+        let key_positions = self.column_positions(&self.plan.key);
+        let mut data: Vec<u8> = Vec::with_capacity(rows.len() * 256);
+        for (row, dimension_keys) in rows.iter().zip(keys) {
+            let mut line = CopyLine::new(&mut data);
+            for cell in &row.values {
+                line.cell(cell);
+            }
+            for id in dimension_keys {
+                line.int(*id);
+            }
+            if create.is_some() {
+                // Rows that existed keep their creator; new rows are this batch's.
+                let created = if created_by.is_empty() {
+                    audit_key
+                } else {
+                    let key: Vec<String> = key_positions
+                        .iter()
+                        .map(|&i| cell_text(&row.values[i]))
+                        .collect();
+                    created_by.get(&key).copied().unwrap_or(audit_key)
+                };
+                line.int(created);
+            }
+            if self.fact.audit.update.is_some() {
+                line.int(audit_key);
+            }
+            line.end();
+        }
+        let list: Vec<String> = columns.iter().map(|c| quote(c)).collect();
+        let copy = format!(
+            "COPY {} ({}) FROM STDIN",
+            quote(&self.fact.name),
+            list.join(", ")
+        );
+        txn.copy_in(&copy, data).await?;
+        Ok(())
+    }
+
     /// PostgreSQL: each chunk is one JSON document that the server expands
     /// with `json_populate_recordset`, so a statement binds one parameter
     /// instead of one per cell, and its text (hence its plan) is reused.
     async fn upsert_facts_postgres(
         &self,
-        txn: &DatabaseTransaction,
+        txn: &mut Txn,
         columns: &[&str],
         rows: &[&Row],
         keys: &[Vec<i64>],
@@ -301,12 +435,7 @@ impl Sink {
             };
             let json =
                 serde_json::to_string(&document).map_err(|e| DbErr::Custom(e.to_string()))?;
-            txn.execute_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                &sql,
-                [json.into()],
-            ))
-            .await?;
+            txn.execute_sql(&sql, vec![json.into()]).await?;
         }
         Ok(())
     }
@@ -314,7 +443,7 @@ impl Sink {
     /// Deletes the rows of this batch's events that the events no longer have.
     async fn delete_replaced(
         &self,
-        txn: &DatabaseTransaction,
+        txn: &mut Txn,
         rows: &[&Row],
         audit_key: i64,
     ) -> Result<(), DbErr> {
@@ -368,13 +497,8 @@ impl Sink {
                 "DELETE FROM {table} WHERE {column} IN (SELECT {element} FROM json_array_elements_text($1::json) id) \
                  AND {audit} <> $2"
             );
-            let values = [json.into(), audit_key.into()];
-            txn.execute_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                &sql,
-                values,
-            ))
-            .await?;
+            txn.execute_sql(&sql, vec![json.into(), audit_key.into()])
+                .await?;
             return Ok(());
         }
         for chunk in identities.chunks(CHUNK) {
@@ -409,7 +533,7 @@ impl Sink {
 }
 
 async fn insert_discards(
-    txn: &DatabaseTransaction,
+    txn: &mut Txn,
     names: Names,
     mapping: &str,
     discards: &[DiscardRecord],
@@ -448,6 +572,65 @@ async fn insert_discards(
         txn.execute(&insert).await?;
     }
     Ok(())
+}
+
+/// A cell as text, the way PostgreSQL prints it.
+fn cell_text(cell: &Cell) -> String {
+    match cell {
+        Cell::Null => String::new(),
+        Cell::Int(number) => number.to_string(),
+        Cell::Text(text) => text.to_string(),
+    }
+}
+
+/// Writes one row in COPY's text format: tab-separated, `\N` for NULL, and
+/// backslash, tab, newline and carriage return escaped.
+struct CopyLine<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl<'a> CopyLine<'a> {
+    fn new(out: &'a mut Vec<u8>) -> Self {
+        CopyLine { out, first: true }
+    }
+
+    fn separate(&mut self) {
+        if !std::mem::take(&mut self.first) {
+            self.out.push(b'\t');
+        }
+    }
+
+    fn int(&mut self, value: i64) {
+        self.separate();
+        self.out.extend_from_slice(value.to_string().as_bytes());
+    }
+
+    fn cell(&mut self, cell: &Cell) {
+        match cell {
+            Cell::Int(value) => self.int(*value),
+            Cell::Null => {
+                self.separate();
+                self.out.extend_from_slice(b"\\N");
+            }
+            Cell::Text(text) => {
+                self.separate();
+                for &byte in text.as_bytes() {
+                    match byte {
+                        b'\\' => self.out.extend_from_slice(b"\\\\"),
+                        b'\t' => self.out.extend_from_slice(b"\\t"),
+                        b'\n' => self.out.extend_from_slice(b"\\n"),
+                        b'\r' => self.out.extend_from_slice(b"\\r"),
+                        other => self.out.push(other),
+                    }
+                }
+            }
+        }
+    }
+
+    fn end(self) {
+        self.out.push(b'\n');
+    }
 }
 
 /// Rows of one PostgreSQL chunk as a JSON array of objects keyed by column:
@@ -512,7 +695,7 @@ impl serde::Serialize for JsonRow<'_> {
 
 /// Finds and creates dimension members inside the batch's transaction.
 struct TxnStore<'a> {
-    txn: &'a DatabaseTransaction,
+    txn: &'a mut Txn,
     names: Names,
     tables: &'a [Table],
     audit_key: i64,
@@ -553,7 +736,7 @@ impl MemberStore for TxnStore<'_> {
                     .do_nothing()
                     .to_owned(),
             );
-            created += self.txn.execute(&insert).await?.rows_affected() as usize;
+            created += self.txn.execute(&insert).await? as usize;
         }
         let key = table.surrogate_key.as_deref().unwrap_or("ID");
         let mut ids: HashMap<String, i64> = HashMap::with_capacity(hashes.len());
@@ -564,8 +747,8 @@ impl MemberStore for TxnStore<'_> {
                 .column(names.column(HASH_COLUMN))
                 .and_where(Expr::col(names.column(HASH_COLUMN)).is_in(chunk.iter().cloned()))
                 .to_owned();
-            for row in self.txn.query_all(&select).await? {
-                ids.insert(row.try_get_by_index(1)?, row.try_get_by_index(0)?);
+            for row in self.txn.query(&select).await? {
+                ids.insert(row[1].text()?, row[0].int()?);
             }
         }
         let ids = hashes
@@ -597,4 +780,21 @@ fn value(cell: &Cell, ty: ColumnType) -> Value {
 
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_lines_escape_and_mark_nulls() {
+        let mut out = Vec::new();
+        let mut line = CopyLine::new(&mut out);
+        line.cell(&Cell::Text("a\tb\\c\nd".into()));
+        line.cell(&Cell::Null);
+        line.int(-7);
+        line.cell(&Cell::Text("".into()));
+        line.end();
+        assert_eq!(out, b"a\\tb\\\\c\\nd\t\\N\t-7\t\n");
+    }
 }

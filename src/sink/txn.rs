@@ -1,0 +1,179 @@
+//! The transaction one batch runs in. SQLite goes through sea-orm's
+//! transaction. PostgreSQL goes through a sqlx transaction taken from
+//! sea-orm's own connection pool, because fact rows travel there by COPY,
+//! which sea-orm does not expose. Both run the same SeaQuery statements;
+//! only [`Txn::copy_in`] is PostgreSQL's alone.
+
+use sea_orm::sea_query::{PostgresQueryBuilder, Value, Values};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, StatementBuilder,
+    TransactionTrait,
+};
+use sea_query_sqlx::SqlxValues;
+use sqlx::Row as _;
+
+pub(super) enum Txn {
+    SeaOrm(DatabaseTransaction),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+/// A value read back from a query: every id is cast to BIGINT in SQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Scalar {
+    Null,
+    Int(i64),
+    Text(String),
+}
+
+impl Scalar {
+    pub fn int(&self) -> Result<i64, DbErr> {
+        match self {
+            Scalar::Int(value) => Ok(*value),
+            other => Err(DbErr::Type(format!("expected an integer, read {other:?}"))),
+        }
+    }
+
+    pub fn text(&self) -> Result<String, DbErr> {
+        match self {
+            Scalar::Text(text) => Ok(text.clone()),
+            Scalar::Int(value) => Ok(value.to_string()),
+            Scalar::Null => Err(DbErr::Type("expected text, read NULL".into())),
+        }
+    }
+}
+
+impl Txn {
+    pub async fn begin(connection: &DatabaseConnection) -> Result<Txn, DbErr> {
+        match connection.get_database_backend() {
+            DbBackend::Postgres => {
+                let pool = connection.get_postgres_connection_pool();
+                Ok(Txn::Postgres(pool.begin().await.map_err(sqlx_error)?))
+            }
+            _ => Ok(Txn::SeaOrm(connection.begin().await?)),
+        }
+    }
+
+    /// Runs a statement; returns the rows it affected.
+    pub async fn execute<S: StatementBuilder>(&mut self, statement: &S) -> Result<u64, DbErr> {
+        match self {
+            Txn::SeaOrm(txn) => Ok(txn.execute(statement).await?.rows_affected()),
+            Txn::Postgres(_) => {
+                let built = statement.build(&DbBackend::Postgres);
+                self.execute_sql(&built.sql, built.values.map_or_else(Vec::new, |v| v.0))
+                    .await
+            }
+        }
+    }
+
+    /// Runs SQL written for this backend, with `$n` (PostgreSQL) or `?`
+    /// (SQLite) placeholders.
+    pub async fn execute_sql(&mut self, sql: &str, values: Vec<Value>) -> Result<u64, DbErr> {
+        match self {
+            Txn::SeaOrm(txn) => {
+                let backend = txn.get_database_backend();
+                let statement = sea_orm::Statement::from_sql_and_values(backend, sql, values);
+                Ok(txn.execute_raw(statement).await?.rows_affected())
+            }
+            Txn::Postgres(txn) => {
+                let query = sqlx::query_with(
+                    sqlx::AssertSqlSafe(sql.to_owned()),
+                    SqlxValues(Values(values)),
+                );
+                Ok(query
+                    .execute(&mut **txn)
+                    .await
+                    .map_err(sqlx_error)?
+                    .rows_affected())
+            }
+        }
+    }
+
+    /// Every row a statement returns.
+    pub async fn query<S: StatementBuilder>(
+        &mut self,
+        statement: &S,
+    ) -> Result<Vec<Vec<Scalar>>, DbErr> {
+        match self {
+            Txn::SeaOrm(txn) => {
+                let rows = txn.query_all(statement).await?;
+                rows.iter()
+                    .map(|row| {
+                        (0..row.column_names().len())
+                            .map(|at| match row.try_get_by_index::<Option<i64>>(at) {
+                                Ok(value) => Ok(value.map_or(Scalar::Null, Scalar::Int)),
+                                Err(_) => Ok(row
+                                    .try_get_by_index::<Option<String>>(at)?
+                                    .map_or(Scalar::Null, Scalar::Text)),
+                            })
+                            .collect()
+                    })
+                    .collect()
+            }
+            Txn::Postgres(_) => {
+                let (sql, values) = statement_sql(statement);
+                self.query_sql(&sql, values).await
+            }
+        }
+    }
+
+    /// Every row SQL returns (PostgreSQL).
+    pub async fn query_sql(
+        &mut self,
+        sql: &str,
+        values: Vec<Value>,
+    ) -> Result<Vec<Vec<Scalar>>, DbErr> {
+        let Txn::Postgres(txn) = self else {
+            return Err(DbErr::Custom("query_sql is for PostgreSQL".into()));
+        };
+        let rows = sqlx::query_with(
+            sqlx::AssertSqlSafe(sql.to_owned()),
+            SqlxValues(Values(values)),
+        )
+        .fetch_all(&mut **txn)
+        .await
+        .map_err(sqlx_error)?;
+        rows.iter()
+            .map(|row| {
+                (0..row.len())
+                    .map(|at| match row.try_get::<Option<i64>, _>(at) {
+                        Ok(value) => Ok(value.map_or(Scalar::Null, Scalar::Int)),
+                        Err(_) => Ok(row
+                            .try_get::<Option<String>, _>(at)
+                            .map_err(sqlx_error)?
+                            .map_or(Scalar::Null, Scalar::Text)),
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// `COPY … FROM STDIN` with `data` in COPY's text format (PostgreSQL).
+    pub async fn copy_in(&mut self, statement: &str, data: Vec<u8>) -> Result<u64, DbErr> {
+        let Txn::Postgres(txn) = self else {
+            return Err(DbErr::Custom("COPY is for PostgreSQL".into()));
+        };
+        let mut copy = txn.copy_in_raw(statement).await.map_err(sqlx_error)?;
+        copy.send(data).await.map_err(sqlx_error)?;
+        copy.finish().await.map_err(sqlx_error)
+    }
+
+    pub async fn commit(self) -> Result<(), DbErr> {
+        match self {
+            Txn::SeaOrm(txn) => txn.commit().await,
+            Txn::Postgres(txn) => txn.commit().await.map_err(sqlx_error),
+        }
+    }
+}
+
+fn statement_sql<S: StatementBuilder>(statement: &S) -> (String, Vec<Value>) {
+    let built = statement.build(&DbBackend::Postgres);
+    let _ = PostgresQueryBuilder; // the builder sea-orm uses for DbBackend::Postgres
+    (
+        built.sql,
+        built.values.map_or_else(Vec::new, |values| values.0),
+    )
+}
+
+fn sqlx_error(error: sqlx::Error) -> DbErr {
+    DbErr::Custom(error.to_string())
+}
