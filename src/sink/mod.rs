@@ -60,6 +60,11 @@ impl Names {
         Alias::new(self.raw(name))
     }
 
+    /// The name as a quoted SQL identifier, for SQL written by hand.
+    pub fn quoted(&self, name: &str) -> String {
+        format!("\"{}\"", self.raw(name).replace('"', "\"\""))
+    }
+
     pub fn index(&self, table: &str, what: &str) -> String {
         self.raw(&format!("{table}_{what}"))
     }

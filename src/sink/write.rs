@@ -299,7 +299,6 @@ impl Sink {
         }
         let names = self.db.names;
         let columns = self.fact_columns();
-        let quote = |name: &str| format!("\"{}\"", names.raw(name).replace('"', "\"\""));
         let replace_by = self.column_positions(&self.plan.replace_by);
         let mut identities: Vec<Vec<String>> = rows
             .iter()
@@ -328,21 +327,30 @@ impl Sink {
                 _ => format!("e->>{at}"),
             })
             .collect();
-        let identity: Vec<String> = self.plan.replace_by.iter().map(|c| quote(c)).collect();
+        let identity: Vec<String> = self
+            .plan
+            .replace_by
+            .iter()
+            .map(|c| names.quoted(c))
+            .collect();
         let key: Vec<String> = self
             .plan
             .key
             .iter()
-            .map(|k| format!("CAST({} AS TEXT)", quote(k)))
+            .map(|k| format!("CAST({} AS TEXT)", names.quoted(k)))
             .collect();
         let create = self.fact.audit.create.as_deref();
         let returning = match create {
-            Some(create) => format!("{}, CAST({} AS BIGINT)", key.join(", "), quote(create)),
+            Some(create) => format!(
+                "{}, CAST({} AS BIGINT)",
+                key.join(", "),
+                names.quoted(create)
+            ),
             None => key.join(", "),
         };
         let delete = format!(
             "DELETE FROM {} WHERE ({}) IN (SELECT {} FROM json_array_elements($1::json) e) RETURNING {returning}",
-            quote(&self.fact.name),
+            names.quoted(&self.fact.name),
             identity.join(", "),
             elements.join(", "),
         );
@@ -384,10 +392,10 @@ impl Sink {
             }
             line.end();
         }
-        let list: Vec<String> = columns.iter().map(|c| quote(c)).collect();
+        let list: Vec<String> = columns.iter().map(|c| names.quoted(c)).collect();
         let copy = format!(
             "COPY {} ({}) FROM STDIN",
-            quote(&self.fact.name),
+            names.quoted(&self.fact.name),
             list.join(", ")
         );
         txn.copy_in(&copy, data).await?;
@@ -406,19 +414,18 @@ impl Sink {
         audit_key: i64,
     ) -> Result<(), DbErr> {
         let names = self.db.names;
-        let quote = |name: &str| format!("\"{}\"", names.raw(name).replace('"', "\"\""));
-        let list: Vec<String> = columns.iter().map(|c| quote(c)).collect();
+        let list: Vec<String> = columns.iter().map(|c| names.quoted(c)).collect();
         let list = list.join(", ");
-        let key: Vec<String> = self.plan.key.iter().map(|k| quote(k)).collect();
+        let key: Vec<String> = self.plan.key.iter().map(|k| names.quoted(k)).collect();
         let set: Vec<String> = columns
             .iter()
             .filter(|c| {
                 !self.plan.key.iter().any(|k| k == *c)
                     && self.fact.audit.create.as_deref() != Some(**c)
             })
-            .map(|c| format!("{0} = excluded.{0}", quote(c)))
+            .map(|c| format!("{0} = excluded.{0}", names.quoted(c)))
             .collect();
-        let table = quote(&self.fact.name);
+        let table = names.quoted(&self.fact.name);
         let sql = format!(
             "INSERT INTO {table} ({list}) SELECT {list} FROM json_populate_recordset(NULL::{table}, $1::json) \
              ON CONFLICT ({}) DO UPDATE SET {}",
@@ -484,9 +491,11 @@ impl Sink {
                 })
                 .collect();
             let json = serde_json::to_string(&texts).map_err(|e| DbErr::Custom(e.to_string()))?;
-            let quote = |name: &str| format!("\"{}\"", names.raw(name).replace('"', "\"\""));
-            let (table, column, audit) =
-                (quote(&self.fact.name), quote(column), quote(audit_update));
+            let (table, column, audit) = (
+                names.quoted(&self.fact.name),
+                names.quoted(column),
+                names.quoted(audit_update),
+            );
             // The ids are cast to the column's type so that its index is used.
             let element = if types[0].is_integer() {
                 "CAST(id AS BIGINT)"
