@@ -154,34 +154,7 @@ impl Sink {
     fn latest_rows<'b>(&self, batch: &'b Batch) -> Vec<&'b Row> {
         let replace_by = self.column_positions(&self.plan.replace_by);
         let key = self.column_positions(&self.plan.key);
-        let mut last_event: HashMap<Vec<&Cell>, usize> = HashMap::new();
-        for (at, rows) in batch.events.iter().enumerate() {
-            if let Some(row) = rows.first() {
-                last_event.insert(replace_by.iter().map(|&i| &row.values[i]).collect(), at);
-            }
-        }
-        let mut by_key: HashMap<Vec<&Cell>, usize> = HashMap::new();
-        let mut rows: Vec<&Row> = Vec::new();
-        for (at, event_rows) in batch.events.iter().enumerate() {
-            let Some(first) = event_rows.first() else {
-                continue;
-            };
-            let identity: Vec<&Cell> = replace_by.iter().map(|&i| &first.values[i]).collect();
-            if last_event.get(&identity) != Some(&at) {
-                continue;
-            }
-            for row in event_rows {
-                let row_key: Vec<&Cell> = key.iter().map(|&i| &row.values[i]).collect();
-                match by_key.get(&row_key) {
-                    Some(&earlier) => rows[earlier] = row,
-                    None => {
-                        by_key.insert(row_key, rows.len());
-                        rows.push(row);
-                    }
-                }
-            }
-        }
-        rows
+        latest_rows(&batch.events, &replace_by, &key)
     }
 
     /// Positions in the plan's fact columns of the named columns.
@@ -583,6 +556,62 @@ async fn insert_discards(
     Ok(())
 }
 
+/// The rows a batch writes. With `replace_by` (positions of its columns in
+/// a row), only the last event of each identity counts, and since its
+/// columns are part of the key, equal keys can only meet within one event.
+/// Without it, every event counts and the last row of each key wins.
+fn latest_rows<'b>(events: &'b [Vec<Row>], replace_by: &[usize], key: &[usize]) -> Vec<&'b Row> {
+    let values = |row: &'b Row, positions: &[usize]| -> Vec<&'b Cell> {
+        positions.iter().map(|&i| &row.values[i]).collect()
+    };
+    let mut kept: Vec<&[Row]> = events
+        .iter()
+        .filter(|rows| !rows.is_empty())
+        .map(Vec::as_slice)
+        .collect();
+    if !replace_by.is_empty() {
+        let mut last: HashMap<Vec<&Cell>, usize> = HashMap::with_capacity(kept.len());
+        for (at, rows) in kept.iter().enumerate() {
+            last.insert(values(&rows[0], replace_by), at);
+        }
+        kept = kept
+            .iter()
+            .enumerate()
+            .filter(|(at, rows)| last.get(&values(&rows[0], replace_by)) == Some(at))
+            .map(|(_, rows)| *rows)
+            .collect();
+    }
+    let mut rows: Vec<&Row> = Vec::with_capacity(kept.iter().map(|rows| rows.len()).sum());
+    let mut by_key: HashMap<Vec<&Cell>, usize> = HashMap::new();
+    for event in kept {
+        let start = if replace_by.is_empty() { 0 } else { rows.len() };
+        if !replace_by.is_empty() {
+            by_key.clear();
+        }
+        for row in event {
+            // Most events have a handful of rows: compare, do not hash.
+            let earlier = if event.len() <= 16 && !replace_by.is_empty() {
+                rows[start..]
+                    .iter()
+                    .position(|seen| key.iter().all(|&i| seen.values[i] == row.values[i]))
+                    .map(|p| start + p)
+            } else {
+                let row_key = values(row, key);
+                let found = by_key.get(&row_key).copied();
+                if found.is_none() {
+                    by_key.insert(row_key, rows.len());
+                }
+                found
+            };
+            match earlier {
+                Some(at) => rows[at] = row,
+                None => rows.push(row),
+            }
+        }
+    }
+    rows
+}
+
 /// A cell as text, the way PostgreSQL prints it.
 fn cell_text(cell: &Cell) -> String {
     match cell {
@@ -794,6 +823,65 @@ fn now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rows of (session, index, value) with key (session, index).
+    fn event(session: &str, rows: &[(i64, &str)]) -> Vec<Row> {
+        rows.iter()
+            .map(|(index, value)| Row {
+                values: vec![
+                    Cell::Text(session.into()),
+                    Cell::Int(*index),
+                    Cell::Text((*value).into()),
+                ],
+                members: Vec::new(),
+            })
+            .collect()
+    }
+
+    fn check(events: &[Vec<Row>], replace_by: &[usize], expected: &[(&str, i64, &str)]) {
+        let got: Vec<(String, i64, String)> = latest_rows(events, replace_by, &[0, 1])
+            .iter()
+            .map(|row| match &row.values[..] {
+                [Cell::Text(s), Cell::Int(i), Cell::Text(v)] => (s.to_string(), *i, v.to_string()),
+                other => panic!("unexpected row {other:?}"),
+            })
+            .collect();
+        let expected: Vec<(String, i64, String)> = expected
+            .iter()
+            .map(|(s, i, v)| (s.to_string(), *i, v.to_string()))
+            .collect();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn a_later_event_of_a_session_replaces_the_earlier_one() {
+        let events = [
+            event("a", &[(0, "old"), (1, "old")]),
+            event("b", &[(0, "b")]),
+            event("a", &[(0, "new")]),
+        ];
+        check(&events, &[0], &[("b", 0, "b"), ("a", 0, "new")]);
+    }
+
+    #[test]
+    fn without_replace_by_every_event_counts_and_the_last_row_per_key_wins() {
+        let events = [
+            event("a", &[(0, "first"), (1, "kept")]),
+            event("b", &[(0, "b")]),
+            event("a", &[(0, "second")]),
+        ];
+        check(
+            &events,
+            &[],
+            &[("a", 0, "second"), ("a", 1, "kept"), ("b", 0, "b")],
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_within_an_event_keep_the_last_row() {
+        let events = [event("a", &[(0, "x"), (0, "y"), (1, "z")])];
+        check(&events, &[0], &[("a", 0, "y"), ("a", 1, "z")]);
+    }
 
     #[test]
     fn copy_lines_escape_and_mark_nulls() {
