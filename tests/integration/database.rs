@@ -350,3 +350,42 @@ fn a_failed_batch_leaves_nothing_behind() {
         "static members stay"
     );
 }
+
+#[test]
+fn load_reads_standard_input_with_line_numbers() {
+    let (_dir, sqlite) = sqlite_database();
+    let corpus =
+        std::fs::read(repository().join("tests/cases/discards/corpus.jsonl")).expect("corpus");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_martmap"))
+        .args([
+            "load",
+            "--database-url",
+            sqlite.as_str(),
+            "--mapping",
+            "mappings/COBROWSE.yaml",
+            "-",
+        ])
+        .current_dir(repository())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("martmap starts");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), &corpus)
+        .expect("write events");
+    let output = child.wait_with_output().expect("martmap finishes");
+    assert_success(&output);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("loaded 33 events"), "{stdout}");
+    let discards = query(
+        &sqlite,
+        "SELECT source, CAST(position AS TEXT) FROM ctl_discard ORDER BY position LIMIT 2",
+    );
+    assert_eq!(
+        discards,
+        [
+            [Some("stdin".to_owned()), Some("2".to_owned())],
+            [Some("stdin".to_owned()), Some("4".to_owned())]
+        ]
+    );
+}
