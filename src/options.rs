@@ -16,6 +16,42 @@ use crate::diagnostic::suggest;
 /// The `g:` options martmap knows, besides `g:topic:<topic>`.
 pub const G_OPTIONS: &[&str] = &[];
 
+/// Client options martmap sets unless the section does.
+pub const CLIENT_DEFAULTS: &[(&str, &str)] =
+    &[("group.id", "martmap"), ("auto.offset.reset", "earliest")];
+
+/// Client options martmap sets itself: offsets are stored in the database
+/// with the rows, and `run --once` needs end-of-partition events.
+pub const CLIENT_MANAGED: &[(&str, &str)] = &[
+    ("enable.auto.commit", "false"),
+    ("enable.auto.offset.store", "false"),
+    ("enable.partition.eof", "true"),
+];
+
+/// Whether a client option holds a secret that must never be shown.
+pub fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.contains("password")
+        || key == "sasl.jaas.config"
+        || key.starts_with("ssl.key")
+        || key.contains("secret")
+}
+
+/// Options with the values of secrets replaced, for logs and `--print-options`.
+pub fn redacted(options: &[(String, String)]) -> Vec<(String, String)> {
+    options
+        .iter()
+        .map(|(key, value)| {
+            let shown = if is_secret(key) {
+                "[redacted]".to_owned()
+            } else {
+                value.clone()
+            };
+            (key.clone(), shown)
+        })
+        .collect()
+}
+
 #[derive(Debug, Error, Diagnostic)]
 pub enum OptionsError {
     #[error("invalid line: {message}")]
@@ -83,6 +119,20 @@ pub enum OptionsError {
         span: SourceSpan,
         #[help]
         help: Option<String>,
+    },
+
+    #[error("`{key}` is managed by martmap")]
+    #[diagnostic(
+        code(martmap::options::managed_option),
+        help(
+            "martmap stores offsets in the database with the rows, so it sets {key}={value} itself; remove the line"
+        )
+    )]
+    ManagedOption {
+        key: String,
+        value: String,
+        #[label("set by martmap")]
+        span: SourceSpan,
     },
 
     #[error("topic `{topic}` is bound twice in section [{section}]")]
@@ -261,6 +311,14 @@ impl OptionsFile {
                             help: suggest(&entry.key, known),
                         });
                     }
+                } else if let Some((_, managed)) =
+                    CLIENT_MANAGED.iter().find(|(key, _)| *key == entry.key)
+                {
+                    errors.push(OptionsError::ManagedOption {
+                        key: entry.key.clone(),
+                        value: (*managed).to_owned(),
+                        span: entry.key_span,
+                    });
                 } else {
                     cluster.client.push((entry.key.clone(), value.to_owned()));
                 }
@@ -278,6 +336,26 @@ impl OptionsFile {
             clusters.push(cluster);
         }
         (clusters, errors)
+    }
+}
+
+impl KafkaCluster {
+    /// The effective client configuration: martmap's defaults (unless the
+    /// section sets them), the section's native options verbatim and in
+    /// order, then the options martmap manages.
+    pub fn client_options(&self) -> Vec<(String, String)> {
+        let mut options: Vec<(String, String)> = CLIENT_DEFAULTS
+            .iter()
+            .filter(|(key, _)| !self.client.iter().any(|(set, _)| set == key))
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect();
+        options.extend(self.client.iter().cloned());
+        options.extend(
+            CLIENT_MANAGED
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), (*value).to_owned())),
+        );
+        options
     }
 }
 
@@ -360,6 +438,32 @@ enable-cobrowse
     }
 
     #[test]
+    fn effective_options_add_defaults_and_hide_secrets() {
+        let file = OptionsFile::parse(OPTIONS).unwrap();
+        let (clusters, _) = file.clusters();
+        let effective = redacted(&clusters[0].client_options());
+        let shown: Vec<String> = effective.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(
+            shown,
+            [
+                "group.id=martmap",
+                "auto.offset.reset=earliest",
+                "bootstrap.servers=broker1:9092,broker2:9092",
+                "security.protocol=SASL_SSL",
+                "sasl.password=[redacted]",
+                "enable.auto.commit=false",
+                "enable.auto.offset.store=false",
+                "enable.partition.eof=true",
+            ]
+        );
+        assert!(
+            is_secret("ssl.key.password")
+                && is_secret("sasl.jaas.config")
+                && !is_secret("sasl.username")
+        );
+    }
+
+    #[test]
     fn reports_every_problem() {
         check_errors(
             "key=value\n[x\n",
@@ -376,6 +480,10 @@ enable-cobrowse
                 "section [kafka-a] has no `bootstrap.servers`",
                 "topic `t` is bound to mapping `COBROWS`, which does not exist",
             ],
+        );
+        check_errors(
+            "[kafka-a]\nbootstrap.servers=b:9092\nenable.auto.commit=true\n",
+            &["`enable.auto.commit` is managed by martmap"],
         );
     }
 }

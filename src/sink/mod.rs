@@ -20,7 +20,7 @@ use crate::dimension::Members;
 use crate::plan::{DimensionKind, Plan};
 
 pub use ddl::{HASH_COLUMN, natural_key_hash};
-pub use write::{Batch, BatchReport, DiscardRecord};
+pub use write::{Batch, BatchReport, DiscardRecord, NextOffset};
 
 /// The control tables every load writes.
 pub const CONTROL_TABLES: [&str; 3] = ["CTL_AUDIT_LOG", "CTL_KAFKA_OFFSET", "CTL_DISCARD"];
@@ -199,6 +199,35 @@ impl Sink {
 
     pub fn database(&self) -> &Database {
         &self.db
+    }
+}
+
+impl Database {
+    /// The stored next offsets of one cluster's topic, by partition: where
+    /// consumption resumes.
+    pub async fn stored_offsets(
+        &self,
+        cluster: &str,
+        topic: &str,
+    ) -> Result<Vec<(i32, i64)>, SinkError> {
+        let names = &self.names;
+        let select = Query::select()
+            .from(names.table("CTL_KAFKA_OFFSET"))
+            .expr(Expr::col(names.column("KAFKA_PARTITION")).cast_as(Alias::new("BIGINT")))
+            .expr(Expr::col(names.column("NEXT_OFFSET")).cast_as(Alias::new("BIGINT")))
+            .and_where(Expr::col(names.column("CLUSTER_NAME")).eq(cluster))
+            .and_where(Expr::col(names.column("TOPIC")).eq(topic))
+            .to_owned();
+        let rows = self.connection.query_all(&select).await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get_by_index::<i64>(0)? as i32,
+                    row.try_get_by_index::<i64>(1)?,
+                ))
+            })
+            .collect::<Result<_, DbErr>>()
+            .map_err(SinkError::from)
     }
 }
 

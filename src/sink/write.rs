@@ -32,6 +32,17 @@ pub struct Batch {
     pub source: String,
     pub events: Vec<Vec<Row>>,
     pub discards: Vec<DiscardRecord>,
+    /// Kafka positions this batch moves to, committed with its rows.
+    pub offsets: Vec<NextOffset>,
+}
+
+/// The next offset to consume of one partition, after this batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextOffset {
+    pub cluster: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
 }
 
 /// A message that could not be loaded, kept whole.
@@ -87,6 +98,7 @@ impl Sink {
             audit_key,
         )
         .await?;
+        upsert_offsets(&mut txn, names, &batch.offsets, audit_key).await?;
 
         let report = BatchReport {
             audit_key,
@@ -512,6 +524,45 @@ impl Sink {
         }
         Ok(())
     }
+}
+
+async fn upsert_offsets(
+    txn: &mut Txn,
+    names: Names,
+    offsets: &[NextOffset],
+    audit_key: i64,
+) -> Result<(), DbErr> {
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    let at = now();
+    let key = ["CLUSTER_NAME", "TOPIC", "KAFKA_PARTITION"].map(|c| names.column(c));
+    let mut insert = Query::insert();
+    insert.into_table(names.table("CTL_KAFKA_OFFSET")).columns(
+        [
+            "CLUSTER_NAME",
+            "TOPIC",
+            "KAFKA_PARTITION",
+            "NEXT_OFFSET",
+            "AUDIT_KEY",
+            "UPDATE_TS",
+        ]
+        .map(|c| names.column(c)),
+    );
+    for offset in offsets {
+        insert.values_panic([
+            offset.cluster.clone().into(),
+            offset.topic.clone().into(),
+            offset.partition.into(),
+            offset.offset.into(),
+            audit_key.into(),
+            at.into(),
+        ]);
+    }
+    let updated = ["NEXT_OFFSET", "AUDIT_KEY", "UPDATE_TS"].map(|c| names.column(c));
+    insert.on_conflict(OnConflict::columns(key).update_columns(updated).to_owned());
+    txn.execute(&insert).await?;
+    Ok(())
 }
 
 async fn insert_discards(
