@@ -5,7 +5,7 @@
 //! a [`Batch`] for the sink. It knows no source and no database.
 
 use crate::plan::Plan;
-use crate::sink::{Batch, DiscardRecord};
+use crate::sink::{Batch, DiscardRecord, NextOffset};
 
 /// One event as a source delivers it.
 #[derive(Debug, Clone)]
@@ -24,6 +24,9 @@ pub struct Batcher {
     plan: Plan,
     batch: Batch,
     events: usize,
+    /// The Kafka cluster the messages come from; their offsets then travel
+    /// with the batch.
+    cluster: Option<String>,
 }
 
 impl Batcher {
@@ -32,6 +35,16 @@ impl Batcher {
             plan,
             batch: Batch::default(),
             events: 0,
+            cluster: None,
+        }
+    }
+
+    /// A batcher for messages of one Kafka cluster: each batch also carries
+    /// the next offset of every partition it read, to commit with its rows.
+    pub fn for_cluster(plan: Plan, cluster: &str) -> Self {
+        Batcher {
+            cluster: Some(cluster.to_owned()),
+            ..Batcher::new(plan)
         }
     }
 
@@ -48,6 +61,22 @@ impl Batcher {
                 self.batch.source.push_str(", ");
             }
             self.batch.source.push_str(&message.source);
+        }
+        if let (Some(cluster), Some(partition)) = (&self.cluster, message.partition) {
+            let next = message.position + 1;
+            let offsets = &mut self.batch.offsets;
+            match offsets
+                .iter_mut()
+                .find(|o| o.partition == partition && o.topic == message.source)
+            {
+                Some(offset) => offset.offset = offset.offset.max(next),
+                None => offsets.push(NextOffset {
+                    cluster: cluster.clone(),
+                    topic: message.source.clone(),
+                    partition,
+                    offset: next,
+                }),
+            }
         }
         match self.plan.apply(&message.payload) {
             Ok(rows) => self.batch.events.push(rows),

@@ -4,6 +4,7 @@
 
 mod init_db;
 mod load;
+mod run;
 mod test_mapping;
 mod validate;
 
@@ -32,6 +33,7 @@ pub enum Command {
     TestMapping(test_mapping::TestMappingArgs),
     InitDb(init_db::InitDbArgs),
     Load(load::LoadArgs),
+    Run(run::RunArgs),
 }
 
 /// How a command ended when it ran to completion.
@@ -111,6 +113,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Box<dyn std::error::Error>> {
         Command::TestMapping(args) => test_mapping::run(args),
         Command::InitDb(args) => init_db::run(args),
         Command::Load(args) => load::run(args),
+        Command::Run(args) => run::run(args),
     }
 }
 

@@ -70,7 +70,8 @@ impl Names {
     }
 }
 
-/// An open database.
+/// An open database (cheap to clone: the connection is a pool).
+#[derive(Clone)]
 pub struct Database {
     pub connection: DatabaseConnection,
     pub names: Names,

@@ -3,3 +3,4 @@
 //! or write.
 
 pub mod file;
+pub mod kafka;

@@ -9,11 +9,11 @@ use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
 
 use crate::repository;
 
-const SAMPLE: &str = "samples/cobrowse-sessions.jsonl";
+pub const SAMPLE: &str = "samples/cobrowse-sessions.jsonl";
 
 /// Natural values of every fact row, joined with its dimension members, in
 /// key order: what an analyst sees, independent of surrogate ids.
-const FACTS_BY_NATURAL_VALUES: &str = "
+pub const FACTS_BY_NATURAL_VALUES: &str = "
 SELECT f.session_id, CAST(f.segment_index AS TEXT), CAST(f.page_index AS TEXT), f.session_token,
        f.media_server_ixn_guid, CAST(f.first_session AS TEXT), CAST(f.session_rw_flag AS TEXT), f.end_reason,
        CAST(f.start_date_time_key AS TEXT), CAST(f.session_start_time_ts AS TEXT), CAST(f.session_end_time_ts AS TEXT),
@@ -37,7 +37,7 @@ fn postgres_server() -> String {
     )
 }
 
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -67,13 +67,13 @@ fn postgres_database(name: &str) -> String {
 }
 
 /// A new SQLite file for one test, removed with the returned guard.
-fn sqlite_database() -> (tempfile::TempDir, String) {
+pub fn sqlite_database() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let url = format!("sqlite://{}", dir.path().join("martmap.db").display());
     (dir, url)
 }
 
-fn load(url: &str, files: &[&str]) -> Output {
+pub fn load(url: &str, files: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_martmap"))
         .args([
             "load",
@@ -88,7 +88,7 @@ fn load(url: &str, files: &[&str]) -> Output {
         .expect("martmap runs")
 }
 
-fn assert_success(output: &Output) {
+pub fn assert_success(output: &Output) {
     assert!(
         output.status.success(),
         "martmap failed ({:?}):\n{}{}",
@@ -99,7 +99,7 @@ fn assert_success(output: &Output) {
 }
 
 /// Every row of `sql`, each column as text (NULL as `None`).
-fn query(url: &str, sql: &str) -> Vec<Vec<Option<String>>> {
+pub fn query(url: &str, sql: &str) -> Vec<Vec<Option<String>>> {
     block_on(async {
         let db = Database::connect(url).await.expect("connect");
         let backend = db.get_database_backend();

@@ -12,6 +12,7 @@
 //!   directory under `tests/cases/validate/` (see that module's doc).
 
 mod database;
+
 mod rows;
 mod schema;
 mod validate;

@@ -1,0 +1,452 @@
+//! `martmap run`: consumes every topic bound in an Info Mart options file
+//! and loads it, with the offsets of each batch committed in the batch's
+//! database transaction.
+//!
+//! One consumer thread per bound topic interprets messages into batches
+//! (a [`Feed`]) and hands them to one async writer; the writer acknowledges
+//! each commit, after which the consumer commits the same offsets to Kafka
+//! (best effort) and may release partitions in a rebalance.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use martmap::catalog::Catalog;
+use martmap::options::{self, KafkaCluster, OptionsFile};
+use martmap::pipeline::{Batcher, Message};
+use martmap::plan::Plan;
+use martmap::sink::{Batch, BatchReport, Database, NextOffset, Sink};
+use martmap::source::kafka::{Polled, Positions, TopicConsumer};
+
+use super::{CatalogArgs, Color, DatabaseArgs, Outcome, load_plan};
+
+/// Consume the Kafka topics of an Info Mart options file into the database.
+///
+/// Every `[kafka-<cluster>]` section is a cluster; each of its
+/// `g:topic:<topic>=<MAPPING>` lines is consumed with the mapping of that
+/// name (from --mappings). Every other key of the section goes to the Kafka
+/// client unchanged (bootstrap.servers, security.protocol, sasl.*, ssl.*,
+/// client.id, ...); martmap adds group.id=martmap and
+/// auto.offset.reset=earliest unless set, and manages offset commits
+/// itself: the offsets of each batch are written in the same database
+/// transaction as its rows, and consumption resumes from them.
+///
+/// With --once, consume until every assigned partition has reached its end,
+/// then exit (one ETL cycle); without it, keep consuming.
+///
+/// Example: martmap run --options infomart.ini --once
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The options file with [kafka-<cluster>] sections.
+    #[arg(long, value_name = "FILE")]
+    options: PathBuf,
+
+    /// Consume up to the end of every assigned partition, then exit.
+    #[arg(long)]
+    once: bool,
+
+    /// Print the effective Kafka client configuration (secrets redacted) and exit.
+    #[arg(long)]
+    print_options: bool,
+
+    /// Directory of mapping files; a binding names a mapping by its `name:`.
+    #[arg(long, default_value = "mappings", value_name = "DIR")]
+    mappings: PathBuf,
+
+    /// Messages per batch (one transaction each).
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    batch_size: usize,
+
+    /// Longest time a partial batch waits before it is written (without --once).
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    batch_ms: u64,
+
+    #[command(flatten)]
+    database: DatabaseArgs,
+
+    #[command(flatten)]
+    catalog: CatalogArgs,
+
+    /// Colour in diagnostics.
+    #[arg(long, value_enum, default_value_t = Color::Auto)]
+    color: Color,
+}
+
+pub fn run(args: RunArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
+    let Some(clusters) = read_clusters(&args)? else {
+        return Ok(Outcome::Invalid);
+    };
+    if args.print_options {
+        for cluster in &clusters {
+            println!("[kafka-{}]", cluster.name);
+            for (key, value) in options::redacted(&cluster.client_options()) {
+                println!("{key}={value}");
+            }
+        }
+        return Ok(Outcome::Success);
+    }
+    let Some(plans) = mapping_plans(&args, &clusters)? else {
+        return Ok(Outcome::Invalid);
+    };
+    let catalog = Catalog::load(&args.catalog.catalog).map_err(|_| "the catalog became invalid")?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let handle = runtime.handle().clone();
+    runtime.block_on(async move {
+        let started = Instant::now();
+        let database = Database::connect(&args.database.url()).await?;
+        let mut sinks: HashMap<String, Sink> = HashMap::new();
+        for (name, plan) in &plans {
+            sinks.insert(name.clone(), Sink::open(database.clone(), &catalog, plan.clone()).await?);
+        }
+        let (jobs, mut queue) = tokio::sync::mpsc::channel::<Job>(2);
+        let mut consumers = Vec::new();
+        for cluster in &clusters {
+            for binding in &cluster.topics {
+                let feed = Arc::new(Feed::new(
+                    cluster,
+                    &binding.topic,
+                    plans[&binding.mapping].clone(),
+                    &args,
+                    database.clone(),
+                    handle.clone(),
+                    jobs.clone(),
+                ));
+                let (options, once, batch_time) =
+                    (cluster.client_options(), args.once, Duration::from_millis(args.batch_ms));
+                consumers.push(std::thread::spawn(move || consume(&options, feed, once, batch_time)));
+            }
+        }
+        drop(jobs);
+
+        let mut totals = BatchReport::default();
+        let mut batches = 0usize;
+        while let Some(job) = queue.recv().await {
+            let sink = sinks.get_mut(&job.mapping).ok_or("a batch for an unknown mapping")?;
+            match sink.write(&job.batch).await {
+                Ok(report) => {
+                    totals.events += report.events + report.discards;
+                    totals.rows += report.rows;
+                    totals.discards += report.discards;
+                    totals.new_members += report.new_members;
+                    batches += 1;
+                    let _ = job.done.send(Ok(job.batch.offsets));
+                }
+                Err(error) => {
+                    let _ = job.done.send(Err(error.to_string()));
+                    return Err(error.into());
+                }
+            }
+        }
+        for consumer in consumers {
+            consumer.join().map_err(|_| "a consumer thread panicked")??;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        println!(
+            "consumed {} messages: {} fact rows written, {} discarded, {} new dimension members, {} batches in {:.2} s ({:.0} messages/s)",
+            totals.events,
+            totals.rows,
+            totals.discards,
+            totals.new_members,
+            batches,
+            elapsed,
+            totals.events as f64 / elapsed.max(1e-9)
+        );
+        Ok::<_, Box<dyn std::error::Error>>(Outcome::Success)
+    })
+}
+
+/// One batch for the writer, and where to say that it committed.
+struct Job {
+    mapping: String,
+    batch: Batch,
+    done: mpsc::Sender<Result<Vec<NextOffset>, String>>,
+}
+
+/// The batches of one consumed topic on their way to the writer.
+struct Feed {
+    cluster: String,
+    topic: String,
+    mapping: String,
+    batch_size: usize,
+    batcher: Mutex<Batcher>,
+    jobs: tokio::sync::mpsc::Sender<Job>,
+    done: mpsc::Sender<Result<Vec<NextOffset>, String>>,
+    acks: Mutex<mpsc::Receiver<Result<Vec<NextOffset>, String>>>,
+    in_flight: AtomicUsize,
+    /// Offsets committed to the database and not yet to Kafka.
+    committed: Mutex<Vec<(i32, i64)>>,
+    failure: Mutex<Option<String>>,
+    database: Database,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Feed {
+    fn new(
+        cluster: &KafkaCluster,
+        topic: &str,
+        plan: Plan,
+        args: &RunArgs,
+        database: Database,
+        runtime: tokio::runtime::Handle,
+        jobs: tokio::sync::mpsc::Sender<Job>,
+    ) -> Self {
+        let (done, acks) = mpsc::channel();
+        Feed {
+            cluster: cluster.name.clone(),
+            topic: topic.to_owned(),
+            mapping: plan.mapping.clone(),
+            batch_size: args.batch_size.max(1),
+            batcher: Mutex::new(Batcher::for_cluster(plan, &cluster.name)),
+            jobs,
+            done,
+            acks: Mutex::new(acks),
+            in_flight: AtomicUsize::new(0),
+            committed: Mutex::new(Vec::new()),
+            failure: Mutex::new(None),
+            database,
+            runtime,
+        }
+    }
+
+    fn push(&self, message: Message) {
+        let full = {
+            let mut batcher = self.batcher.lock().unwrap_or_else(|e| e.into_inner());
+            batcher.push(message);
+            (batcher.len() >= self.batch_size).then(|| batcher.take())
+        };
+        if let Some(batch) = full {
+            self.send(batch);
+        }
+    }
+
+    /// Sends the partial batch, if any.
+    fn flush(&self) {
+        let batch = {
+            let mut batcher = self.batcher.lock().unwrap_or_else(|e| e.into_inner());
+            (!batcher.is_empty()).then(|| batcher.take())
+        };
+        if let Some(batch) = batch {
+            self.send(batch);
+        }
+    }
+
+    fn send(&self, batch: Batch) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let job = Job {
+            mapping: self.mapping.clone(),
+            batch,
+            done: self.done.clone(),
+        };
+        if self.jobs.blocking_send(job).is_err() {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            self.fail("the writer stopped".into());
+        }
+    }
+
+    /// Collects commit acknowledgements; with `wait`, until none is in flight.
+    fn collect(&self, wait: bool) {
+        let acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
+        while self.in_flight.load(Ordering::SeqCst) > 0 {
+            let ack = if wait {
+                acks.recv().map_err(|_| ())
+            } else {
+                match acks.try_recv() {
+                    Ok(ack) => Ok(ack),
+                    Err(_) => return,
+                }
+            };
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            match ack {
+                Ok(Ok(offsets)) => {
+                    let mut committed = self.committed.lock().unwrap_or_else(|e| e.into_inner());
+                    committed.extend(offsets.iter().map(|o| (o.partition, o.offset)));
+                }
+                Ok(Err(error)) => self.fail(error),
+                Err(()) => self.fail("the writer stopped".into()),
+            }
+        }
+    }
+
+    fn take_committed(&self) -> Vec<(i32, i64)> {
+        std::mem::take(&mut *self.committed.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn fail(&self, error: String) {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(error);
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// The feed as the consumer's rebalance handler.
+struct Shared(Arc<Feed>);
+
+impl Positions for Shared {
+    fn stored(&self, topic: &str) -> Vec<(i32, i64)> {
+        // The database is the truth for progress: without it, do not guess.
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match self
+                .0
+                .runtime
+                .block_on(self.0.database.stored_offsets(&self.0.cluster, topic))
+            {
+                Ok(offsets) => return offsets,
+                Err(error) => {
+                    tracing::error!(%error, "cannot read stored offsets; retrying in {wait:?}");
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    fn release(&self) {
+        self.0.flush();
+        self.0.collect(true);
+    }
+}
+
+/// The consumer thread of one topic.
+fn consume(
+    options: &[(String, String)],
+    feed: Arc<Feed>,
+    once: bool,
+    batch_time: Duration,
+) -> Result<(), String> {
+    let consumer = TopicConsumer::subscribe(options, &feed.topic, Shared(feed.clone()))
+        .map_err(|e| e.to_string())?;
+    let mut ended: HashSet<i32> = HashSet::new();
+    let mut owned: Vec<i32> = Vec::new();
+    let mut last_flush = Instant::now();
+    loop {
+        match consumer.poll(Duration::from_millis(100)) {
+            Polled::Message(message) => {
+                if let Some(partition) = message.partition {
+                    ended.remove(&partition);
+                }
+                feed.push(message);
+            }
+            Polled::End(partition) => {
+                ended.insert(partition);
+            }
+            Polled::Idle => {}
+            Polled::Error(error) => {
+                tracing::warn!(topic = consumer.topic(), %error, "Kafka client error")
+            }
+        }
+        feed.collect(false);
+        let committed = feed.take_committed();
+        if !committed.is_empty() {
+            consumer.commit(&committed);
+        }
+        if let Some(error) = feed.failure() {
+            return Err(error);
+        }
+        let assigned = consumer.assigned();
+        if assigned != owned {
+            ended.retain(|partition| assigned.contains(partition));
+            owned = assigned;
+        }
+        if once && !owned.is_empty() && owned.iter().all(|partition| ended.contains(partition)) {
+            feed.flush();
+            feed.collect(true);
+            let committed = feed.take_committed();
+            consumer.commit(&committed);
+            return feed.failure().map_or(Ok(()), Err);
+        }
+        if !once && last_flush.elapsed() >= batch_time {
+            feed.flush();
+            last_flush = Instant::now();
+        }
+    }
+}
+
+/// The options file's Kafka clusters, or `None` when it has problems
+/// (rendered to standard error).
+fn read_clusters(args: &RunArgs) -> Result<Option<Vec<KafkaCluster>>, Box<dyn std::error::Error>> {
+    use martmap::diagnostic::{Problem, SourceFile, render};
+    let text = std::fs::read_to_string(&args.options)
+        .map_err(|e| format!("cannot read {}: {e}", args.options.display()))?;
+    let file = SourceFile::new(args.options.display().to_string(), text);
+    let errors = match OptionsFile::parse(&file.text) {
+        Ok(parsed) => {
+            let (clusters, errors) = parsed.clusters();
+            if errors.is_empty() {
+                if clusters.iter().all(|c| c.topics.is_empty()) {
+                    return Err(format!(
+                        "{}: no g:topic:<topic>=<MAPPING> binding in any [kafka-<cluster>] section",
+                        file.name
+                    )
+                    .into());
+                }
+                return Ok(Some(clusters));
+            }
+            errors
+        }
+        Err(errors) => errors,
+    };
+    let problems: Vec<Problem> = errors
+        .into_iter()
+        .map(|error| Problem::new(&file, error))
+        .collect();
+    eprint!("{}", render(problems, args.color.enabled()));
+    Ok(None)
+}
+
+/// The compiled plan of every mapping the clusters bind, by name.
+fn mapping_plans(
+    args: &RunArgs,
+    clusters: &[KafkaCluster],
+) -> Result<Option<HashMap<String, Plan>>, Box<dyn std::error::Error>> {
+    let mut available: HashMap<String, Plan> = HashMap::new();
+    let entries = std::fs::read_dir(&args.mappings)
+        .map_err(|e| format!("cannot read {}: {e}", args.mappings.display()))?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        match load_plan(&path, &args.catalog, args.color)? {
+            Some(plan) => {
+                available.insert(plan.mapping.clone(), plan);
+            }
+            None => return Ok(None),
+        }
+    }
+    let mut plans = HashMap::new();
+    for binding in clusters.iter().flat_map(|cluster| &cluster.topics) {
+        match available.get(&binding.mapping) {
+            Some(plan) => {
+                plans.insert(binding.mapping.clone(), plan.clone());
+            }
+            None => {
+                let known: Vec<&str> = available.keys().map(String::as_str).collect();
+                return Err(format!(
+                    "topic {} is bound to mapping {}, which is not in {} (found: {})",
+                    binding.topic,
+                    binding.mapping,
+                    args.mappings.display(),
+                    known.join(", ")
+                )
+                .into());
+            }
+        }
+    }
+    Ok(Some(plans))
+}

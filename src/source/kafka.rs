@@ -1,0 +1,165 @@
+//! Kafka, through rdkafka (the only module that knows it): one consumer per
+//! bound topic, in a consumer group, with the database as the source of
+//! truth for progress.
+//!
+//! On every assignment the partitions are positioned at the offsets stored
+//! with the rows (`Positions::stored`); before partitions are revoked the
+//! owner is asked to finish what it holds for them (`Positions::release`), so
+//! a rebalance neither loses nor repeats a message. The caller drives
+//! [`TopicConsumer::poll`] and decides what to do with each [`Polled`] item.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message as _;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::pipeline::Message;
+
+/// What the consumer needs from its owner at a rebalance.
+pub trait Positions: Send + Sync {
+    /// The next offsets stored for `topic`, by partition.
+    fn stored(&self, topic: &str) -> Vec<(i32, i64)>;
+    /// Called before partitions are taken away: everything read from them
+    /// must be committed (or dropped unread) when this returns.
+    fn release(&self);
+}
+
+/// One item of the consumer's stream.
+#[derive(Debug)]
+pub enum Polled {
+    Message(Message),
+    /// The partition's end was reached (nothing more to read for now).
+    End(i32),
+    /// Nothing arrived within the poll timeout.
+    Idle,
+    /// A client error (the broker unreachable, say); librdkafka retries.
+    Error(String),
+}
+
+struct Context<P> {
+    positions: P,
+    /// The partitions this consumer owns now.
+    assigned: Mutex<Vec<i32>>,
+}
+
+impl<P: Positions> ClientContext for Context<P> {}
+
+impl<P: Positions> ConsumerContext for Context<P> {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let mut positioned = TopicPartitionList::new();
+                let mut owned = Vec::new();
+                for element in tpl.elements() {
+                    let stored = self.positions.stored(element.topic());
+                    let offset = stored
+                        .iter()
+                        .find(|(partition, _)| *partition == element.partition())
+                        .map_or(Offset::Invalid, |(_, next)| Offset::Offset(*next));
+                    let _ = positioned.add_partition_offset(
+                        element.topic(),
+                        element.partition(),
+                        offset,
+                    );
+                    owned.push(element.partition());
+                }
+                if let Err(error) = consumer.assign(&positioned) {
+                    tracing::error!(%error, "cannot take the assigned partitions");
+                }
+                *self.assigned.lock().unwrap_or_else(|e| e.into_inner()) = owned;
+            }
+            _ => {
+                self.positions.release();
+                self.assigned
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clear();
+                if let Err(error) = consumer.unassign() {
+                    tracing::error!(%error, "cannot give up the revoked partitions");
+                }
+            }
+        }
+    }
+}
+
+/// A consumer of one topic.
+pub struct TopicConsumer<P: Positions + 'static> {
+    consumer: BaseConsumer<Context<P>>,
+    topic: String,
+}
+
+impl<P: Positions + 'static> TopicConsumer<P> {
+    /// Creates the consumer with the effective client options and joins the
+    /// group for `topic`.
+    pub fn subscribe(
+        options: &[(String, String)],
+        topic: &str,
+        positions: P,
+    ) -> Result<Self, KafkaError> {
+        let mut config = ClientConfig::new();
+        for (key, value) in options {
+            config.set(key, value);
+        }
+        let context = Context {
+            positions,
+            assigned: Mutex::new(Vec::new()),
+        };
+        let consumer: BaseConsumer<Context<P>> = config.create_with_context(context)?;
+        consumer.subscribe(&[topic])?;
+        Ok(TopicConsumer {
+            consumer,
+            topic: topic.to_owned(),
+        })
+    }
+
+    pub fn poll(&self, timeout: Duration) -> Polled {
+        match self.consumer.poll(timeout) {
+            None => Polled::Idle,
+            Some(Ok(message)) => Polled::Message(Message {
+                source: self.topic.clone(),
+                partition: Some(message.partition()),
+                position: message.offset(),
+                key: message.key().map(<[u8]>::to_vec),
+                payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            }),
+            Some(Err(KafkaError::PartitionEOF(partition))) => Polled::End(partition),
+            Some(Err(error)) => Polled::Error(error.to_string()),
+        }
+    }
+
+    /// The partitions owned now.
+    pub fn assigned(&self) -> Vec<i32> {
+        self.consumer
+            .context()
+            .assigned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Tells the group how far this consumer got (best effort, for lag
+    /// tools: the database holds the offsets that count).
+    pub fn commit(&self, offsets: &[(i32, i64)]) {
+        let mut list = TopicPartitionList::new();
+        for (partition, next) in offsets {
+            let _ = list.add_partition_offset(&self.topic, *partition, Offset::Offset(*next));
+        }
+        if let Err(error) = self.consumer.commit(&list, CommitMode::Async) {
+            tracing::debug!(%error, "offset commit to Kafka failed; the database holds the offsets");
+        }
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+}
