@@ -1,7 +1,7 @@
 # Sourced by scripts/test (and the benchmark scripts): starts a throw-away
-# PostgreSQL cluster on a free local port, exports MARTMAP_TEST_POSTGRES_URL,
-# and stops and removes it when the calling script exits. Installs the
-# server from Debian's packages when initdb/pg_ctl are missing.
+# PostgreSQL cluster on a free local port and exports MARTMAP_TEST_POSTGRES_URL;
+# the caller stops and removes it with stop_postgres (in its EXIT trap).
+# Installs the server from Debian's packages when initdb/pg_ctl are missing.
 
 postgres_bin() {
     local initdb
@@ -38,7 +38,7 @@ start_postgres() {
         || { cat "$dir/server.log" >&2; return 1; }
     export MARTMAP_TEST_POSTGRES_URL="postgres://martmap@127.0.0.1:$port/postgres"
     export MARTMAP_POSTGRES_DIR="$dir" MARTMAP_POSTGRES_BIN="$bin"
-    trap stop_postgres EXIT
+
     echo "==> PostgreSQL $("$bin/postgres" --version | awk '{print $3}') on port $port" >&2
 }
 

@@ -2,6 +2,7 @@
 //! the built `martmap` binary against files under `tests/cases/`.
 //!
 //! Where new tests go:
+//! - `kafka`: `martmap run` against the tansu broker `scripts/test` starts.
 //! - `database`: `load` and `init-db` against SQLite and the PostgreSQL
 //!   cluster `scripts/test` starts.
 //! - `rows`: `martmap test-mapping`; golden rows per event under
@@ -12,6 +13,7 @@
 //!   directory under `tests/cases/validate/` (see that module's doc).
 
 mod database;
+mod kafka;
 
 mod rows;
 mod schema;
