@@ -67,11 +67,12 @@ fn produce(topic: &str, partitions: i32, file: &str) -> usize {
     })
 }
 
-/// An options file binding `topic` to the co-browse mapping.
+/// An options file binding `topic` to the co-browse mapping. A short
+/// session timeout lets the group notice a killed member quickly.
 fn options_file(dir: &std::path::Path, topic: &str, group: &str) -> String {
     let path = dir.join("infomart.ini");
     let text = format!(
-        "[kafka-test]\nbootstrap.servers={}\ngroup.id={group}\ng:topic:{topic}=COBROWSE\n",
+        "[kafka-test]\nbootstrap.servers={}\ngroup.id={group}\ng:topic:{topic}=COBROWSE\nsession.timeout.ms=6000\n",
         bootstrap()
     );
     std::fs::write(&path, text).expect("options file");
@@ -174,4 +175,119 @@ fn print_options_shows_the_effective_configuration_without_secrets() {
         );
     }
     assert!(!stdout.contains("s3cret"));
+}
+
+/// Messages accounted for by committed batches: each message is counted in
+/// exactly one batch's audit row, as loaded or as discarded.
+fn messages_committed(database: &str) -> i64 {
+    let rows = query(
+        database,
+        "SELECT CAST(COALESCE(SUM(event_count + discard_count), 0) AS TEXT) FROM ctl_audit_log",
+    );
+    rows[0][0]
+        .as_deref()
+        .expect("a sum")
+        .parse()
+        .expect("a number")
+}
+
+fn spawn_run(options: &str, database: &str, once: bool) -> std::process::Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_martmap"));
+    command.args([
+        "run",
+        "--options",
+        options,
+        "--database-url",
+        database,
+        "--batch-size",
+        "40",
+    ]);
+    if once {
+        command.arg("--once");
+    }
+    command
+        .current_dir(repository())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("martmap starts")
+}
+
+#[test]
+fn killed_at_any_batch_resumes_without_loss_or_duplicates() {
+    let topic = format!("cobrowse-kill-{}", std::process::id());
+    let produced = produce(&topic, 3, SAMPLE) as i64;
+    let (dir, database) = sqlite_database();
+    let options = options_file(dir.path(), &topic, &format!("group-{topic}"));
+    let init = Command::new(env!("CARGO_BIN_EXE_martmap"))
+        .args(["init-db", "--database-url", database.as_str()])
+        .current_dir(repository())
+        .output()
+        .expect("init-db runs");
+    assert_success(&init);
+    // Kill -9 after 3, then 10, then 20 committed batches; then finish.
+    for batches in [3, 10, 20] {
+        let mut child = spawn_run(&options, &database, false);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let committed = query(
+                &database,
+                "SELECT CAST(COUNT(*) AS TEXT) FROM ctl_audit_log",
+            );
+            let committed: usize = committed
+                .first()
+                .and_then(|r| r[0].as_deref())
+                .unwrap_or("0")
+                .parse()
+                .unwrap_or(0);
+            if committed >= batches {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {committed} batches committed in 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill().expect("kill -9");
+        child.wait().expect("reaped");
+    }
+    assert_success(&run_once(&options, &database));
+    assert_eq!(
+        messages_committed(&database),
+        produced,
+        "every message in exactly one committed batch"
+    );
+    assert_eq!(query(&database, FACTS_BY_NATURAL_VALUES).len(), 6185);
+    let discards = query(&database, "SELECT CAST(COUNT(*) AS TEXT) FROM ctl_discard");
+    assert_eq!(discards[0][0].as_deref(), Some("5"), "no discard twice");
+    let offsets = query(
+        &database,
+        "SELECT CAST(SUM(next_offset) AS TEXT) FROM ctl_kafka_offset",
+    );
+    assert_eq!(
+        offsets[0][0].as_deref(),
+        Some(produced.to_string().as_str())
+    );
+}
+
+#[test]
+fn two_processes_in_one_group_load_everything_once() {
+    let topic = format!("cobrowse-pair-{}", std::process::id());
+    let produced = produce(&topic, 3, SAMPLE) as i64;
+    let (dir, database) = sqlite_database();
+    let options = options_file(dir.path(), &topic, &format!("group-{topic}"));
+    let first = spawn_run(&options, &database, true);
+    let second = spawn_run(&options, &database, true);
+    for child in [first, second] {
+        assert_success(&child.wait_with_output().expect("martmap finishes"));
+    }
+    assert_eq!(
+        messages_committed(&database),
+        produced,
+        "every message in exactly one committed batch"
+    );
+    assert_eq!(query(&database, FACTS_BY_NATURAL_VALUES).len(), 6185);
+    let discards = query(&database, "SELECT CAST(COUNT(*) AS TEXT) FROM ctl_discard");
+    assert_eq!(discards[0][0].as_deref(), Some("5"), "no discard twice");
 }
