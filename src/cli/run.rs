@@ -333,9 +333,13 @@ fn consume(
     let mut ended: HashSet<i32> = HashSet::new();
     let mut owned: Vec<i32> = Vec::new();
     let mut last_flush = Instant::now();
+    let mut broker_down = false;
     loop {
         match consumer.poll(Duration::from_millis(100)) {
             Polled::Message(message) => {
+                if std::mem::take(&mut broker_down) {
+                    tracing::warn!(topic = consumer.topic(), "Kafka connection restored");
+                }
                 if let Some(partition) = message.partition {
                     ended.remove(&partition);
                 }
@@ -345,6 +349,19 @@ fn consume(
                 ended.insert(partition);
             }
             Polled::Idle => {}
+            Polled::Error(error) if broker_unreachable(&error) => {
+                // One line per outage, with Info Mart's message id for a Kafka
+                // exception in a transformation job, for operators' alarms.
+                if !broker_down {
+                    tracing::error!(
+                        message_id = "55-20049",
+                        topic = consumer.topic(),
+                        %error,
+                        "55-20049 Kafka exception: broker unreachable; retrying"
+                    );
+                    broker_down = true;
+                }
+            }
             Polled::Error(error) => {
                 tracing::warn!(topic = consumer.topic(), %error, "Kafka client error")
             }
@@ -374,6 +391,20 @@ fn consume(
             last_flush = Instant::now();
         }
     }
+}
+
+/// Whether a client error means the brokers cannot be reached (as opposed
+/// to, say, a message-level error).
+fn broker_unreachable(error: &str) -> bool {
+    [
+        "BrokerTransportFailure",
+        "AllBrokersDown",
+        "Broker transport failure",
+        "brokers are down",
+        "Connection refused",
+    ]
+    .iter()
+    .any(|sign| error.contains(sign))
 }
 
 /// The options file's Kafka clusters, or `None` when it has problems

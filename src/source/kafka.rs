@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
@@ -47,7 +48,18 @@ struct Context<P> {
     assigned: Mutex<Vec<i32>>,
 }
 
-impl<P: Positions> ClientContext for Context<P> {}
+/// librdkafka's own log lines and global errors repeat every few
+/// milliseconds while a broker is away; the consumer loop reports outages
+/// once (55-20049), so these stay at debug level.
+impl<P: Positions> ClientContext for Context<P> {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        tracing::debug!(target: "librdkafka", ?level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(target: "librdkafka", %error, reason);
+    }
+}
 
 impl<P: Positions> ConsumerContext for Context<P> {
     fn rebalance(

@@ -291,3 +291,39 @@ fn two_processes_in_one_group_load_everything_once() {
     let discards = query(&database, "SELECT CAST(COUNT(*) AS TEXT) FROM ctl_discard");
     assert_eq!(discards[0][0].as_deref(), Some("5"), "no discard twice");
 }
+
+#[test]
+fn an_unreachable_broker_is_reported_once_with_message_id_55_20049() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let options = dir.path().join("down.ini");
+    // Port 1 on loopback: nothing listens there.
+    std::fs::write(
+        &options,
+        "[kafka-down]\nbootstrap.servers=127.0.0.1:1\ng:topic:t=COBROWSE\n",
+    )
+    .expect("options");
+    let database = format!("sqlite://{}", dir.path().join("down.db").display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_martmap"))
+        .args([
+            "run",
+            "--options",
+            options.to_str().expect("path"),
+            "--database-url",
+            database.as_str(),
+        ])
+        .current_dir(repository())
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("martmap starts");
+    std::thread::sleep(Duration::from_secs(3));
+    child.kill().expect("stop martmap");
+    let output = child.wait_with_output().expect("martmap stops");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let alarms = stderr
+        .lines()
+        .filter(|line| line.contains("55-20049 Kafka exception"))
+        .count();
+    assert_eq!(alarms, 1, "one 55-20049 line per outage, got:\n{stderr}");
+}
