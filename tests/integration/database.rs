@@ -88,6 +88,16 @@ pub fn load(url: &str, files: &[&str]) -> Output {
         .expect("martmap runs")
 }
 
+/// Creates every table with `martmap init-db`.
+pub fn init_db(url: &str) {
+    let output = Command::new(env!("CARGO_BIN_EXE_martmap"))
+        .args(["init-db", "--database-url", url])
+        .current_dir(repository())
+        .output()
+        .expect("init-db runs");
+    assert_success(&output);
+}
+
 pub fn assert_success(output: &Output) {
     assert!(
         output.status.success(),
@@ -276,12 +286,7 @@ fn concurrent_loads_into_postgres_create_no_duplicate_members() {
             .expect("martmap starts")
     };
     // Create the tables first, so that the two loads race on members, not on DDL.
-    let init = Command::new(env!("CARGO_BIN_EXE_martmap"))
-        .args(["init-db", "--database-url", postgres.as_str()])
-        .current_dir(repository())
-        .output()
-        .expect("init-db runs");
-    assert_success(&init);
+    init_db(&postgres);
     let (first, second) = (start(&postgres), start(&postgres));
     for child in [first, second] {
         assert_success(&child.wait_with_output().expect("martmap finishes"));
@@ -306,12 +311,7 @@ fn concurrent_loads_into_postgres_create_no_duplicate_members() {
 #[test]
 fn a_failed_batch_leaves_nothing_behind() {
     let postgres = postgres_database("atomic");
-    let init = Command::new(env!("CARGO_BIN_EXE_martmap"))
-        .args(["init-db", "--database-url", postgres.as_str()])
-        .current_dir(repository())
-        .output()
-        .expect("init-db runs");
-    assert_success(&init);
+    init_db(&postgres);
     // The database refuses one session, after the batch has written members and rows.
     block_on(async {
         let db = Database::connect(&postgres).await.expect("connect");

@@ -11,7 +11,8 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::database::{
-    FACTS_BY_NATURAL_VALUES, SAMPLE, assert_success, block_on, load, query, sqlite_database,
+    FACTS_BY_NATURAL_VALUES, SAMPLE, assert_success, block_on, init_db, load, query,
+    sqlite_database,
 };
 use crate::repository;
 
@@ -177,6 +178,19 @@ fn print_options_shows_the_effective_configuration_without_secrets() {
     assert!(!stdout.contains("s3cret"));
 }
 
+/// The sample's rows are all there, and every produced message is counted
+/// in exactly one committed batch, its discards stored once.
+fn assert_loaded_exactly_once(database: &str, produced: i64) {
+    assert_eq!(
+        messages_committed(database),
+        produced,
+        "every message in exactly one committed batch"
+    );
+    assert_eq!(query(database, FACTS_BY_NATURAL_VALUES).len(), 6185);
+    let discards = query(database, "SELECT CAST(COUNT(*) AS TEXT) FROM ctl_discard");
+    assert_eq!(discards[0][0].as_deref(), Some("5"), "no discard twice");
+}
+
 /// Messages accounted for by committed batches: each message is counted in
 /// exactly one batch's audit row, as loaded or as discarded.
 fn messages_committed(database: &str) -> i64 {
@@ -219,12 +233,7 @@ fn killed_at_any_batch_resumes_without_loss_or_duplicates() {
     let produced = produce(&topic, 3, SAMPLE) as i64;
     let (dir, database) = sqlite_database();
     let options = options_file(dir.path(), &topic, &format!("group-{topic}"));
-    let init = Command::new(env!("CARGO_BIN_EXE_martmap"))
-        .args(["init-db", "--database-url", database.as_str()])
-        .current_dir(repository())
-        .output()
-        .expect("init-db runs");
-    assert_success(&init);
+    init_db(&database);
     // Kill -9 after 3, then 10, then 20 committed batches; then finish.
     for batches in [3, 10, 20] {
         let mut child = spawn_run(&options, &database, false);
@@ -253,14 +262,7 @@ fn killed_at_any_batch_resumes_without_loss_or_duplicates() {
         child.wait().expect("reaped");
     }
     assert_success(&run_once(&options, &database));
-    assert_eq!(
-        messages_committed(&database),
-        produced,
-        "every message in exactly one committed batch"
-    );
-    assert_eq!(query(&database, FACTS_BY_NATURAL_VALUES).len(), 6185);
-    let discards = query(&database, "SELECT CAST(COUNT(*) AS TEXT) FROM ctl_discard");
-    assert_eq!(discards[0][0].as_deref(), Some("5"), "no discard twice");
+    assert_loaded_exactly_once(&database, produced);
     let offsets = query(
         &database,
         "SELECT CAST(SUM(next_offset) AS TEXT) FROM ctl_kafka_offset",
@@ -282,14 +284,7 @@ fn two_processes_in_one_group_load_everything_once() {
     for child in [first, second] {
         assert_success(&child.wait_with_output().expect("martmap finishes"));
     }
-    assert_eq!(
-        messages_committed(&database),
-        produced,
-        "every message in exactly one committed batch"
-    );
-    assert_eq!(query(&database, FACTS_BY_NATURAL_VALUES).len(), 6185);
-    let discards = query(&database, "SELECT CAST(COUNT(*) AS TEXT) FROM ctl_discard");
-    assert_eq!(discards[0][0].as_deref(), Some("5"), "no discard twice");
+    assert_loaded_exactly_once(&database, produced);
 }
 
 #[test]
