@@ -80,25 +80,40 @@ pub struct Database {
 impl Database {
     /// Connects; an `sqlite://` file is created when missing.
     pub async fn connect(url: &str) -> Result<Database, SinkError> {
-        let url = if url.starts_with("sqlite:") && !url.contains("mode=") {
-            format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
-        } else {
-            url.to_owned()
-        };
+        use sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
         let mut options = ConnectOptions::new(url);
         options.sqlx_logging(false);
-        if options.get_url().starts_with("sqlite:") {
+        if url.starts_with("sqlite:") {
             // One writer: SQLite serialises writes anyway; one connection
-            // avoids "database is locked" between our own connections.
-            options.max_connections(1);
+            // avoids "database is locked" between our own connections. sqlx
+            // sets the busy timeout before its pragmas, so processes opening
+            // one file at once wait for each other instead of failing.
+            options.max_connections(1).map_sqlx_sqlite_opts(|sqlite| {
+                sqlite
+                    .create_if_missing(true)
+                    .busy_timeout(std::time::Duration::from_secs(30))
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+            });
         }
-        let connection = sea_orm::Database::connect(options).await?;
+        // Switching a new SQLite file to WAL takes an exclusive lock that does
+        // not wait on the busy timeout; another process opening the same
+        // file at that instant sees "database is locked". Wait and retry.
+        let mut wait = std::time::Duration::from_millis(50);
+        let started = std::time::Instant::now();
+        let connection = loop {
+            match sea_orm::Database::connect(options.clone()).await {
+                Err(error)
+                    if error.to_string().contains("database is locked")
+                        && started.elapsed() < std::time::Duration::from_secs(30) =>
+                {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(1));
+                }
+                result => break result?,
+            }
+        };
         let backend = connection.get_database_backend();
-        if backend == DbBackend::Sqlite {
-            connection
-                .execute_unprepared("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;")
-                .await?;
-        }
         Ok(Database {
             connection,
             names: Names { backend },
