@@ -11,15 +11,18 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    let args = cli::Cli::parse();
     // Logs go to standard error; MARTMAP_LOG filters them (e.g. `info`,
     // `martmap=debug`). Warnings and errors show by default.
     let filter = tracing_subscriber::EnvFilter::try_from_env("MARTMAP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    let args = cli::Cli::parse();
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        cli::LogFormat::Text => logs.init(),
+        cli::LogFormat::Json => logs.json().init(),
+    }
     match cli::run(args) {
         Ok(cli::Outcome::Success) => ExitCode::SUCCESS,
         Ok(cli::Outcome::Invalid) => ExitCode::from(1),

@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -105,6 +105,9 @@ pub fn run(args: RunArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
             sinks.insert(name.clone(), Sink::open(database.clone(), &catalog, plan.clone()).await?);
         }
         let (jobs, mut queue) = tokio::sync::mpsc::channel::<Job>(2);
+        // SIGINT or SIGTERM: every consumer finishes its batch, commits, stops.
+        let stop = Arc::new(AtomicBool::new(false));
+        tokio::spawn(stop_on_signal(stop.clone()));
         let mut consumers = Vec::new();
         for cluster in &clusters {
             for binding in &cluster.topics {
@@ -117,9 +120,9 @@ pub fn run(args: RunArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
                     handle.clone(),
                     jobs.clone(),
                 ));
-                let (options, once, batch_time) =
-                    (cluster.client_options(), args.once, Duration::from_millis(args.batch_ms));
-                consumers.push(std::thread::spawn(move || consume(&options, feed, once, batch_time)));
+                let (options, once, batch_time, stop) =
+                    (cluster.client_options(), args.once, Duration::from_millis(args.batch_ms), stop.clone());
+                consumers.push(std::thread::spawn(move || consume(&options, feed, once, batch_time, &stop)));
             }
         }
         drop(jobs);
@@ -327,6 +330,7 @@ fn consume(
     feed: Arc<Feed>,
     once: bool,
     batch_time: Duration,
+    stop: &AtomicBool,
 ) -> Result<(), String> {
     let consumer = TopicConsumer::subscribe(options, &feed.topic, Shared(feed.clone()))
         .map_err(|e| e.to_string())?;
@@ -390,7 +394,33 @@ fn consume(
             feed.flush();
             last_flush = Instant::now();
         }
+        if stop.load(Ordering::SeqCst) {
+            feed.flush();
+            feed.collect(true);
+            consumer.commit(&feed.take_committed());
+            return feed.failure().map_or(Ok(()), Err);
+        }
     }
+}
+
+/// Sets `stop` at the first SIGINT or SIGTERM.
+async fn stop_on_signal(stop: Arc<AtomicBool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::warn!(
+            "cannot listen for SIGINT/SIGTERM; stop martmap with SIGKILL (nothing is lost)"
+        );
+        return;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::warn!("stopping: finishing the current batches");
+    stop.store(true, Ordering::SeqCst);
 }
 
 /// Whether a client error means the brokers cannot be reached (as opposed

@@ -287,8 +287,8 @@ fn two_processes_in_one_group_load_everything_once() {
     assert_loaded_exactly_once(&database, produced);
 }
 
-#[test]
-fn an_unreachable_broker_is_reported_once_with_message_id_55_20049() {
+/// What `run` writes to standard error in 3 s with an unreachable broker.
+fn stderr_while_the_broker_is_unreachable(extra: &[&str]) -> String {
     let dir = tempfile::tempdir().expect("temporary directory");
     let options = dir.path().join("down.ini");
     // Port 1 on loopback: nothing listens there.
@@ -306,6 +306,7 @@ fn an_unreachable_broker_is_reported_once_with_message_id_55_20049() {
             "--database-url",
             database.as_str(),
         ])
+        .args(extra)
         .current_dir(repository())
         .env("NO_COLOR", "1")
         .stderr(std::process::Stdio::piped())
@@ -315,10 +316,61 @@ fn an_unreachable_broker_is_reported_once_with_message_id_55_20049() {
     std::thread::sleep(Duration::from_secs(3));
     child.kill().expect("stop martmap");
     let output = child.wait_with_output().expect("martmap stops");
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn an_unreachable_broker_is_reported_once_with_message_id_55_20049() {
+    let stderr = stderr_while_the_broker_is_unreachable(&[]);
     let alarms = stderr
         .lines()
         .filter(|line| line.contains("55-20049 Kafka exception"))
         .count();
     assert_eq!(alarms, 1, "one 55-20049 line per outage, got:\n{stderr}");
+}
+
+#[test]
+fn json_logs_carry_the_message_id_as_a_field() {
+    let stderr = stderr_while_the_broker_is_unreachable(&["--log-format", "json"]);
+    let records: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let alarms: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|record| record["fields"]["message_id"] == "55-20049")
+        .collect();
+    assert_eq!(alarms.len(), 1, "{stderr}");
+    assert_eq!(alarms[0]["level"], "ERROR");
+}
+
+#[test]
+fn sigterm_finishes_the_batch_commits_and_exits_cleanly() {
+    let topic = format!("cobrowse-term-{}", std::process::id());
+    let produced = produce(&topic, 3, SAMPLE) as i64;
+    let (dir, database) = sqlite_database();
+    init_db(&database);
+    let options = options_file(dir.path(), &topic, &format!("group-{topic}"));
+    let child = spawn_run(&options, &database, false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while messages_committed(&database) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing committed in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let output = child.wait_with_output().expect("martmap stops");
+    assert_success(&output);
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("consumed"),
+        "{output:?}"
+    );
+    assert_success(&run_once(&options, &database));
+    assert_loaded_exactly_once(&database, produced);
 }
