@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use martmap::catalog::Catalog;
 use martmap::sink::{Database, plan_tables};
 
-use super::{CatalogArgs, Color, DatabaseArgs, Outcome, load_plan};
+use super::{CatalogArgs, Color, DatabaseArgs, Outcome, load_plans};
 
 /// Create the tables of every mapping in a directory, the control tables,
 /// and the static dimension members. Existing tables are left as they are;
@@ -31,19 +31,9 @@ pub struct InitDbArgs {
 }
 
 pub fn run(args: InitDbArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&args.mappings)
-        .map_err(|e| format!("cannot read {}: {e}", args.mappings.display()))?
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
-        .collect();
-    paths.sort();
-    let mut plans = Vec::new();
-    for path in &paths {
-        match load_plan(path, &args.catalog, args.color)? {
-            Some(plan) => plans.push(plan),
-            None => return Ok(Outcome::Invalid),
-        }
-    }
+    let Some(plans) = load_plans(&args.mappings, &args.catalog, args.color)? else {
+        return Ok(Outcome::Invalid);
+    };
     let catalog = Catalog::load(&args.catalog.catalog).map_err(|_| "the catalog became invalid")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -128,6 +128,29 @@ pub fn run(cli: Cli) -> Result<Outcome, Box<dyn std::error::Error>> {
     }
 }
 
+/// Compiles every mapping file (`*.yaml`) of `dir`, in name order. `None`
+/// when one has problems (rendered to standard error).
+pub fn load_plans(
+    dir: &std::path::Path,
+    catalog: &CatalogArgs,
+    color: Color,
+) -> Result<Option<Vec<martmap::plan::Plan>>, Box<dyn std::error::Error>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .collect();
+    paths.sort();
+    let mut plans = Vec::with_capacity(paths.len());
+    for path in &paths {
+        match load_plan(path, catalog, color)? {
+            Some(plan) => plans.push(plan),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(plans))
+}
+
 /// Loads the catalog and compiles one mapping. Problems are rendered to
 /// standard error and `None` returned: the input is invalid.
 pub fn load_plan(

@@ -20,7 +20,7 @@ use martmap::plan::Plan;
 use martmap::sink::{Batch, BatchReport, Database, NextOffset, Sink};
 use martmap::source::kafka::{Polled, Positions, TopicConsumer};
 
-use super::{CatalogArgs, Color, DatabaseArgs, Outcome, load_plan};
+use super::{CatalogArgs, Color, DatabaseArgs, Outcome, load_plans};
 
 /// Consume the Kafka topics of an Info Mart options file into the database.
 ///
@@ -474,22 +474,13 @@ fn mapping_plans(
     args: &RunArgs,
     clusters: &[KafkaCluster],
 ) -> Result<Option<HashMap<String, Plan>>, Box<dyn std::error::Error>> {
-    let mut available: HashMap<String, Plan> = HashMap::new();
-    let entries = std::fs::read_dir(&args.mappings)
-        .map_err(|e| format!("cannot read {}: {e}", args.mappings.display()))?;
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+    let Some(compiled) = load_plans(&args.mappings, &args.catalog, args.color)? else {
+        return Ok(None);
+    };
+    let available: HashMap<String, Plan> = compiled
+        .into_iter()
+        .map(|plan| (plan.mapping.clone(), plan))
         .collect();
-    paths.sort();
-    for path in paths {
-        match load_plan(&path, &args.catalog, args.color)? {
-            Some(plan) => {
-                available.insert(plan.mapping.clone(), plan);
-            }
-            None => return Ok(None),
-        }
-    }
     let mut plans = HashMap::new();
     for binding in clusters.iter().flat_map(|cluster| &cluster.topics) {
         match available.get(&binding.mapping) {

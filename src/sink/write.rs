@@ -169,6 +169,19 @@ impl Sink {
         latest_rows(&batch.events, &replace_by, &key)
     }
 
+    /// The distinct `replace_by` values of the rows: the events this batch
+    /// replaces, sorted.
+    fn replaced_identities<'r>(&self, rows: &[&'r Row]) -> Vec<Vec<&'r Cell>> {
+        let positions = self.column_positions(&self.plan.replace_by);
+        let mut identities: Vec<Vec<&Cell>> = rows
+            .iter()
+            .map(|row| positions.iter().map(|&i| &row.values[i]).collect())
+            .collect();
+        identities.sort();
+        identities.dedup();
+        identities
+    }
+
     /// Positions in the plan's fact columns of the named columns.
     fn column_positions(&self, names: &[String]) -> Vec<usize> {
         names
@@ -284,18 +297,11 @@ impl Sink {
         }
         let names = self.db.names;
         let columns = self.fact_columns();
-        let replace_by = self.column_positions(&self.plan.replace_by);
-        let mut identities: Vec<Vec<String>> = rows
+        let identities: Vec<Vec<String>> = self
+            .replaced_identities(rows)
             .iter()
-            .map(|row| {
-                replace_by
-                    .iter()
-                    .map(|&i| cell_text(&row.values[i]))
-                    .collect()
-            })
+            .map(|identity| identity.iter().map(|cell| cell_text(cell)).collect())
             .collect();
-        identities.sort();
-        identities.dedup();
         let json = serde_json::to_string(&identities).map_err(|e| DbErr::Custom(e.to_string()))?;
 
         let lock = "SELECT pg_advisory_xact_lock(h) FROM \
@@ -446,13 +452,7 @@ impl Sink {
             return Ok(());
         }
         let names = self.db.names;
-        let positions = self.column_positions(&self.plan.replace_by);
-        let mut identities: Vec<Vec<&Cell>> = rows
-            .iter()
-            .map(|row| positions.iter().map(|&i| &row.values[i]).collect())
-            .collect();
-        identities.sort();
-        identities.dedup();
+        let identities = self.replaced_identities(rows);
         let types: Vec<ColumnType> = self
             .plan
             .replace_by
@@ -469,11 +469,7 @@ impl Sink {
             // One statement for the whole batch: the identities as one JSON array.
             let texts: Vec<String> = identities
                 .iter()
-                .map(|identity| match identity[0] {
-                    Cell::Text(text) => text.to_string(),
-                    Cell::Int(number) => number.to_string(),
-                    Cell::Null => String::new(),
-                })
+                .map(|identity| cell_text(identity[0]))
                 .collect();
             let json = serde_json::to_string(&texts).map_err(|e| DbErr::Custom(e.to_string()))?;
             let (table, column, audit) = (
