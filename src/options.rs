@@ -13,8 +13,17 @@ use thiserror::Error;
 
 use crate::diagnostic::suggest;
 
-/// The `g:` options martmap knows, besides `g:topic:<topic>`.
-pub const G_OPTIONS: &[&str] = &[];
+/// The `g:` options martmap knows, besides `g:topic:<topic>`: the batching
+/// of each bound topic. A batch is one database transaction; it is written
+/// when it holds `g:batch-size` messages or `g:batch-timeout-ms` after the
+/// last write, whichever comes first.
+pub const G_OPTIONS: &[&str] = &["g:batch-size", "g:batch-timeout-ms"];
+
+/// Messages per batch unless `g:batch-size` says otherwise.
+pub const DEFAULT_BATCH_SIZE: usize = 1000;
+
+/// Longest wait of a partial batch unless `g:batch-timeout-ms` says otherwise.
+pub const DEFAULT_BATCH_TIMEOUT_MS: u64 = 1000;
 
 /// Client options martmap sets unless the section does.
 pub const CLIENT_DEFAULTS: &[(&str, &str)] =
@@ -121,6 +130,15 @@ pub enum OptionsError {
         help: Option<String>,
     },
 
+    #[error("`{key}` must be a whole number from 1 to {max}")]
+    #[diagnostic(code(martmap::options::invalid_number))]
+    InvalidNumber {
+        key: String,
+        max: u64,
+        #[label("not a number in range")]
+        span: SourceSpan,
+    },
+
     #[error("`{key}` is managed by martmap")]
     #[diagnostic(
         code(martmap::options::managed_option),
@@ -178,6 +196,10 @@ pub struct KafkaCluster {
     pub topics: Vec<TopicBinding>,
     /// Native client options, verbatim and in file order (`bootstrap.servers` included).
     pub client: Vec<(String, String)>,
+    /// `g:batch-size`: messages per batch (one transaction).
+    pub batch_size: usize,
+    /// `g:batch-timeout-ms`: longest wait of a partial batch.
+    pub batch_timeout_ms: u64,
 }
 
 /// `g:topic:<topic>=<MAPPING>`.
@@ -273,6 +295,8 @@ impl OptionsFile {
                 name: name.to_owned(),
                 topics: Vec::new(),
                 client: Vec::new(),
+                batch_size: DEFAULT_BATCH_SIZE,
+                batch_timeout_ms: DEFAULT_BATCH_TIMEOUT_MS,
             };
             for entry in &section.entries {
                 let Some(value) = entry.value.as_deref().filter(|value| !value.is_empty()) else {
@@ -296,7 +320,28 @@ impl OptionsFile {
                         mapping_span: entry.value_span,
                     });
                 } else if entry.key.starts_with("g:") {
-                    if !G_OPTIONS.contains(&entry.key.as_str()) {
+                    let number = |max: u64| {
+                        value
+                            .parse::<u64>()
+                            .ok()
+                            .filter(|n| (1..=max).contains(n))
+                            .ok_or(OptionsError::InvalidNumber {
+                                key: entry.key.clone(),
+                                max,
+                                span: entry.value_span,
+                            })
+                    };
+                    if entry.key == "g:batch-size" {
+                        match number(1_000_000) {
+                            Ok(n) => cluster.batch_size = n as usize,
+                            Err(error) => errors.push(error),
+                        }
+                    } else if entry.key == "g:batch-timeout-ms" {
+                        match number(3_600_000) {
+                            Ok(n) => cluster.batch_timeout_ms = n,
+                            Err(error) => errors.push(error),
+                        }
+                    } else if !G_OPTIONS.contains(&entry.key.as_str()) {
                         // A misspelled `g:topic:<topic>` is compared with the
                         // key it was meant to be.
                         let as_topic = entry
@@ -464,6 +509,31 @@ enable-cobrowse
     }
 
     #[test]
+    fn batching_options_are_read_and_stay_out_of_the_client() {
+        let file = OptionsFile::parse(
+            "[kafka-a]\nbootstrap.servers=b:9092\ng:batch-size=250\ng:batch-timeout-ms=40\n",
+        )
+        .unwrap();
+        let (clusters, errors) = file.clusters();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            (clusters[0].batch_size, clusters[0].batch_timeout_ms),
+            (250, 40)
+        );
+        assert!(
+            clusters[0]
+                .client_options()
+                .iter()
+                .all(|(key, _)| !key.starts_with("g:"))
+        );
+        let (defaults, _) = OptionsFile::parse(OPTIONS).unwrap().clusters();
+        assert_eq!(
+            (defaults[0].batch_size, defaults[0].batch_timeout_ms),
+            (DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TIMEOUT_MS)
+        );
+    }
+
+    #[test]
     fn reports_every_problem() {
         check_errors(
             "key=value\n[x\n",
@@ -479,6 +549,14 @@ enable-cobrowse
                 "`sasl.username` needs a value",
                 "section [kafka-a] has no `bootstrap.servers`",
                 "topic `t` is bound to mapping `COBROWS`, which does not exist",
+            ],
+        );
+        check_errors(
+            "[kafka-a]\nbootstrap.servers=b:9092\ng:batch-size=0\ng:batch-timeout-ms=soon\ng:batch-sise=5\n",
+            &[
+                "`g:batch-size` must be a whole number from 1 to 1000000",
+                "`g:batch-timeout-ms` must be a whole number from 1 to 3600000",
+                "unknown martmap option `g:batch-sise`",
             ],
         );
         check_errors(

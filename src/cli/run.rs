@@ -17,8 +17,8 @@ use martmap::catalog::Catalog;
 use martmap::options::{self, KafkaCluster, OptionsFile};
 use martmap::pipeline::{Batcher, Message};
 use martmap::plan::Plan;
-use martmap::sink::{Batch, BatchReport, Database, NextOffset, Sink};
-use martmap::source::kafka::{Polled, Positions, TopicConsumer};
+use martmap::sink::{Batch, BatchReport, Database, NextOffset, Sink, SinkError};
+use martmap::source::kafka::{Polled, Positions, TopicConsumer, effective_options};
 
 use super::{CatalogArgs, Color, DatabaseArgs, Outcome, load_plans};
 
@@ -36,6 +36,11 @@ use super::{CatalogArgs, Color, DatabaseArgs, Outcome, load_plans};
 /// With --once, consume until every assigned partition has reached its end,
 /// then exit (one ETL cycle); without it, keep consuming.
 ///
+/// Batching is set per section: `g:batch-size=N` messages per batch (one
+/// transaction; default 1000) and `g:batch-timeout-ms=MS`, the longest a
+/// partial batch waits (default 1000); --batch-size and --batch-ms override
+/// both for every section.
+///
 /// Example: martmap run --options infomart.ini --once
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -47,7 +52,8 @@ pub struct RunArgs {
     #[arg(long)]
     once: bool,
 
-    /// Print the effective Kafka client configuration (secrets redacted) and exit.
+    /// Print the effective configuration of each section, as read back from
+    /// librdkafka, with secrets redacted, and exit.
     #[arg(long)]
     print_options: bool,
 
@@ -55,13 +61,15 @@ pub struct RunArgs {
     #[arg(long, default_value = "mappings", value_name = "DIR")]
     mappings: PathBuf,
 
-    /// Messages per batch (one transaction each).
-    #[arg(long, default_value_t = 1000, value_name = "N")]
-    batch_size: usize,
+    /// Messages per batch (one transaction each); overrides the section's
+    /// `g:batch-size` (default 1000).
+    #[arg(long, value_name = "N")]
+    batch_size: Option<usize>,
 
-    /// Longest time a partial batch waits before it is written (without --once).
-    #[arg(long, default_value_t = 1000, value_name = "MS")]
-    batch_ms: u64,
+    /// Longest time a partial batch waits before it is written (without
+    /// --once); overrides the section's `g:batch-timeout-ms` (default 1000).
+    #[arg(long, value_name = "MS")]
+    batch_ms: Option<u64>,
 
     #[command(flatten)]
     database: DatabaseArgs,
@@ -79,11 +87,25 @@ pub fn run(args: RunArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
         return Ok(Outcome::Invalid);
     };
     if args.print_options {
+        // Read back from librdkafka: what the consumer will really use.
         for cluster in &clusters {
+            let effective = effective_options(&cluster.client_options())
+                .map_err(|e| format!("[kafka-{}]: {e}", cluster.name))?;
             println!("[kafka-{}]", cluster.name);
-            for (key, value) in options::redacted(&cluster.client_options()) {
+            for (key, value) in options::redacted(&effective) {
                 println!("{key}={value}");
             }
+            for binding in &cluster.topics {
+                println!("g:topic:{}={}", binding.topic, binding.mapping);
+            }
+            println!(
+                "g:batch-size={}",
+                args.batch_size.unwrap_or(cluster.batch_size)
+            );
+            println!(
+                "g:batch-timeout-ms={}",
+                args.batch_ms.unwrap_or(cluster.batch_timeout_ms)
+            );
         }
         return Ok(Outcome::Success);
     }
@@ -120,8 +142,13 @@ pub fn run(args: RunArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
                     handle.clone(),
                     jobs.clone(),
                 ));
-                let (options, once, batch_time, stop) =
-                    (cluster.client_options(), args.once, Duration::from_millis(args.batch_ms), stop.clone());
+                let batch_time = args.batch_ms.unwrap_or(cluster.batch_timeout_ms);
+                let (options, once, batch_time, stop) = (
+                    cluster.client_options(),
+                    args.once,
+                    Duration::from_millis(batch_time),
+                    stop.clone(),
+                );
                 consumers.push(std::thread::spawn(move || consume(&options, feed, once, batch_time, &stop)));
             }
         }
@@ -131,7 +158,7 @@ pub fn run(args: RunArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
         let mut batches = 0usize;
         while let Some(job) = queue.recv().await {
             let sink = sinks.get_mut(&job.mapping).ok_or("a batch for an unknown mapping")?;
-            match sink.write(&job.batch).await {
+            match write_with_retry(sink, &job.batch, &stop).await {
                 Ok(report) => {
                     totals.events += report.events + report.discards;
                     totals.rows += report.rows;
@@ -162,6 +189,46 @@ pub fn run(args: RunArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
         );
         Ok::<_, Box<dyn std::error::Error>>(Outcome::Success)
     })
+}
+
+/// Writes a batch; while the database is unavailable (a transient failure),
+/// waits with backoff and writes it again. Consumers stop meanwhile, as the
+/// writer takes no new batch, and no offset moves: nothing of a failed
+/// attempt was committed. A stop request ends the waiting.
+async fn write_with_retry(
+    sink: &mut Sink,
+    batch: &Batch,
+    stop: &AtomicBool,
+) -> Result<BatchReport, SinkError> {
+    let mut wait = Duration::from_millis(250);
+    let mut outage: Option<Instant> = None;
+    loop {
+        match sink.write(batch).await {
+            Ok(report) => {
+                if let Some(since) = outage {
+                    tracing::warn!(
+                        down_for = ?since.elapsed(),
+                        "database available again; consumption resumes"
+                    );
+                }
+                return Ok(report);
+            }
+            Err(error) if error.is_transient() && !stop.load(Ordering::SeqCst) => {
+                if outage.is_none() {
+                    tracing::error!(
+                        %error,
+                        "database unavailable: consumption paused, no offset moves; retrying with backoff"
+                    );
+                    outage = Some(Instant::now());
+                } else {
+                    tracing::debug!(%error, "database still unavailable; retrying in {wait:?}");
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 /// One batch for the writer, and where to say that it committed.
@@ -204,7 +271,7 @@ impl Feed {
             cluster: cluster.name.clone(),
             topic: topic.to_owned(),
             mapping: plan.mapping.clone(),
-            batch_size: args.batch_size.max(1),
+            batch_size: args.batch_size.unwrap_or(cluster.batch_size).max(1),
             batcher: Mutex::new(Batcher::for_cluster(plan, &cluster.name)),
             jobs,
             done,
@@ -353,22 +420,23 @@ fn consume(
                 ended.insert(partition);
             }
             Polled::Idle => {}
-            Polled::Error(error) if broker_unreachable(&error) => {
+            Polled::Error(error) => match broker_trouble(&error) {
                 // One line per outage, with Info Mart's message id for a Kafka
                 // exception in a transformation job, for operators' alarms.
-                if !broker_down {
+                Some(trouble) if !broker_down => {
                     tracing::error!(
                         message_id = "55-20049",
                         topic = consumer.topic(),
                         %error,
-                        "55-20049 Kafka exception: broker unreachable; retrying"
+                        "55-20049 Kafka exception: {trouble}; retrying"
                     );
                     broker_down = true;
                 }
-            }
-            Polled::Error(error) => {
-                tracing::warn!(topic = consumer.topic(), %error, "Kafka client error")
-            }
+                Some(_) => {
+                    tracing::debug!(topic = consumer.topic(), %error, "Kafka still unavailable")
+                }
+                None => tracing::warn!(topic = consumer.topic(), %error, "Kafka client error"),
+            },
         }
         feed.collect(false);
         let committed = feed.take_committed();
@@ -423,10 +491,17 @@ async fn stop_on_signal(stop: Arc<AtomicBool>) {
     stop.store(true, Ordering::SeqCst);
 }
 
-/// Whether a client error means the brokers cannot be reached (as opposed
-/// to, say, a message-level error).
-fn broker_unreachable(error: &str) -> bool {
-    [
+/// What a client error says is wrong with the brokers, if anything (as
+/// opposed to, say, a message-level error): the cause an operator should
+/// look at, naming the options involved.
+fn broker_trouble(error: &str) -> Option<&'static str> {
+    if error.contains("Authentication") || error.contains("SASL") {
+        Some(
+            "authentication with the broker failed; check security.protocol and the sasl.* options",
+        )
+    } else if error.contains("SSL") {
+        Some("TLS with the broker failed; check security.protocol and the ssl.* options")
+    } else if [
         "BrokerTransportFailure",
         "AllBrokersDown",
         "Broker transport failure",
@@ -435,6 +510,11 @@ fn broker_unreachable(error: &str) -> bool {
     ]
     .iter()
     .any(|sign| error.contains(sign))
+    {
+        Some("broker unreachable")
+    } else {
+        None
+    }
 }
 
 /// The options file's Kafka clusters, or `None` when it has problems

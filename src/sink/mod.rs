@@ -37,6 +37,60 @@ pub enum SinkError {
     MissingMember { table: String, member: String },
 }
 
+impl SinkError {
+    /// Whether the failure is the database's state rather than the batch's
+    /// content: a lost connection, a server shutting down or restarting, a
+    /// busy or full SQLite file, a deadlock. Such a batch is worth retrying
+    /// as it is; any other failure would fail again.
+    pub fn is_transient(&self) -> bool {
+        let SinkError::Database(error) = self else {
+            return false;
+        };
+        let runtime = match error {
+            DbErr::ConnectionAcquire(_) => return true,
+            DbErr::Conn(runtime) | DbErr::Exec(runtime) | DbErr::Query(runtime) => runtime,
+            _ => return false,
+        };
+        let sea_orm::RuntimeErr::SqlxError(error) = runtime else {
+            return false;
+        };
+        match &**error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(error) => {
+                let postgres = error
+                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .is_some();
+                error
+                    .code()
+                    .is_some_and(|code| transient_code(postgres, &code))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Whether a database error code names a condition of the server, not of
+/// the statement. PostgreSQL's codes are SQLSTATEs, and only the classes of
+/// bad statements and bad data are final: data exception (22), integrity
+/// constraint (23), syntax or access rule (42), feature not supported (0A).
+/// SQLite's are numbers: busy, locked, I/O error, full and cannot open are
+/// the file's state (extended codes keep the primary one in the low byte).
+fn transient_code(postgres: bool, code: &str) -> bool {
+    if postgres {
+        !["22", "23", "42", "0A"]
+            .iter()
+            .any(|class| code.starts_with(class))
+    } else {
+        code.parse::<u32>()
+            .is_ok_and(|sqlite| matches!(sqlite & 0xff, 5 | 6 | 10 | 13 | 14))
+    }
+}
+
 /// How catalog names become SQL names on one backend.
 #[derive(Debug, Clone, Copy)]
 pub struct Names {
@@ -273,4 +327,27 @@ async fn static_members(
         })
         .collect::<Result<_, DbErr>>()
         .map_err(SinkError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transient_code;
+
+    #[test]
+    fn server_conditions_are_transient_and_bad_statements_final() {
+        for code in ["57P01", "08006", "53300", "40P01", "55000"] {
+            assert!(transient_code(true, code), "{code}");
+        }
+        for code in ["23505", "22001", "42P01", "0A000"] {
+            assert!(!transient_code(true, code), "{code}");
+        }
+        // SQLITE_BUSY, SQLITE_BUSY_SNAPSHOT (517), SQLITE_IOERR_WRITE (778).
+        for code in ["5", "517", "778"] {
+            assert!(transient_code(false, code), "{code}");
+        }
+        // SQLITE_CONSTRAINT_UNIQUE (2067), SQLITE_ERROR (1).
+        for code in ["2067", "1"] {
+            assert!(!transient_code(false, code), "{code}");
+        }
+    }
 }

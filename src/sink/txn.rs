@@ -174,6 +174,8 @@ fn statement_sql<S: StatementBuilder>(statement: &S) -> (String, Vec<Value>) {
     )
 }
 
+/// Keeps the driver's error whole, so [`super::SinkError::is_transient`] can
+/// read its kind and SQLSTATE.
 fn sqlx_error(error: sqlx::Error) -> DbErr {
-    DbErr::Custom(error.to_string())
+    DbErr::Exec(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(error)))
 }

@@ -38,7 +38,8 @@ pub enum Polled {
     End(i32),
     /// Nothing arrived within the poll timeout.
     Idle,
-    /// A client error (the broker unreachable, say); librdkafka retries.
+    /// A client error (the broker unreachable, say) with librdkafka's
+    /// explanation when it gave one; librdkafka retries.
     Error(String),
 }
 
@@ -46,6 +47,9 @@ struct Context<P> {
     positions: P,
     /// The partitions this consumer owns now.
     assigned: Mutex<Vec<i32>>,
+    /// librdkafka's explanations of its errors since the last poll ("SASL
+    /// SCRAM-SHA-256 mechanism handshake failed: ..."), which polled errors lack.
+    reasons: Mutex<Vec<String>>,
 }
 
 /// librdkafka's own log lines and global errors repeat every few
@@ -54,10 +58,31 @@ struct Context<P> {
 impl<P: Positions> ClientContext for Context<P> {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         tracing::debug!(target: "librdkafka", ?level, facility, message);
+        // A broker connection's failure ("Connection setup timed out in
+        // state SSL_HANDSHAKE") is only logged, not raised as an error.
+        if facility == "FAIL" {
+            self.explain(message);
+        }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::debug!(target: "librdkafka", %error, reason);
+        self.explain(reason);
+    }
+}
+
+impl<P> Context<P> {
+    fn explain(&self, reason: &str) {
+        let mut reasons = self.reasons.lock().unwrap_or_else(|e| e.into_inner());
+        // "(after 2002ms in state ..., 1 identical error(s) suppressed)" varies.
+        let reason = reason.split(" (after ").next().unwrap_or(reason);
+        let reason = match reason.strip_prefix("[thrd:") {
+            Some(rest) => rest.split_once("]: ").map_or(reason, |(_, text)| text),
+            None => reason,
+        };
+        if reasons.len() < 4 && !reasons.iter().any(|known| known == reason) {
+            reasons.push(reason.to_owned());
+        }
     }
 }
 
@@ -104,6 +129,27 @@ impl<P: Positions> ConsumerContext for Context<P> {
     }
 }
 
+/// The client configuration as librdkafka holds it: every option is set on
+/// a native configuration (which rejects unknown keys and bad values, as the
+/// consumer would) and each value is read back from it.
+pub fn effective_options(
+    options: &[(String, String)],
+) -> Result<Vec<(String, String)>, KafkaError> {
+    let native = client_config(options).create_native_config()?;
+    options
+        .iter()
+        .map(|(key, _)| Ok((key.clone(), native.get(key)?)))
+        .collect()
+}
+
+fn client_config(options: &[(String, String)]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    for (key, value) in options {
+        config.set(key, value);
+    }
+    config
+}
+
 /// A consumer of one topic.
 pub struct TopicConsumer<P: Positions + 'static> {
     consumer: BaseConsumer<Context<P>>,
@@ -118,15 +164,13 @@ impl<P: Positions + 'static> TopicConsumer<P> {
         topic: &str,
         positions: P,
     ) -> Result<Self, KafkaError> {
-        let mut config = ClientConfig::new();
-        for (key, value) in options {
-            config.set(key, value);
-        }
         let context = Context {
             positions,
             assigned: Mutex::new(Vec::new()),
+            reasons: Mutex::new(Vec::new()),
         };
-        let consumer: BaseConsumer<Context<P>> = config.create_with_context(context)?;
+        let consumer: BaseConsumer<Context<P>> =
+            client_config(options).create_with_context(context)?;
         consumer.subscribe(&[topic])?;
         Ok(TopicConsumer {
             consumer,
@@ -145,7 +189,21 @@ impl<P: Positions + 'static> TopicConsumer<P> {
                 payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
             }),
             Some(Err(KafkaError::PartitionEOF(partition))) => Polled::End(partition),
-            Some(Err(error)) => Polled::Error(error.to_string()),
+            Some(Err(error)) => {
+                let reasons = std::mem::take(
+                    &mut *self
+                        .consumer
+                        .context()
+                        .reasons
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()),
+                );
+                if reasons.is_empty() {
+                    Polled::Error(error.to_string())
+                } else {
+                    Polled::Error(format!("{error}: {}", reasons.join("; ")))
+                }
+            }
         }
     }
 

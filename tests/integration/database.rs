@@ -30,7 +30,7 @@ JOIN cobrowse_user_agent u ON u.id = f.cobrowse_user_agent_key
 ORDER BY f.session_id, f.segment_index, f.page_index";
 
 /// The PostgreSQL server the test script started.
-fn postgres_server() -> String {
+pub fn postgres_server() -> String {
     std::env::var("MARTMAP_TEST_POSTGRES_URL").expect(
         "these tests need PostgreSQL: run scripts/test, which starts a throw-away cluster \
          and sets MARTMAP_TEST_POSTGRES_URL",
@@ -46,7 +46,7 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
 }
 
 /// A new, empty PostgreSQL database for one test.
-fn postgres_database(name: &str) -> String {
+pub fn postgres_database(name: &str) -> String {
     let server = postgres_server();
     let database = format!("{name}_{}", std::process::id());
     block_on(async {

@@ -11,27 +11,44 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::database::{
-    FACTS_BY_NATURAL_VALUES, SAMPLE, assert_success, block_on, init_db, load, query,
-    sqlite_database,
+    FACTS_BY_NATURAL_VALUES, SAMPLE, assert_success, block_on, init_db, load, postgres_database,
+    query, sqlite_database,
 };
 use crate::repository;
 
-fn bootstrap() -> String {
+pub fn bootstrap() -> String {
     std::env::var("MARTMAP_TEST_KAFKA_BOOTSTRAP").expect(
         "these tests need a Kafka-protocol broker: run scripts/test, which starts tansu \
          and sets MARTMAP_TEST_KAFKA_BOOTSTRAP",
     )
 }
 
-/// Creates `topic` with `partitions` partitions and produces every line of
-/// `file` to it, keyed by the event's id when it has one.
-fn produce(topic: &str, partitions: i32, file: &str) -> usize {
-    let bootstrap = bootstrap();
+/// Creates `topic` with `partitions` partitions on the shared broker and
+/// produces every line of `file` to it.
+pub fn produce(topic: &str, partitions: i32, file: &str) -> usize {
+    let text = std::fs::read(repository().join(file)).expect("events");
+    let lines: Vec<&[u8]> = text
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .collect();
+    let client = client(&bootstrap(), &[]);
+    create_topic(&client, topic, partitions);
+    send_lines(&client, topic, &lines)
+}
+
+/// A client configuration for the broker at `bootstrap`.
+pub fn client(bootstrap: &str, extra: &[(&str, &str)]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    for (key, value) in extra {
+        config.set(*key, *value);
+    }
+    config
+}
+
+pub fn create_topic(client: &ClientConfig, topic: &str, partitions: i32) {
     block_on(async {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .create()
-            .expect("admin client");
+        let admin: AdminClient<DefaultClientContext> = client.create().expect("admin client");
         let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
         let created = admin
             .create_topics([&new], &AdminOptions::new())
@@ -40,14 +57,19 @@ fn produce(topic: &str, partitions: i32, file: &str) -> usize {
         for result in created {
             result.expect("topic created");
         }
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
+    })
+}
+
+/// Produces `lines` to `topic`, each keyed by the event's id when it has one.
+pub fn send_lines(client: &ClientConfig, topic: &str, lines: &[&[u8]]) -> usize {
+    block_on(async {
+        let producer: FutureProducer = client
+            .clone()
             .set("linger.ms", "5")
             .create()
             .expect("producer");
-        let text = std::fs::read(repository().join(file)).expect("events");
         let mut sent = 0;
-        for line in text.split(|&b| b == b'\n').filter(|line| !line.is_empty()) {
+        for line in lines {
             let key = serde_json::from_slice::<serde_json::Value>(line)
                 .ok()
                 .and_then(|event| {
@@ -57,7 +79,7 @@ fn produce(topic: &str, partitions: i32, file: &str) -> usize {
                         .map(str::to_owned)
                 })
                 .unwrap_or_else(|| format!("line-{sent}"));
-            let record = FutureRecord::to(topic).key(&key).payload(line);
+            let record = FutureRecord::to(topic).key(&key).payload(*line);
             producer
                 .send(record, Duration::from_secs(10))
                 .await
@@ -70,17 +92,27 @@ fn produce(topic: &str, partitions: i32, file: &str) -> usize {
 
 /// An options file binding `topic` to the co-browse mapping. A short
 /// session timeout lets the group notice a killed member quickly.
-fn options_file(dir: &std::path::Path, topic: &str, group: &str) -> String {
+pub fn options_file(dir: &std::path::Path, topic: &str, group: &str) -> String {
+    options_file_for(&bootstrap(), "", dir, topic, group)
+}
+
+/// [`options_file`] for the broker at `bootstrap`, with `extra` lines.
+pub fn options_file_for(
+    bootstrap: &str,
+    extra: &str,
+    dir: &std::path::Path,
+    topic: &str,
+    group: &str,
+) -> String {
     let path = dir.join("infomart.ini");
     let text = format!(
-        "[kafka-test]\nbootstrap.servers={}\ngroup.id={group}\ng:topic:{topic}=COBROWSE\nsession.timeout.ms=6000\n",
-        bootstrap()
+        "[kafka-test]\nbootstrap.servers={bootstrap}\ngroup.id={group}\ng:topic:{topic}=COBROWSE\nsession.timeout.ms=6000\n{extra}"
     );
     std::fs::write(&path, text).expect("options file");
     path.display().to_string()
 }
 
-fn run_once(options: &str, database: &str) -> std::process::Output {
+pub fn run_once(options: &str, database: &str) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_martmap"))
         .args([
             "run",
@@ -95,26 +127,26 @@ fn run_once(options: &str, database: &str) -> std::process::Output {
         .expect("martmap runs")
 }
 
-#[test]
-fn run_once_loads_what_load_loads_and_stores_offsets() {
-    let topic = format!("cobrowse-once-{}", std::process::id());
+/// `run --once` over the sample in 3 partitions gives the tables `load`
+/// gives, stores each partition's end, and a second cycle changes nothing.
+fn run_once_loads_what_load_loads(consumed: &str, loaded: &str, name: &str) {
+    let topic = format!("cobrowse-{name}-{}", std::process::id());
     let produced = produce(&topic, 3, SAMPLE);
-    let (dir, consumed) = sqlite_database();
+    let dir = tempfile::tempdir().expect("temporary directory");
     let options = options_file(dir.path(), &topic, &format!("group-{topic}"));
-    let output = run_once(&options, &consumed);
+    let output = run_once(&options, consumed);
     assert_success(&output);
 
-    let (_other, loaded) = sqlite_database();
-    assert_success(&load(&loaded, &[SAMPLE]));
-    let from_kafka = query(&consumed, FACTS_BY_NATURAL_VALUES);
+    assert_success(&load(loaded, &[SAMPLE]));
+    let from_kafka = query(consumed, FACTS_BY_NATURAL_VALUES);
     assert_eq!(from_kafka.len(), 6185, "fact rows of the sample");
     assert!(
-        from_kafka == query(&loaded, FACTS_BY_NATURAL_VALUES),
+        from_kafka == query(loaded, FACTS_BY_NATURAL_VALUES),
         "run --once and load disagree"
     );
 
     let offsets = query(
-        &consumed,
+        consumed,
         "SELECT CAST(SUM(next_offset) AS TEXT) FROM ctl_kafka_offset",
     );
     assert_eq!(
@@ -123,18 +155,33 @@ fn run_once_loads_what_load_loads_and_stores_offsets() {
         "offsets reach each partition's end"
     );
     let discards = query(
-        &consumed,
+        consumed,
         "SELECT CAST(COUNT(*) AS TEXT) FROM ctl_discard WHERE kafka_partition IS NOT NULL",
     );
     assert_eq!(discards[0][0].as_deref(), Some("5"));
 
     // A second cycle finds nothing new and changes nothing.
-    let again = run_once(&options, &consumed);
+    let again = run_once(&options, consumed);
     assert_success(&again);
     assert!(
         String::from_utf8_lossy(&again.stdout).contains("consumed 0 messages"),
         "{:?}",
         again
+    );
+}
+
+#[test]
+fn run_once_loads_what_load_loads_into_sqlite() {
+    let ((_consumed_dir, consumed), (_loaded_dir, loaded)) = (sqlite_database(), sqlite_database());
+    run_once_loads_what_load_loads(&consumed, &loaded, "once-sqlite");
+}
+
+#[test]
+fn run_once_loads_what_load_loads_into_postgres() {
+    run_once_loads_what_load_loads(
+        &postgres_database("kafka_once_consumed"),
+        &postgres_database("kafka_once_loaded"),
+        "once-postgres",
     );
 }
 
@@ -160,10 +207,11 @@ fn print_options_shows_the_effective_configuration_without_secrets() {
         .expect("martmap runs");
     assert_success(&output);
     let stdout = String::from_utf8_lossy(&output.stdout);
+    // As read back from librdkafka, which normalises enumerations.
     for line in [
         "[kafka-secure]",
         "group.id=martmap",
-        "security.protocol=SASL_SSL",
+        "security.protocol=sasl_ssl",
         "sasl.mechanisms=SCRAM-SHA-512",
         "sasl.username=infomart",
         "sasl.password=[redacted]",
@@ -178,9 +226,34 @@ fn print_options_shows_the_effective_configuration_without_secrets() {
     assert!(!stdout.contains("s3cret"));
 }
 
+#[test]
+fn a_client_option_librdkafka_rejects_names_section_and_option() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("infomart.ini");
+    std::fs::write(
+        &path,
+        "[kafka-secure]\nbootstrap.servers=broker:9093\ng:topic:t=COBROWSE\nsecurity.protocol=TLS\n",
+    )
+    .expect("options file");
+    let output = Command::new(env!("CARGO_BIN_EXE_martmap"))
+        .args(["run", "--print-options", "--options"])
+        .arg(&path)
+        .current_dir(repository())
+        .output()
+        .expect("martmap runs");
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("[kafka-secure]")
+            && stderr.contains("security.protocol")
+            && stderr.contains("TLS"),
+        "{stderr}"
+    );
+}
+
 /// The sample's rows are all there, and every produced message is counted
 /// in exactly one committed batch, its discards stored once.
-fn assert_loaded_exactly_once(database: &str, produced: i64) {
+pub fn assert_loaded_exactly_once(database: &str, produced: i64) {
     assert_eq!(
         messages_committed(database),
         produced,
@@ -193,7 +266,7 @@ fn assert_loaded_exactly_once(database: &str, produced: i64) {
 
 /// Messages accounted for by committed batches: each message is counted in
 /// exactly one batch's audit row, as loaded or as discarded.
-fn messages_committed(database: &str) -> i64 {
+pub fn messages_committed(database: &str) -> i64 {
     let rows = query(
         database,
         "SELECT CAST(COALESCE(SUM(event_count + discard_count), 0) AS TEXT) FROM ctl_audit_log",
@@ -205,7 +278,7 @@ fn messages_committed(database: &str) -> i64 {
         .expect("a number")
 }
 
-fn spawn_run(options: &str, database: &str, once: bool) -> std::process::Child {
+pub fn spawn_run(options: &str, database: &str, once: bool) -> std::process::Child {
     let mut command = Command::new(env!("CARGO_BIN_EXE_martmap"));
     command.args([
         "run",

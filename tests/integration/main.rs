@@ -3,6 +3,8 @@
 //!
 //! Where new tests go:
 //! - `kafka`: `martmap run` against the tansu broker `scripts/test` starts.
+//! - `faults`: `martmap run` losing its broker (a tansu of the test's own)
+//!   or its database, and the client's security options.
 //! - `database`: `load` and `init-db` against SQLite and the PostgreSQL
 //!   cluster `scripts/test` starts.
 //! - `rows`: `martmap test-mapping`; golden rows per event under
@@ -13,6 +15,7 @@
 //!   directory under `tests/cases/validate/` (see that module's doc).
 
 mod database;
+mod faults;
 mod kafka;
 
 mod rows;
