@@ -22,6 +22,7 @@ pub mod convert;
 pub mod diagnostic;
 pub mod dimension;
 pub mod mapping;
+pub mod metrics;
 pub mod options;
 pub mod pipeline;
 pub mod plan;

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use martmap::catalog::Catalog;
+use martmap::metrics::Metrics;
 use martmap::options::{self, KafkaCluster, OptionsFile};
 use martmap::pipeline::{Batcher, Message};
 use martmap::plan::Plan;
@@ -71,6 +72,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "MS")]
     batch_ms: Option<u64>,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics and the service's
+    /// state at http://ADDR/health (200 ok, or 503 naming what is down).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+
     #[command(flatten)]
     database: DatabaseArgs,
 
@@ -121,6 +127,19 @@ pub fn run(args: RunArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
     let handle = runtime.handle().clone();
     runtime.block_on(async move {
         let started = Instant::now();
+        let metrics = Arc::new(Metrics::new());
+        if let Some(addr) = args.metrics_addr {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+            tracing::info!("metrics at http://{addr}/metrics, health at http://{addr}/health");
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                if let Err(error) = martmap::metrics::serve(listener, metrics).await {
+                    tracing::error!(%error, "the metrics server stopped");
+                }
+            });
+        }
         let database = Database::connect(&args.database.url()).await?;
         let mut sinks: HashMap<String, Sink> = HashMap::new();
         for (name, plan) in &plans {
@@ -130,6 +149,12 @@ pub fn run(args: RunArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
         // SIGINT or SIGTERM: every consumer finishes its batch, commits, stops.
         let stop = Arc::new(AtomicBool::new(false));
         tokio::spawn(stop_on_signal(stop.clone()));
+        let services = Services {
+            jobs,
+            database: database.clone(),
+            runtime: handle.clone(),
+            metrics: metrics.clone(),
+        };
         let mut consumers = Vec::new();
         for cluster in &clusters {
             for binding in &cluster.topics {
@@ -138,9 +163,7 @@ pub fn run(args: RunArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
                     &binding.topic,
                     plans[&binding.mapping].clone(),
                     &args,
-                    database.clone(),
-                    handle.clone(),
-                    jobs.clone(),
+                    services.clone(),
                 ));
                 let batch_time = args.batch_ms.unwrap_or(cluster.batch_timeout_ms);
                 let (options, once, batch_time, stop) = (
@@ -152,14 +175,22 @@ pub fn run(args: RunArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
                 consumers.push(std::thread::spawn(move || consume(&options, feed, once, batch_time, &stop)));
             }
         }
-        drop(jobs);
+        drop(services);
 
         let mut totals = BatchReport::default();
         let mut batches = 0usize;
         while let Some(job) = queue.recv().await {
             let sink = sinks.get_mut(&job.mapping).ok_or("a batch for an unknown mapping")?;
-            match write_with_retry(sink, &job.batch, &stop).await {
+            let writing = Instant::now();
+            match write_with_retry(sink, &job.batch, &stop, &metrics).await {
                 Ok(report) => {
+                    metrics.batch(
+                        &job.topic,
+                        report.events + report.discards,
+                        report.rows,
+                        report.discards,
+                        writing.elapsed(),
+                    );
                     totals.events += report.events + report.discards;
                     totals.rows += report.rows;
                     totals.discards += report.discards;
@@ -199,6 +230,7 @@ async fn write_with_retry(
     sink: &mut Sink,
     batch: &Batch,
     stop: &AtomicBool,
+    metrics: &Metrics,
 ) -> Result<BatchReport, SinkError> {
     let mut wait = Duration::from_millis(250);
     let mut outage: Option<Instant> = None;
@@ -206,6 +238,7 @@ async fn write_with_retry(
         match sink.write(batch).await {
             Ok(report) => {
                 if let Some(since) = outage {
+                    metrics.database_down(false);
                     tracing::warn!(
                         down_for = ?since.elapsed(),
                         "database available again; consumption resumes"
@@ -220,13 +253,17 @@ async fn write_with_retry(
                         "database unavailable: consumption paused, no offset moves; retrying with backoff"
                     );
                     outage = Some(Instant::now());
+                    metrics.database_down(true);
                 } else {
                     tracing::debug!(%error, "database still unavailable; retrying in {wait:?}");
                 }
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(30));
             }
-            Err(error) => return Err(error),
+            Err(error) => {
+                metrics.database_down(false);
+                return Err(error);
+            }
         }
     }
 }
@@ -234,8 +271,19 @@ async fn write_with_retry(
 /// One batch for the writer, and where to say that it committed.
 struct Job {
     mapping: String,
+    topic: String,
     batch: Batch,
     done: mpsc::Sender<Result<Vec<NextOffset>, String>>,
+}
+
+/// What every feed shares: the writer's queue, the database (for stored
+/// offsets, reached from consumer threads through the runtime), the metrics.
+#[derive(Clone)]
+struct Services {
+    jobs: tokio::sync::mpsc::Sender<Job>,
+    database: Database,
+    runtime: tokio::runtime::Handle,
+    metrics: Arc<Metrics>,
 }
 
 /// The batches of one consumed topic on their way to the writer.
@@ -245,15 +293,13 @@ struct Feed {
     mapping: String,
     batch_size: usize,
     batcher: Mutex<Batcher>,
-    jobs: tokio::sync::mpsc::Sender<Job>,
     done: mpsc::Sender<Result<Vec<NextOffset>, String>>,
     acks: Mutex<mpsc::Receiver<Result<Vec<NextOffset>, String>>>,
     in_flight: AtomicUsize,
     /// Offsets committed to the database and not yet to Kafka.
     committed: Mutex<Vec<(i32, i64)>>,
     failure: Mutex<Option<String>>,
-    database: Database,
-    runtime: tokio::runtime::Handle,
+    services: Services,
 }
 
 impl Feed {
@@ -262,9 +308,7 @@ impl Feed {
         topic: &str,
         plan: Plan,
         args: &RunArgs,
-        database: Database,
-        runtime: tokio::runtime::Handle,
-        jobs: tokio::sync::mpsc::Sender<Job>,
+        services: Services,
     ) -> Self {
         let (done, acks) = mpsc::channel();
         Feed {
@@ -273,14 +317,12 @@ impl Feed {
             mapping: plan.mapping.clone(),
             batch_size: args.batch_size.unwrap_or(cluster.batch_size).max(1),
             batcher: Mutex::new(Batcher::for_cluster(plan, &cluster.name)),
-            jobs,
             done,
             acks: Mutex::new(acks),
             in_flight: AtomicUsize::new(0),
             committed: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
-            database,
-            runtime,
+            services,
         }
     }
 
@@ -310,10 +352,11 @@ impl Feed {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let job = Job {
             mapping: self.mapping.clone(),
+            topic: self.topic.clone(),
             batch,
             done: self.done.clone(),
         };
-        if self.jobs.blocking_send(job).is_err() {
+        if self.services.jobs.blocking_send(job).is_err() {
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
             self.fail("the writer stopped".into());
         }
@@ -370,11 +413,12 @@ impl Positions for Shared {
         // The database is the truth for progress: without it, do not guess.
         let mut wait = Duration::from_millis(200);
         loop {
-            match self
-                .0
-                .runtime
-                .block_on(self.0.database.stored_offsets(&self.0.cluster, topic))
-            {
+            match self.0.services.runtime.block_on(
+                self.0
+                    .services
+                    .database
+                    .stored_offsets(&self.0.cluster, topic),
+            ) {
                 Ok(offsets) => return offsets,
                 Err(error) => {
                     tracing::error!(%error, "cannot read stored offsets; retrying in {wait:?}");
@@ -405,11 +449,13 @@ fn consume(
     let mut owned: Vec<i32> = Vec::new();
     let mut last_flush = Instant::now();
     let mut broker_down = false;
+    let mut last_lag = Instant::now();
     loop {
         match consumer.poll(Duration::from_millis(100)) {
             Polled::Message(message) => {
                 if std::mem::take(&mut broker_down) {
                     tracing::warn!(topic = consumer.topic(), "Kafka connection restored");
+                    feed.services.metrics.broker_down(consumer.topic(), false);
                 }
                 if let Some(partition) = message.partition {
                     ended.remove(&partition);
@@ -431,6 +477,7 @@ fn consume(
                         "55-20049 Kafka exception: {trouble}; retrying"
                     );
                     broker_down = true;
+                    feed.services.metrics.broker_down(consumer.topic(), true);
                 }
                 Some(_) => {
                     tracing::debug!(topic = consumer.topic(), %error, "Kafka still unavailable")
@@ -449,7 +496,20 @@ fn consume(
         let assigned = consumer.assigned();
         if assigned != owned {
             ended.retain(|partition| assigned.contains(partition));
+            for partition in owned.iter().filter(|p| !assigned.contains(p)) {
+                feed.services
+                    .metrics
+                    .forget_lag(consumer.topic(), *partition);
+            }
             owned = assigned;
+        }
+        if last_lag.elapsed() >= Duration::from_secs(1) {
+            for &partition in &owned {
+                if let Some(lag) = consumer.lag(partition) {
+                    feed.services.metrics.lag(consumer.topic(), partition, lag);
+                }
+            }
+            last_lag = Instant::now();
         }
         if once && !owned.is_empty() && owned.iter().all(|partition| ended.contains(partition)) {
             feed.flush();

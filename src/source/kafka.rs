@@ -217,6 +217,35 @@ impl<P: Positions + 'static> TopicConsumer<P> {
             .clone()
     }
 
+    /// Messages in `partition` after the consumer's position, from the high
+    /// watermark of the latest fetch response; `None` before the first fetch.
+    pub fn lag(&self, partition: i32) -> Option<i64> {
+        // The high watermark librdkafka keeps from fetch responses (rdkafka
+        // only offers a ListOffsets round trip, which tansu answers wrongly).
+        let topic = std::ffi::CString::new(self.topic.as_str()).ok()?;
+        let (mut low, mut high) = (-1_i64, -1_i64);
+        // SAFETY: the client handle lives as long as `self.consumer`, the
+        // topic is a NUL-terminated string that outlives the call, and
+        // librdkafka writes only the two offsets it is given.
+        let error = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                topic.as_ptr(),
+                partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        if error != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
+            return None;
+        }
+        let positions = self.consumer.position().ok()?;
+        match positions.find_partition(&self.topic, partition)?.offset() {
+            Offset::Offset(position) if high >= 0 => Some((high - position).max(0)),
+            _ => None,
+        }
+    }
+
     /// Tells the group how far this consumer got (best effort, for lag
     /// tools: the database holds the offsets that count).
     pub fn commit(&self, offsets: &[(i32, i64)]) {

@@ -447,3 +447,101 @@ fn sigterm_finishes_the_batch_commits_and_exits_cleanly() {
     assert_success(&run_once(&options, &database));
     assert_loaded_exactly_once(&database, produced);
 }
+
+/// One HTTP GET on loopback: the status line and the body.
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the metrics server");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    (status, body.to_owned())
+}
+
+/// The value of one sample line of a Prometheus text exposition.
+fn sample_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.parse().ok())
+}
+
+#[test]
+fn metrics_count_what_is_committed_and_health_says_ok() {
+    let topic = format!("cobrowse-metrics-{}", std::process::id());
+    let produced = produce(&topic, 3, SAMPLE) as f64;
+    let (dir, database) = sqlite_database();
+    let options = options_file(dir.path(), &topic, &format!("group-{topic}"));
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_martmap"))
+        .args(["run", "--options", &options, "--database-url", &database])
+        .args(["--batch-size", "100", "--metrics-addr", &addr])
+        .current_dir(repository())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("martmap starts");
+
+    // Counters move with commits; lag is sampled every second.
+    let label = format!("{{topic=\"{topic}\"}}");
+    let lag = |text: &str, partition: i32| {
+        sample_value(
+            text,
+            &format!("martmap_consumer_lag{{topic=\"{topic}\",partition=\"{partition}\"}}"),
+        )
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let text = std::net::TcpStream::connect(&addr)
+            .ok()
+            .map(|_| http_get(&addr, "/metrics").1)
+            .unwrap_or_default();
+        let done = sample_value(&text, &format!("martmap_messages_total{label}")) == Some(produced)
+            && (0..3).all(|partition| lag(&text, partition) == Some(0.0));
+        if done {
+            break text;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("metrics did not reach the end of the topic in 60 s:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let batches: f64 = query(
+        &database,
+        "SELECT CAST(COUNT(*) AS TEXT) FROM ctl_audit_log",
+    )[0][0]
+        .as_deref()
+        .expect("a count")
+        .parse()
+        .expect("a number");
+    assert_eq!(
+        sample_value(&text, &format!("martmap_discards_total{label}")),
+        Some(5.0)
+    );
+    assert_eq!(
+        sample_value(&text, &format!("martmap_batches_total{label}")),
+        Some(batches)
+    );
+    assert_eq!(
+        sample_value(
+            &text,
+            &format!("martmap_batch_duration_seconds_count{label}")
+        ),
+        Some(batches)
+    );
+    assert_eq!(sample_value(&text, "martmap_database_down"), Some(0.0));
+    let (status, body) = http_get(&addr, "/health");
+    assert!(status.contains("200"), "{status}: {body}");
+    assert_eq!(body, "ok\n");
+    child.kill().expect("stop martmap");
+    child.wait().expect("reaped");
+}
