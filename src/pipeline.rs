@@ -74,6 +74,7 @@ impl Batcher {
                     cluster: cluster.clone(),
                     topic: message.source.clone(),
                     partition,
+                    first: message.position,
                     offset: next,
                 }),
             }

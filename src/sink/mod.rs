@@ -35,6 +35,16 @@ pub enum SinkError {
         "static member `{member}` of `{table}` is not in the database; run init-db with the current catalog"
     )]
     MissingMember { table: String, member: String },
+    #[error(
+        "partition {partition} of `{topic}` is already loaded past offset {first}, where this batch starts; \
+         it was rolled back. Either another consumer took the partition in a rebalance (a restart \
+         resumes from the stored offsets) or the topic was recreated (then reset its rows in CTL_KAFKA_OFFSET)"
+    )]
+    OffsetsMoved {
+        topic: String,
+        partition: i32,
+        first: i64,
+    },
 }
 
 impl SinkError {

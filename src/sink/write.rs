@@ -42,6 +42,8 @@ pub struct NextOffset {
     pub cluster: String,
     pub topic: String,
     pub partition: i32,
+    /// The offset of the batch's first message from this partition.
+    pub first: i64,
     pub offset: i64,
 }
 
@@ -522,42 +524,59 @@ impl Sink {
     }
 }
 
+/// Stores each partition's next offset, unless the partition was already
+/// committed past the batch's first message: then a consumer that lost the
+/// partition (say, kicked from the group while the database was away) would
+/// load messages its successor already loaded, and the batch is refused.
 async fn upsert_offsets(
     txn: &mut Txn,
     names: Names,
     offsets: &[NextOffset],
     audit_key: i64,
-) -> Result<(), DbErr> {
-    if offsets.is_empty() {
-        return Ok(());
-    }
+) -> Result<(), SinkError> {
     let at = now();
     let key = ["CLUSTER_NAME", "TOPIC", "KAFKA_PARTITION"].map(|c| names.column(c));
-    let mut insert = Query::insert();
-    insert.into_table(names.table("CTL_KAFKA_OFFSET")).columns(
-        [
-            "CLUSTER_NAME",
-            "TOPIC",
-            "KAFKA_PARTITION",
-            "NEXT_OFFSET",
-            "AUDIT_KEY",
-            "UPDATE_TS",
-        ]
-        .map(|c| names.column(c)),
-    );
-    for offset in offsets {
-        insert.values_panic([
-            offset.cluster.clone().into(),
-            offset.topic.clone().into(),
-            offset.partition.into(),
-            offset.offset.into(),
-            audit_key.into(),
-            at.into(),
-        ]);
-    }
     let updated = ["NEXT_OFFSET", "AUDIT_KEY", "UPDATE_TS"].map(|c| names.column(c));
-    insert.on_conflict(OnConflict::columns(key).update_columns(updated).to_owned());
-    txn.execute(&insert).await?;
+    for offset in offsets {
+        let mut insert = Query::insert();
+        insert
+            .into_table(names.table("CTL_KAFKA_OFFSET"))
+            .columns(
+                [
+                    "CLUSTER_NAME",
+                    "TOPIC",
+                    "KAFKA_PARTITION",
+                    "NEXT_OFFSET",
+                    "AUDIT_KEY",
+                    "UPDATE_TS",
+                ]
+                .map(|c| names.column(c)),
+            )
+            .values_panic([
+                offset.cluster.clone().into(),
+                offset.topic.clone().into(),
+                offset.partition.into(),
+                offset.offset.into(),
+                audit_key.into(),
+                at.into(),
+            ])
+            .on_conflict(
+                OnConflict::columns(key.clone())
+                    .update_columns(updated.clone())
+                    .action_and_where(
+                        Expr::col((names.table("CTL_KAFKA_OFFSET"), names.column("NEXT_OFFSET")))
+                            .lte(offset.first),
+                    )
+                    .to_owned(),
+            );
+        if txn.execute(&insert).await? == 0 {
+            return Err(SinkError::OffsetsMoved {
+                topic: offset.topic.clone(),
+                partition: offset.partition,
+                first: offset.first,
+            });
+        }
+    }
     Ok(())
 }
 

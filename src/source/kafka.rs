@@ -3,7 +3,9 @@
 //! truth for progress.
 //!
 //! On every assignment the partitions are positioned at the offsets stored
-//! with the rows (`Positions::stored`); before partitions are revoked the
+//! with the rows (`Positions::stored`), and a partition without one where
+//! `auto.offset.reset` says: offsets committed to Kafka are only a copy for
+//! lag tools, never a starting point. Before partitions are revoked the
 //! owner is asked to finish what it holds for them (`Positions::release`), so
 //! a rebalance neither loses nor repeats a message. The caller drives
 //! [`TopicConsumer::poll`] and decides what to do with each [`Polled`] item.
@@ -45,6 +47,9 @@ pub enum Polled {
 
 struct Context<P> {
     positions: P,
+    /// Where a partition without a stored offset starts: the database is the
+    /// truth for progress, so offsets committed to Kafka are not used.
+    unstored: Offset,
     /// The partitions this consumer owns now.
     assigned: Mutex<Vec<i32>>,
     /// librdkafka's explanations of its errors since the last poll ("SASL
@@ -102,7 +107,7 @@ impl<P: Positions> ConsumerContext for Context<P> {
                     let offset = stored
                         .iter()
                         .find(|(partition, _)| *partition == element.partition())
-                        .map_or(Offset::Invalid, |(_, next)| Offset::Offset(*next));
+                        .map_or(self.unstored, |(_, next)| Offset::Offset(*next));
                     let _ = positioned.add_partition_offset(
                         element.topic(),
                         element.partition(),
@@ -164,8 +169,20 @@ impl<P: Positions + 'static> TopicConsumer<P> {
         topic: &str,
         positions: P,
     ) -> Result<Self, KafkaError> {
+        let reset = options
+            .iter()
+            .rev()
+            .find(|(key, _)| key == "auto.offset.reset")
+            .map(|(_, value)| value.to_ascii_lowercase());
+        let unstored = match reset.as_deref() {
+            Some("latest" | "largest" | "end") => Offset::End,
+            Some("error") => Offset::Invalid,
+            // earliest, smallest, beginning, and librdkafka's own default.
+            _ => Offset::Beginning,
+        };
         let context = Context {
             positions,
+            unstored,
             assigned: Mutex::new(Vec::new()),
             reasons: Mutex::new(Vec::new()),
         };

@@ -389,3 +389,79 @@ fn load_reads_standard_input_with_line_numbers() {
         ]
     );
 }
+
+/// A batch of `count` sample events as if read from partition 0 of a topic,
+/// starting at offset `first`.
+fn kafka_batch(plan: &martmap::plan::Plan, first: i64, count: usize) -> martmap::sink::Batch {
+    let text = std::fs::read_to_string(repository().join(SAMPLE)).expect("sample");
+    let mut batcher = martmap::pipeline::Batcher::for_cluster(plan.clone(), "fence");
+    for (at, line) in text.lines().skip(first as usize).take(count).enumerate() {
+        batcher.push(martmap::pipeline::Message {
+            source: "topic".into(),
+            partition: Some(0),
+            position: first + at as i64,
+            key: None,
+            payload: line.as_bytes().to_vec(),
+        });
+    }
+    batcher.take()
+}
+
+/// A batch that starts below the partition's stored offset (its consumer
+/// lost the partition to another, which loaded those messages) is refused
+/// whole; a batch that follows on is taken.
+fn a_batch_behind_the_stored_offset_is_refused(url: &str) {
+    use martmap::{catalog::Catalog, diagnostic::SourceFile, mapping, sink};
+    let catalog = Catalog::load(&repository().join("schemas")).expect("catalog");
+    let path = repository().join("mappings/COBROWSE.yaml");
+    let file = SourceFile::new(
+        "COBROWSE.yaml",
+        std::fs::read_to_string(path).expect("mapping"),
+    );
+    let plan = mapping::compile(
+        &mapping::load(&file, &catalog).expect("valid mapping"),
+        "test".into(),
+    );
+    block_on(async {
+        let database = sink::Database::connect(url).await.expect("connect");
+        let mut sink = sink::Sink::open(database, &catalog, plan.clone())
+            .await
+            .expect("open");
+        sink.write(&kafka_batch(&plan, 0, 10))
+            .await
+            .expect("first batch");
+        let behind = sink.write(&kafka_batch(&plan, 5, 10)).await;
+        assert!(
+            matches!(
+                behind,
+                Err(sink::SinkError::OffsetsMoved {
+                    partition: 0,
+                    first: 5,
+                    ..
+                })
+            ),
+            "{behind:?}"
+        );
+        sink.write(&kafka_batch(&plan, 10, 10))
+            .await
+            .expect("next batch");
+    });
+    let offsets = query(
+        url,
+        "SELECT CAST(next_offset AS TEXT) FROM ctl_kafka_offset",
+    );
+    assert_eq!(offsets, [[Some("20".to_owned())]]);
+    let batches = count(url, "SELECT audit_key FROM ctl_audit_log");
+    assert_eq!(batches, 2, "the refused batch left nothing");
+}
+
+#[test]
+fn a_batch_behind_the_stored_offset_is_refused_by_sqlite() {
+    let (_dir, url) = sqlite_database();
+    a_batch_behind_the_stored_offset_is_refused(&url);
+}
+
+#[test]
+fn a_batch_behind_the_stored_offset_is_refused_by_postgres() {
+    a_batch_behind_the_stored_offset_is_refused(&postgres_database("fence"));
+}

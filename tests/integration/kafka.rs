@@ -168,6 +168,12 @@ fn run_once_loads_what_load_loads(consumed: &str, loaded: &str, name: &str) {
         "{:?}",
         again
     );
+
+    // The database is the truth for progress: a new database loads the
+    // whole topic, though the group has committed its end to Kafka.
+    let (_fresh_dir, fresh) = sqlite_database();
+    assert_success(&run_once(&options, &fresh));
+    assert_eq!(query(&fresh, FACTS_BY_NATURAL_VALUES), from_kafka);
 }
 
 #[test]
