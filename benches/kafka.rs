@@ -9,6 +9,10 @@
 //! - `MARTMAP_BENCH_POSTGRES_URL` (optional): a PostgreSQL database URL
 //!   prefix (`postgres://user@host:port`) to measure as well as SQLite.
 //!
+//! Under `cargo test` (no `--bench` argument) it runs once, as a smoke test,
+//! over the committed sample on the broker of `scripts/test`
+//! (`MARTMAP_TEST_KAFKA_BOOTSTRAP`), into SQLite only.
+//!
 //! Both sides join a consumer group and read every partition to its end,
 //! timed from start to finish: martmap as a whole process (start-up, catalog,
 //! database writes and commits included), the bare consumer in process.
@@ -26,15 +30,24 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 const PARTITIONS: i32 = 3;
-const ROUNDS: usize = 3;
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run scripts/bench-kafka"))
 }
 
 fn main() {
-    let bootstrap = env("MARTMAP_BENCH_KAFKA_BOOTSTRAP");
-    let events = std::fs::read(env("MARTMAP_BENCH_EVENTS")).expect("events file");
+    let bench = std::env::args().any(|arg| arg == "--bench");
+    let (bootstrap, events, rounds) = if bench {
+        let events = std::fs::read(env("MARTMAP_BENCH_EVENTS")).expect("events file");
+        (env("MARTMAP_BENCH_KAFKA_BOOTSTRAP"), events, 3)
+    } else {
+        let sample = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/samples/cobrowse-sessions.jsonl"
+        );
+        let events = std::fs::read(sample).expect("the sample");
+        (env("MARTMAP_TEST_KAFKA_BOOTSTRAP"), events, 1)
+    };
     let lines: Vec<&[u8]> = events
         .split(|&b| b == b'\n')
         .filter(|line| !line.is_empty())
@@ -48,13 +61,13 @@ fn main() {
     );
 
     let mut targets = vec![("SQLite", None)];
-    if let Ok(prefix) = std::env::var("MARTMAP_BENCH_POSTGRES_URL") {
+    if let (true, Ok(prefix)) = (bench, std::env::var("MARTMAP_BENCH_POSTGRES_URL")) {
         targets.push(("PostgreSQL", Some(prefix)));
     }
     let mut bare = Vec::new();
     let mut martmap: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
     // Rounds alternate, so that a slow moment of the broker hits both sides.
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         bare.push(bare_consumer(&bootstrap, &topic, lines.len(), round));
         for (at, (_, postgres)) in targets.iter().enumerate() {
             let group = format!("{topic}-martmap-{round}-{at}");
@@ -66,7 +79,7 @@ fn main() {
     let best = |times: &[f64]| times.iter().copied().fold(f64::INFINITY, f64::min);
     let bare_best = best(&bare);
     println!(
-        "bare rdkafka consumer:          {:>8.0} messages/s (best of {ROUNDS})",
+        "bare rdkafka consumer:          {:>8.0} messages/s (best of {rounds})",
         rate(bare_best)
     );
     for ((name, _), times) in targets.iter().zip(&martmap) {
