@@ -154,9 +154,13 @@ fn run_once_loads_what_load_loads(consumed: &str, loaded: &str, name: &str) {
         Some(produced.to_string().as_str()),
         "offsets reach each partition's end"
     );
+    // Each malformed message is kept with topic, partition, offset and key.
     let discards = query(
         consumed,
-        "SELECT CAST(COUNT(*) AS TEXT) FROM ctl_discard WHERE kafka_partition IS NOT NULL",
+        &format!(
+            "SELECT CAST(COUNT(DISTINCT CAST(kafka_partition AS TEXT) || '/' || CAST(position AS TEXT)) AS TEXT) \
+             FROM ctl_discard WHERE source = '{topic}' AND kafka_partition IS NOT NULL AND message_key IS NOT NULL"
+        ),
     );
     assert_eq!(discards[0][0].as_deref(), Some("5"));
 
