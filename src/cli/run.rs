@@ -42,7 +42,13 @@ use super::{CatalogArgs, Color, DatabaseArgs, Outcome, load_plans};
 /// partial batch waits (default 1000); --batch-size and --batch-ms override
 /// both for every section.
 ///
-/// Example: martmap run --options infomart.ini --once
+/// A lost broker is logged once per outage with message id 55-20049 and
+/// reconnected to; a lost database pauses consumption and the batch is
+/// retried with backoff. Neither loses nor repeats a message.
+///
+/// One ETL cycle: martmap run --options infomart.ini --once
+///
+/// As a service: martmap run --options infomart.ini --metrics-addr 127.0.0.1:9464
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// The options file with [kafka-<cluster>] sections.
