@@ -14,7 +14,7 @@ use crate::database::{
 };
 use crate::kafka::{
     assert_loaded_exactly_once, bootstrap, client, create_topic, messages_committed, options_file,
-    options_file_for, send_lines, spawn_run,
+    options_file_for, send_lines, spawn_run, stderr_of_run,
 };
 use crate::repository;
 
@@ -255,27 +255,6 @@ fn losing_the_database_pauses_consumption_and_resumes_without_loss() {
     assert_loaded_exactly_once(&database, lines.len() as i64);
 }
 
-/// What `run` writes to standard error in `seconds` with the given section.
-fn stderr_of_run(section: &str, seconds: u64) -> String {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let options = dir.path().join("secure.ini");
-    std::fs::write(&options, section).expect("options");
-    let database = format!("sqlite://{}", dir.path().join("secure.db").display());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_martmap"))
-        .args(["run", "--options", options.to_str().expect("path")])
-        .args(["--database-url", &database])
-        .current_dir(repository())
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("martmap starts");
-    std::thread::sleep(Duration::from_secs(seconds));
-    child.kill().expect("stop martmap");
-    let output = child.wait_with_output().expect("martmap stops");
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
 /// The one 55-20049 line `run` logs for a section that the broker refuses.
 fn alarm_for(security: &str) -> String {
     // A short connection setup timeout (a native option, passed through)
@@ -287,6 +266,7 @@ fn alarm_for(security: &str) -> String {
             bootstrap()
         ),
         5,
+        &[],
     );
     let alarms: Vec<&str> = stderr
         .lines()

@@ -370,25 +370,16 @@ fn two_processes_in_one_group_load_everything_once() {
     assert_loaded_exactly_once(&database, produced);
 }
 
-/// What `run` writes to standard error in 3 s with an unreachable broker.
-fn stderr_while_the_broker_is_unreachable(extra: &[&str]) -> String {
+/// What `run` writes to standard error in `seconds` with `section` as its
+/// options file (and `extra` arguments); then it is killed.
+pub fn stderr_of_run(section: &str, seconds: u64, extra: &[&str]) -> String {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let options = dir.path().join("down.ini");
-    // Port 1 on loopback: nothing listens there.
-    std::fs::write(
-        &options,
-        "[kafka-down]\nbootstrap.servers=127.0.0.1:1\ng:topic:t=COBROWSE\n",
-    )
-    .expect("options");
-    let database = format!("sqlite://{}", dir.path().join("down.db").display());
+    let options = dir.path().join("infomart.ini");
+    std::fs::write(&options, section).expect("options");
+    let database = format!("sqlite://{}", dir.path().join("martmap.db").display());
     let mut child = Command::new(env!("CARGO_BIN_EXE_martmap"))
-        .args([
-            "run",
-            "--options",
-            options.to_str().expect("path"),
-            "--database-url",
-            database.as_str(),
-        ])
+        .args(["run", "--options", options.to_str().expect("path")])
+        .args(["--database-url", &database])
         .args(extra)
         .current_dir(repository())
         .env("NO_COLOR", "1")
@@ -396,10 +387,20 @@ fn stderr_while_the_broker_is_unreachable(extra: &[&str]) -> String {
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("martmap starts");
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(seconds));
     child.kill().expect("stop martmap");
     let output = child.wait_with_output().expect("martmap stops");
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// What `run` writes to standard error in 3 s with an unreachable broker
+/// (port 1 on loopback: nothing listens there).
+fn stderr_while_the_broker_is_unreachable(extra: &[&str]) -> String {
+    stderr_of_run(
+        "[kafka-down]\nbootstrap.servers=127.0.0.1:1\ng:topic:t=COBROWSE\n",
+        3,
+        extra,
+    )
 }
 
 #[test]
