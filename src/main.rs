@@ -8,6 +8,11 @@ mod cli;
 
 use std::process::ExitCode;
 
+/// Parsing events into JSON values allocates and frees many small objects;
+/// mimalloc does that markedly faster than the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 
 fn main() -> ExitCode {
