@@ -263,7 +263,11 @@ async fn write_with_retry(
                 } else {
                     tracing::debug!(%error, "database still unavailable; retrying in {wait:?}");
                 }
-                tokio::time::sleep(wait).await;
+                // Sleep in short steps, so that a stop request is heard.
+                let until = Instant::now() + wait;
+                while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 wait = (wait * 2).min(Duration::from_secs(30));
             }
             Err(error) => {
