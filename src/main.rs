@@ -8,12 +8,12 @@ mod cli;
 
 use std::process::ExitCode;
 
+use clap::Parser;
+
 /// Parsing events into JSON values allocates and frees many small objects;
 /// mimalloc does that markedly faster than the system allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();

@@ -521,22 +521,18 @@ fn consume(
             }
             last_lag = Instant::now();
         }
-        if once && !owned.is_empty() && owned.iter().all(|partition| ended.contains(partition)) {
+        let cycle_done =
+            once && !owned.is_empty() && owned.iter().all(|partition| ended.contains(partition));
+        if cycle_done || stop.load(Ordering::SeqCst) {
+            // Write what is held, wait for its commit, tell Kafka, stop.
             feed.flush();
             feed.collect(true);
-            let committed = feed.take_committed();
-            consumer.commit(&committed);
+            consumer.commit(&feed.take_committed());
             return feed.failure().map_or(Ok(()), Err);
         }
         if !once && last_flush.elapsed() >= batch_time {
             feed.flush();
             last_flush = Instant::now();
-        }
-        if stop.load(Ordering::SeqCst) {
-            feed.flush();
-            feed.collect(true);
-            consumer.commit(&feed.take_committed());
-            return feed.failure().map_or(Ok(()), Err);
         }
     }
 }

@@ -537,21 +537,20 @@ async fn upsert_offsets(
     let at = now();
     let key = ["CLUSTER_NAME", "TOPIC", "KAFKA_PARTITION"].map(|c| names.column(c));
     let updated = ["NEXT_OFFSET", "AUDIT_KEY", "UPDATE_TS"].map(|c| names.column(c));
+    let columns = [
+        "CLUSTER_NAME",
+        "TOPIC",
+        "KAFKA_PARTITION",
+        "NEXT_OFFSET",
+        "AUDIT_KEY",
+        "UPDATE_TS",
+    ]
+    .map(|c| names.column(c));
     for offset in offsets {
         let mut insert = Query::insert();
         insert
             .into_table(names.table("CTL_KAFKA_OFFSET"))
-            .columns(
-                [
-                    "CLUSTER_NAME",
-                    "TOPIC",
-                    "KAFKA_PARTITION",
-                    "NEXT_OFFSET",
-                    "AUDIT_KEY",
-                    "UPDATE_TS",
-                ]
-                .map(|c| names.column(c)),
-            )
+            .columns(columns.clone())
             .values_panic([
                 offset.cluster.clone().into(),
                 offset.topic.clone().into(),
