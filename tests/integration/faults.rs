@@ -13,8 +13,8 @@ use crate::database::{
     SAMPLE, block_on, init_db, postgres_database, postgres_server, sqlite_database,
 };
 use crate::kafka::{
-    assert_loaded_exactly_once, bootstrap, client, create_topic, messages_committed, options_file,
-    options_file_for, send_lines, spawn_run, stderr_of_run,
+    assert_loaded_exactly_once, assert_logged_once, bootstrap, client, create_topic,
+    messages_committed, options_file, options_file_for, send_lines, spawn_run, stderr_of_run,
 };
 use crate::repository;
 
@@ -181,11 +181,7 @@ fn a_restarted_broker_is_reported_once_and_the_rest_loads() {
     });
 
     let stderr = run.terminate();
-    let alarms = stderr
-        .lines()
-        .filter(|line| line.contains("55-20049 Kafka exception"))
-        .count();
-    assert_eq!(alarms, 1, "one 55-20049 line for the outage:\n{stderr}");
+    assert_logged_once(&stderr, "55-20049 Kafka exception");
     assert!(
         stderr.contains("Kafka connection restored"),
         "recovery is logged:\n{stderr}"
@@ -243,11 +239,7 @@ fn losing_the_database_pauses_consumption_and_resumes_without_loss() {
     );
 
     let stderr = run.terminate();
-    let outages = stderr
-        .lines()
-        .filter(|line| line.contains("database unavailable"))
-        .count();
-    assert_eq!(outages, 1, "one line per database outage:\n{stderr}");
+    assert_logged_once(&stderr, "database unavailable");
     assert!(
         stderr.contains("database available again"),
         "recovery is logged:\n{stderr}"

@@ -195,26 +195,25 @@ fn run_once_loads_what_load_loads_into_postgres() {
     );
 }
 
-#[test]
-fn print_options_shows_the_effective_configuration_without_secrets() {
+/// `martmap run --print-options` with `section` as the options file.
+fn print_options(section: &str) -> std::process::Output {
     let dir = tempfile::tempdir().expect("temporary directory");
     let path = dir.path().join("infomart.ini");
-    std::fs::write(
-        &path,
-        "[kafka-secure]\nbootstrap.servers=broker:9093\ng:topic:t=COBROWSE\nsecurity.protocol=SASL_SSL\n\
-         sasl.mechanisms=SCRAM-SHA-512\nsasl.username=infomart\nsasl.password=s3cret\nssl.ca.location=/etc/ca.pem\n",
-    )
-    .expect("options file");
-    let output = Command::new(env!("CARGO_BIN_EXE_martmap"))
-        .args([
-            "run",
-            "--print-options",
-            "--options",
-            path.to_str().expect("path"),
-        ])
+    std::fs::write(&path, section).expect("options file");
+    Command::new(env!("CARGO_BIN_EXE_martmap"))
+        .args(["run", "--print-options", "--options"])
+        .arg(&path)
         .current_dir(repository())
         .output()
-        .expect("martmap runs");
+        .expect("martmap runs")
+}
+
+#[test]
+fn print_options_shows_the_effective_configuration_without_secrets() {
+    let output = print_options(
+        "[kafka-secure]\nbootstrap.servers=broker:9093\ng:topic:t=COBROWSE\nsecurity.protocol=SASL_SSL\n\
+         sasl.mechanisms=SCRAM-SHA-512\nsasl.username=infomart\nsasl.password=s3cret\nssl.ca.location=/etc/ca.pem\n",
+    );
     assert_success(&output);
     let stdout = String::from_utf8_lossy(&output.stdout);
     // As read back from librdkafka, which normalises enumerations.
@@ -238,19 +237,9 @@ fn print_options_shows_the_effective_configuration_without_secrets() {
 
 #[test]
 fn a_client_option_librdkafka_rejects_names_section_and_option() {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let path = dir.path().join("infomart.ini");
-    std::fs::write(
-        &path,
+    let output = print_options(
         "[kafka-secure]\nbootstrap.servers=broker:9093\ng:topic:t=COBROWSE\nsecurity.protocol=TLS\n",
-    )
-    .expect("options file");
-    let output = Command::new(env!("CARGO_BIN_EXE_martmap"))
-        .args(["run", "--print-options", "--options"])
-        .arg(&path)
-        .current_dir(repository())
-        .output()
-        .expect("martmap runs");
+    );
     assert_eq!(output.status.code(), Some(2), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -406,11 +395,13 @@ fn stderr_while_the_broker_is_unreachable(extra: &[&str]) -> String {
 #[test]
 fn an_unreachable_broker_is_reported_once_with_message_id_55_20049() {
     let stderr = stderr_while_the_broker_is_unreachable(&[]);
-    let alarms = stderr
-        .lines()
-        .filter(|line| line.contains("55-20049 Kafka exception"))
-        .count();
-    assert_eq!(alarms, 1, "one 55-20049 line per outage, got:\n{stderr}");
+    assert_logged_once(&stderr, "55-20049 Kafka exception");
+}
+
+/// Exactly one line of `stderr` contains `sign`: an outage is reported once.
+pub fn assert_logged_once(stderr: &str, sign: &str) {
+    let lines = stderr.lines().filter(|line| line.contains(sign)).count();
+    assert_eq!(lines, 1, "one line with `{sign}` expected, got:\n{stderr}");
 }
 
 #[test]
