@@ -87,6 +87,9 @@ pub fn run(args: LoadArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
         let mut sink = Sink::open(database, &catalog, plan.clone()).await?;
 
         let (sender, mut batches) = tokio::sync::mpsc::channel::<Batch>(2);
+        // Written batches come back to be freed on the thread that allocated
+        // them, where the allocator reuses their memory at once.
+        let (spent_sender, spent) = std::sync::mpsc::channel::<Batch>();
         let (files, size) = (args.files.clone(), args.batch_size.max(1));
         let reader = std::thread::spawn(move || -> std::io::Result<()> {
             let mut batcher = Batcher::new(plan);
@@ -96,6 +99,7 @@ pub fn run(args: LoadArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
                     if batcher.len() >= size {
                         // The writer hung up only after a failure it reports.
                         let _ = sender.blocking_send(batcher.take());
+                        spent.try_iter().for_each(drop);
                     }
                 })
                 .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", file.display())))?;
@@ -110,6 +114,7 @@ pub fn run(args: LoadArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
         let mut totals = Totals::default();
         while let Some(batch) = batches.recv().await {
             let report = sink.write(&batch).await?;
+            let _ = spent_sender.send(batch); // the reader may have finished
             totals.add(&report);
             progress.update(&totals, started);
         }

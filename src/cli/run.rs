@@ -18,7 +18,7 @@ use martmap::metrics::Metrics;
 use martmap::options::{self, KafkaCluster, OptionsFile};
 use martmap::pipeline::{Batcher, Message};
 use martmap::plan::Plan;
-use martmap::sink::{Batch, BatchReport, Database, NextOffset, Sink, SinkError};
+use martmap::sink::{Batch, BatchReport, Database, Sink, SinkError};
 use martmap::source::kafka::{Polled, Positions, TopicConsumer, effective_options};
 
 use super::{CatalogArgs, Color, DatabaseArgs, Outcome, load_plans};
@@ -202,7 +202,8 @@ pub fn run(args: RunArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
                     totals.discards += report.discards;
                     totals.new_members += report.new_members;
                     batches += 1;
-                    let _ = job.done.send(Ok(job.batch.offsets));
+                    // The batch goes back to be freed on the thread that allocated it.
+                    let _ = job.done.send(Ok(job.batch));
                 }
                 Err(error) => {
                     let _ = job.done.send(Err(error.to_string()));
@@ -283,7 +284,7 @@ struct Job {
     mapping: String,
     topic: String,
     batch: Batch,
-    done: mpsc::Sender<Result<Vec<NextOffset>, String>>,
+    done: mpsc::Sender<Result<Batch, String>>,
 }
 
 /// What every feed shares: the writer's queue, the database (for stored
@@ -303,8 +304,8 @@ struct Feed {
     mapping: String,
     batch_size: usize,
     batcher: Mutex<Batcher>,
-    done: mpsc::Sender<Result<Vec<NextOffset>, String>>,
-    acks: Mutex<mpsc::Receiver<Result<Vec<NextOffset>, String>>>,
+    done: mpsc::Sender<Result<Batch, String>>,
+    acks: Mutex<mpsc::Receiver<Result<Batch, String>>>,
     in_flight: AtomicUsize,
     /// Offsets committed to the database and not yet to Kafka.
     committed: Mutex<Vec<(i32, i64)>>,
@@ -386,9 +387,9 @@ impl Feed {
             };
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
             match ack {
-                Ok(Ok(offsets)) => {
+                Ok(Ok(batch)) => {
                     let mut committed = self.committed.lock().unwrap_or_else(|e| e.into_inner());
-                    committed.extend(offsets.iter().map(|o| (o.partition, o.offset)));
+                    committed.extend(batch.offsets.iter().map(|o| (o.partition, o.offset)));
                 }
                 Ok(Err(error)) => self.fail(error),
                 Err(()) => self.fail("the writer stopped".into()),
