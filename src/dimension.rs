@@ -6,7 +6,7 @@
 //! transaction commits ([`Members::keep`]), so a rolled-back batch never
 //! leaves ids in the cache that the database does not hold.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 pub use crate::plan::Member;

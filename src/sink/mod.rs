@@ -160,6 +160,12 @@ impl Database {
                     .synchronous(SqliteSynchronous::Normal)
             });
         }
+        if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            // martmap's statements are small and planned per batch; compiling
+            // them with LLVM (PostgreSQL's JIT, chosen by estimated cost, which
+            // stale statistics inflate) took longer than running them.
+            options.map_sqlx_postgres_opts(|postgres| postgres.options([("jit", "off")]));
+        }
         // Switching a new SQLite file to WAL takes an exclusive lock that does
         // not wait on the busy timeout; another process opening the same
         // file at that instant sees "database is locked". Wait and retry.
@@ -220,6 +226,8 @@ pub struct Sink {
     fact: Table,
     dimensions: Vec<Table>,
     members: Members,
+    /// The COPY data of the last batch, kept for its capacity.
+    copy_buffer: Vec<u8>,
 }
 
 impl Sink {
@@ -270,6 +278,7 @@ impl Sink {
             fact,
             dimensions,
             members,
+            copy_buffer: Vec::new(),
         })
     }
 

@@ -148,7 +148,7 @@ impl Txn {
     }
 
     /// `COPY … FROM STDIN` with `data` in COPY's text format (PostgreSQL).
-    pub async fn copy_in(&mut self, statement: &str, data: Vec<u8>) -> Result<u64, DbErr> {
+    pub async fn copy_in(&mut self, statement: &str, data: &[u8]) -> Result<u64, DbErr> {
         let Txn::Postgres(txn) = self else {
             return Err(DbErr::Custom("COPY is for PostgreSQL".into()));
         };

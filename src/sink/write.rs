@@ -6,9 +6,11 @@
 //! only `UPDATE_AUDIT_KEY`; rows of a replaced event that this batch did not
 //! write still carry an older audit key and are deleted.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
-use sea_orm::sea_query::{Alias, Cond, Expr, ExprTrait, OnConflict, Query, SimpleExpr, Value};
+use sea_orm::sea_query::{
+    Alias, ArrayType, Cond, Expr, ExprTrait, OnConflict, Query, SimpleExpr, Value,
+};
 use sea_orm::{DbBackend, DbErr};
 
 use super::ddl::{HASH_COLUMN, natural_key_hash};
@@ -85,8 +87,11 @@ impl Sink {
         };
         let resolved = self.members.resolve(&mut store, &rows).await?;
         if self.replaces_by_copy() {
-            self.replace_facts_postgres(&mut txn, &rows, &resolved.keys, audit_key)
+            let mut data = std::mem::take(&mut self.copy_buffer);
+            data.clear();
+            self.replace_facts_postgres(&mut txn, &rows, &resolved.keys, audit_key, &mut data)
                 .await?;
+            self.copy_buffer = data;
         } else {
             self.upsert_facts(&mut txn, &rows, &resolved.keys, audit_key)
                 .await?;
@@ -182,6 +187,49 @@ impl Sink {
         identities.sort();
         identities.dedup();
         identities
+    }
+
+    /// The distinct `replace_by` values of the rows as PostgreSQL arrays, one
+    /// bound parameter per column (`$1`, `$2`, …), and the SQL to find their
+    /// rows.
+    fn replaced_arrays(&self, rows: &[&Row]) -> ReplacedArrays {
+        let names = self.db.names;
+        let identities = self.replaced_identities(rows);
+        let mut arrays = Vec::new();
+        let (mut params, mut columns, mut matches) = (Vec::new(), Vec::new(), Vec::new());
+        for (at, name) in self.plan.replace_by.iter().enumerate() {
+            let integer = self.fact.column(name).is_some_and(|c| c.ty.is_integer());
+            let cells = identities.iter().map(|identity| identity[at]);
+            let (ty, sql_type, values): (ArrayType, &str, Vec<Value>) = if integer {
+                let values = cells
+                    .map(|cell| match cell {
+                        Cell::Int(number) => Value::BigInt(Some(*number)),
+                        _ => Value::BigInt(None),
+                    })
+                    .collect();
+                (ArrayType::BigInt, "bigint", values)
+            } else {
+                let values = cells
+                    .map(|cell| match cell {
+                        Cell::Null => Value::String(None),
+                        cell => Value::String(Some(cell_text(cell))),
+                    })
+                    .collect();
+                (ArrayType::String, "text", values)
+            };
+            arrays.push(Value::Array(ty, Some(Box::new(values))));
+            params.push(format!("${}::{sql_type}[]", at + 1));
+            columns.push(format!("r.c{at}"));
+            matches.push(format!("{} = r.c{at}", names.quoted(name)));
+        }
+        let aliases: Vec<String> = (0..columns.len()).map(|at| format!("c{at}")).collect();
+        ReplacedArrays {
+            table: names.quoted(&self.fact.name),
+            from: format!("unnest({}) AS r({})", params.join(", "), aliases.join(", ")),
+            columns: columns.join(", "),
+            matches: matches.join(" AND "),
+            values: arrays,
+        }
     }
 
     /// Positions in the plan's fact columns of the named columns.
@@ -293,39 +341,21 @@ impl Sink {
         rows: &[&Row],
         keys: &[Vec<i64>],
         audit_key: i64,
+        data: &mut Vec<u8>,
     ) -> Result<(), DbErr> {
         if rows.is_empty() {
             return Ok(());
         }
         let names = self.db.names;
         let columns = self.fact_columns();
-        let identities: Vec<Vec<String>> = self
-            .replaced_identities(rows)
-            .iter()
-            .map(|identity| identity.iter().map(|cell| cell_text(cell)).collect())
-            .collect();
-        let json = serde_json::to_string(&identities).map_err(|e| DbErr::Custom(e.to_string()))?;
+        let replaced = self.replaced_arrays(rows);
+        let lock = format!(
+            "SELECT pg_advisory_xact_lock(h) FROM \
+             (SELECT DISTINCT hashtextextended(ROW({})::text, 0) AS h FROM {}) l ORDER BY h",
+            replaced.columns, replaced.from
+        );
+        txn.execute_sql(&lock, replaced.values.clone()).await?;
 
-        let lock = "SELECT pg_advisory_xact_lock(h) FROM \
-                    (SELECT DISTINCT hashtextextended(e::text, 0) AS h FROM json_array_elements($1::json) e) l ORDER BY h";
-        txn.execute_sql(lock, vec![json.clone().into()]).await?;
-
-        let elements: Vec<String> = self
-            .plan
-            .replace_by
-            .iter()
-            .enumerate()
-            .map(|(at, name)| match self.fact.column(name).map(|c| c.ty) {
-                Some(ty) if ty.is_integer() => format!("CAST(e->>{at} AS BIGINT)"),
-                _ => format!("e->>{at}"),
-            })
-            .collect();
-        let identity: Vec<String> = self
-            .plan
-            .replace_by
-            .iter()
-            .map(|c| names.quoted(c))
-            .collect();
         let key: Vec<String> = self
             .plan
             .key
@@ -342,13 +372,12 @@ impl Sink {
             None => key.join(", "),
         };
         let delete = format!(
-            "DELETE FROM {} WHERE ({}) IN (SELECT {} FROM json_array_elements($1::json) e) RETURNING {returning}",
-            names.quoted(&self.fact.name),
-            identity.join(", "),
-            elements.join(", "),
+            "DELETE FROM {} WHERE {} RETURNING {returning}",
+            replaced.table,
+            replaced.rows(None),
         );
         let mut created_by: HashMap<Vec<String>, i64> = HashMap::new();
-        for row in txn.query_sql(&delete, vec![json.into()]).await? {
+        for row in txn.query_sql(&delete, replaced.values).await? {
             if let Some((last, key)) = row.split_last().filter(|_| create.is_some()) {
                 created_by.insert(
                     key.iter().map(|k| k.text()).collect::<Result<_, _>>()?,
@@ -358,9 +387,8 @@ impl Sink {
         }
 
         let key_positions = self.column_positions(&self.plan.key);
-        let mut data: Vec<u8> = Vec::with_capacity(rows.len() * 256);
         for (row, dimension_keys) in rows.iter().zip(keys) {
-            let mut line = CopyLine::new(&mut data);
+            let mut line = CopyLine::new(data);
             for cell in &row.values {
                 line.cell(cell);
             }
@@ -454,7 +482,6 @@ impl Sink {
             return Ok(());
         }
         let names = self.db.names;
-        let identities = self.replaced_identities(rows);
         let types: Vec<ColumnType> = self
             .plan
             .replace_by
@@ -467,32 +494,25 @@ impl Sink {
             .iter()
             .map(|name| names.column(name))
             .collect();
-        if let ([column], DbBackend::Postgres) = (self.plan.replace_by.as_slice(), names.backend) {
-            // One statement for the whole batch: the identities as one JSON array.
-            let texts: Vec<String> = identities
-                .iter()
-                .map(|identity| cell_text(identity[0]))
-                .collect();
-            let json = serde_json::to_string(&texts).map_err(|e| DbErr::Custom(e.to_string()))?;
-            let (table, column, audit) = (
-                names.quoted(&self.fact.name),
-                names.quoted(column),
+        if names.backend == DbBackend::Postgres {
+            // One statement for the whole batch.
+            let replaced = self.replaced_arrays(rows);
+            let older = format!(
+                "{} <> ${}",
                 names.quoted(audit_update),
+                replaced.values.len() + 1
             );
-            // The ids are cast to the column's type so that its index is used.
-            let element = if types[0].is_integer() {
-                "CAST(id AS BIGINT)"
-            } else {
-                "id"
-            };
             let sql = format!(
-                "DELETE FROM {table} WHERE {column} IN (SELECT {element} FROM json_array_elements_text($1::json) id) \
-                 AND {audit} <> $2"
+                "DELETE FROM {} WHERE {}",
+                replaced.table,
+                replaced.rows(Some(&older))
             );
-            txn.execute_sql(&sql, vec![json.into(), audit_key.into()])
-                .await?;
+            let mut values = replaced.values;
+            values.push(audit_key.into());
+            txn.execute_sql(&sql, values).await?;
             return Ok(());
         }
+        let identities = self.replaced_identities(rows);
         for chunk in identities.chunks(CHUNK) {
             // `key IN (...)`, or `(a, b) IN ((...), ...)`: both use the key's index.
             let replaced = match columns.as_slice() {
@@ -521,6 +541,36 @@ impl Sink {
             txn.execute(&delete).await?;
         }
         Ok(())
+    }
+}
+
+/// A batch's replaced identities as arrays: see [`Sink::replaced_arrays`].
+struct ReplacedArrays {
+    /// The fact table, quoted.
+    table: String,
+    /// `unnest($1::text[], …) AS r(c0, …)`
+    from: String,
+    /// `r.c0, …`
+    columns: String,
+    /// `"session_id" = r.c0 AND …`
+    matches: String,
+    values: Vec<Value>,
+}
+
+impl ReplacedArrays {
+    /// A condition selecting the fact rows of the replaced identities (that
+    /// also meet `condition`) by their `ctid`s, found by one index probe per
+    /// identity. The shape fixes the plan: `OFFSET 0` keeps the lateral
+    /// subquery from being flattened into a join, which the planner would
+    /// otherwise run as a sort or hash of the whole table whenever its
+    /// statistics are stale, as they are while a new table fills.
+    fn rows(&self, condition: Option<&str>) -> String {
+        let condition = condition.map_or(String::new(), |c| format!(" AND {c}"));
+        format!(
+            "ctid = ANY(ARRAY(SELECT x.ctid FROM {} CROSS JOIN LATERAL \
+             (SELECT ctid FROM {} WHERE {}{condition} OFFSET 0) x))",
+            self.from, self.table, self.matches
+        )
     }
 }
 
@@ -706,7 +756,8 @@ impl<'a> CopyLine<'a> {
 
     fn int(&mut self, value: i64) {
         self.separate();
-        self.out.extend_from_slice(value.to_string().as_bytes());
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
     fn cell(&mut self, cell: &Cell) {
@@ -718,15 +769,26 @@ impl<'a> CopyLine<'a> {
             }
             Cell::Text(text) => {
                 self.separate();
-                for &byte in text.as_bytes() {
-                    match byte {
-                        b'\\' => self.out.extend_from_slice(b"\\\\"),
-                        b'\t' => self.out.extend_from_slice(b"\\t"),
-                        b'\n' => self.out.extend_from_slice(b"\\n"),
-                        b'\r' => self.out.extend_from_slice(b"\\r"),
-                        other => self.out.push(other),
-                    }
+                let special = |byte: &u8| matches!(byte, b'\\' | b'\t' | b'\n' | b'\r');
+                // Most text has nothing to escape: one pass without early exit
+                // (which the compiler vectorises) decides, then a plain copy.
+                let bytes = text.as_bytes();
+                if !bytes.iter().fold(false, |any, byte| any | special(byte)) {
+                    self.out.extend_from_slice(bytes);
+                    return;
                 }
+                let mut rest = bytes;
+                while let Some(at) = rest.iter().position(special) {
+                    self.out.extend_from_slice(&rest[..at]);
+                    self.out.extend_from_slice(match rest[at] {
+                        b'\\' => b"\\\\",
+                        b'\t' => b"\\t",
+                        b'\n' => b"\\n",
+                        _ => b"\\r",
+                    });
+                    rest = &rest[at + 1..];
+                }
+                self.out.extend_from_slice(rest);
             }
         }
     }
@@ -956,7 +1018,12 @@ mod tests {
         line.cell(&Cell::Null);
         line.int(-7);
         line.cell(&Cell::Text("".into()));
+        line.cell(&Cell::Text("plain text, then\r".into()));
+        line.cell(&Cell::Text("no specials".into()));
         line.end();
-        assert_eq!(out, b"a\\tb\\\\c\\nd\t\\N\t-7\t\n");
+        assert_eq!(
+            out,
+            b"a\\tb\\\\c\\nd\t\\N\t-7\t\tplain text, then\\r\tno specials\n"
+        );
     }
 }
