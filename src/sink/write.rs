@@ -880,6 +880,41 @@ impl MemberStore for TxnStore<'_> {
             .iter()
             .map(|member| natural_key_hash(member))
             .collect();
+        let found = if names.backend == DbBackend::Postgres {
+            self.find_or_create_postgres(table, members, &hashes)
+                .await?
+        } else {
+            self.find_or_create_chunked(table, members, &hashes).await?
+        };
+        let ids = hashes
+            .iter()
+            .map(|hash| {
+                found.ids.get(hash).copied().ok_or_else(|| {
+                    DbErr::RecordNotFound(format!("member {hash} of {}", table.name))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((ids, found.created))
+    }
+}
+
+/// What one dimension's lookup found: id by natural key hash, and how many
+/// members it created.
+struct FoundMembers {
+    ids: HashMap<String, i64>,
+    created: usize,
+}
+
+impl TxnStore<'_> {
+    /// SQLite: multi-row INSERTs and SELECTs, in chunks under its limit on
+    /// bound parameters.
+    async fn find_or_create_chunked(
+        &mut self,
+        table: &Table,
+        members: &[&Member],
+        hashes: &[String],
+    ) -> Result<FoundMembers, DbErr> {
+        let names = self.names;
         let mut created = 0;
         for (chunk, chunk_hashes) in members.chunks(CHUNK).zip(hashes.chunks(CHUNK)) {
             let mut columns: Vec<Alias> =
@@ -916,15 +951,68 @@ impl MemberStore for TxnStore<'_> {
                 ids.insert(row[1].text()?, row[0].int()?);
             }
         }
-        let ids = hashes
-            .iter()
-            .map(|hash| {
-                ids.get(hash).copied().ok_or_else(|| {
-                    DbErr::RecordNotFound(format!("member {hash} of {}", table.name))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((ids, created))
+        Ok(FoundMembers { ids, created })
+    }
+
+    /// PostgreSQL: one INSERT of unnested arrays (one bound parameter per
+    /// column, so the statement's text, and its prepared plan, stay the same
+    /// whatever the count), then one SELECT of the ids. Members are inserted
+    /// in hash order, so writers creating the same members at once wait for
+    /// each other in one order instead of deadlocking.
+    async fn find_or_create_postgres(
+        &mut self,
+        table: &Table,
+        members: &[&Member],
+        hashes: &[String],
+    ) -> Result<FoundMembers, DbErr> {
+        let names = self.names;
+        let text_array =
+            |values: Vec<Value>| Value::Array(ArrayType::String, Some(Box::new(values)));
+        let mut columns: Vec<String> = table.natural_key.iter().map(|c| names.quoted(c)).collect();
+        columns.push(names.quoted(HASH_COLUMN));
+        let mut values: Vec<Value> = (0..table.natural_key.len())
+            .map(|at| text_array(members.iter().map(|m| m[at].clone().into()).collect()))
+            .collect();
+        values.push(text_array(
+            hashes.iter().map(|h| h.clone().into()).collect(),
+        ));
+        let params: Vec<String> = (1..=values.len())
+            .map(|n| format!("${n}::text[]"))
+            .collect();
+        let mut selected: Vec<String> = (0..values.len()).map(|at| format!("m.c{at}")).collect();
+        let aliases: Vec<String> = (0..values.len()).map(|at| format!("c{at}")).collect();
+        if let Some(create) = table.audit.create.as_deref() {
+            columns.push(names.quoted(create));
+            selected.push(format!("${}", values.len() + 1));
+            values.push(self.audit_key.into());
+        }
+        let insert = format!(
+            "INSERT INTO {} ({}) SELECT {} FROM unnest({}) AS m({}) ORDER BY m.c{} \
+             ON CONFLICT ({}) DO NOTHING",
+            names.quoted(&table.name),
+            columns.join(", "),
+            selected.join(", "),
+            params.join(", "),
+            aliases.join(", "),
+            table.natural_key.len(),
+            names.quoted(HASH_COLUMN),
+        );
+        let created = self.txn.execute_sql(&insert, values).await? as usize;
+        // A second statement sees members that a concurrent writer created
+        // and committed meanwhile (the INSERT skipped them).
+        let key = table.surrogate_key.as_deref().unwrap_or("ID");
+        let select = format!(
+            "SELECT CAST({} AS BIGINT), {hash} FROM {} WHERE {hash} = ANY($1::text[])",
+            names.quoted(key),
+            names.quoted(&table.name),
+            hash = names.quoted(HASH_COLUMN),
+        );
+        let hashes = text_array(hashes.iter().map(|h| h.clone().into()).collect());
+        let mut ids: HashMap<String, i64> = HashMap::with_capacity(members.len());
+        for row in self.txn.query_sql(&select, vec![hashes]).await? {
+            ids.insert(row[1].text()?, row[0].int()?);
+        }
+        Ok(FoundMembers { ids, created })
     }
 }
 
