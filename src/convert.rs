@@ -3,11 +3,14 @@
 //! milliseconds or ISO-8601 with an offset) to epoch seconds and interval
 //! keys, URL parts, and cutting text to a column's size.
 //!
+//! Values are serde_json_borrow's, whose strings borrow from the payload.
 //! A JSON `null` never reaches these functions: the interpreter treats it as
 //! absent. Each failure says what was expected; the caller adds the path.
 
+use std::borrow::Cow;
+
 use chrono::DateTime;
-use serde_json::Value;
+use serde_json_borrow::Value;
 
 /// What a value should have been, for discard messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,10 +30,12 @@ impl Mismatch {
 }
 
 /// A string, or a JSON integer as its decimal text.
-pub fn text(value: &Value) -> Result<String, Mismatch> {
+pub fn text<'v>(value: &'v Value) -> Result<Cow<'v, str>, Mismatch> {
     match value {
-        Value::String(text) => Ok(text.clone()),
-        Value::Number(number) if number.is_i64() || number.is_u64() => Ok(number.to_string()),
+        Value::Str(text) => Ok(Cow::Borrowed(text)),
+        Value::Number(number) if number.is_i64() || number.is_u64() => {
+            Ok(Cow::Owned(number.to_string()))
+        }
         _ => Err(Mismatch::new("a string", value)),
     }
 }
@@ -64,7 +69,7 @@ pub fn epoch_seconds(value: &Value) -> Result<i64, Mismatch> {
             .as_i64()
             .map(|millis| millis.div_euclid(1000))
             .ok_or_else(|| Mismatch::new(TIMESTAMP, value)),
-        Value::String(text) => parse_iso8601(text).ok_or_else(|| Mismatch::new(TIMESTAMP, value)),
+        Value::Str(text) => parse_iso8601(text).ok_or_else(|| Mismatch::new(TIMESTAMP, value)),
         _ => Err(Mismatch::new(TIMESTAMP, value)),
     }
 }
@@ -137,7 +142,7 @@ pub fn describe(value: &Value) -> String {
         Value::Null => return "null".into(),
         Value::Bool(_) => "boolean",
         Value::Number(_) => "number",
-        Value::String(_) => "string",
+        Value::Str(_) => "string",
         Value::Array(_) => return "an array".into(),
         Value::Object(_) => return "an object".into(),
     };
@@ -154,19 +159,21 @@ mod tests {
     use serde_json::json;
 
     fn check<T: PartialEq + std::fmt::Debug>(
-        convert: fn(&Value) -> Result<T, Mismatch>,
-        value: Value,
+        convert: impl Fn(&Value) -> Result<T, Mismatch>,
+        value: serde_json::Value,
         expected: Result<T, &str>,
     ) {
-        let got = convert(&value)
+        let got = convert(&Value::from(&value))
             .map_err(|mismatch| format!("{} / {}", mismatch.expected, mismatch.found));
         assert_eq!(got, expected.map_err(str::to_owned), "{value}");
     }
 
     #[test]
     fn texts_accept_strings_and_integers() {
+        let text = |value: &Value| text(value).map(Cow::into_owned);
         check(text, json!("abc"), Ok("abc".to_owned()));
         check(text, json!(123456789), Ok("123456789".to_owned()));
+        check(text, json!(u64::MAX), Ok("18446744073709551615".to_owned()));
         check(text, json!(true), Err("a string / boolean true"));
         check(text, json!(1.5), Err("a string / number 1.5"));
     }

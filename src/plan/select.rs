@@ -6,10 +6,14 @@
 //! are strict where DESIGN §2 asks for it: a name applied to a value that is
 //! neither an object nor null, or `[*]` applied to something that is not an
 //! array, is a type error that discards the event, not an empty selection.
+//!
+//! Events are serde_json_borrow values (strings borrowed from the payload,
+//! members in order); of duplicate member names the last counts, as in
+//! serde_json.
 
 use jsonpath_rust::parser::model::{JpQuery, Segment, Selector as JpSelector};
 use jsonpath_rust::query::js_path_process;
-use serde_json::Value;
+use serde_json_borrow::{ObjectAsVec, Value};
 
 use crate::convert::{Mismatch, describe};
 
@@ -59,7 +63,7 @@ impl Selector {
     }
 
     /// The one value a singular path selects; `None` when absent or null.
-    pub fn get<'v>(&self, value: &'v Value) -> Result<Option<&'v Value>, StepMismatch> {
+    pub fn get<'v>(&self, value: &'v Value<'v>) -> Result<Option<&'v Value<'v>>, StepMismatch> {
         let found = match self {
             Selector::Steps(steps) => step_one(steps, value)?,
             Selector::Query(_) => {
@@ -74,16 +78,23 @@ impl Selector {
     /// Every value the path selects, in document order, into `out`.
     pub fn select<'v>(
         &self,
-        value: &'v Value,
-        out: &mut Vec<&'v Value>,
+        value: &'v Value<'v>,
+        out: &mut Vec<&'v Value<'v>>,
     ) -> Result<(), StepMismatch> {
         match self {
             Selector::Steps(steps) => walk(steps, 0, value, out),
             Selector::Query(query) => {
-                // jsonpath-rust only fails on a function's runtime error; it
-                // never selects anything then.
-                if let Ok(found) = js_path_process(query, value) {
-                    out.extend(found.into_iter().map(|found| found.val()));
+                // jsonpath-rust reads serde_json's own values: it queries a
+                // copy, and each result's counterpart in the event is found.
+                // It only fails on a function's runtime error, and never
+                // selects anything then.
+                let copy = serde_json::Value::from(value);
+                if let Ok(found) = js_path_process(query, &copy) {
+                    out.extend(
+                        found
+                            .into_iter()
+                            .filter_map(|found| counterpart(&copy, value, found.val())),
+                    );
                 }
                 Ok(())
             }
@@ -91,12 +102,47 @@ impl Selector {
     }
 }
 
+/// An object's member; of duplicate names the last, as serde_json keeps it.
+fn member<'v>(members: &'v ObjectAsVec<'v>, name: &str) -> Option<&'v Value<'v>> {
+    members
+        .as_vec()
+        .iter()
+        .rev()
+        .find(|(key, _)| &**key == name)
+        .map(|(_, value)| value)
+}
+
+/// The node of `value` at the place where `copy` (a serde_json copy of
+/// `value`) holds `target`.
+fn counterpart<'v>(
+    copy: &serde_json::Value,
+    value: &'v Value<'v>,
+    target: &serde_json::Value,
+) -> Option<&'v Value<'v>> {
+    if std::ptr::eq(copy, target) {
+        return Some(value);
+    }
+    match (copy, value) {
+        (serde_json::Value::Array(copies), Value::Array(items)) => copies
+            .iter()
+            .zip(items)
+            .find_map(|(copy, item)| counterpart(copy, item, target)),
+        (serde_json::Value::Object(copies), Value::Object(members)) => copies
+            .iter()
+            .find_map(|(name, copy)| counterpart(copy, member(members, name)?, target)),
+        _ => None,
+    }
+}
+
 /// `walk` for paths that select at most one value, without collecting.
-fn step_one<'v>(steps: &[Step], mut value: &'v Value) -> Result<Option<&'v Value>, StepMismatch> {
+fn step_one<'v>(
+    steps: &[Step],
+    mut value: &'v Value<'v>,
+) -> Result<Option<&'v Value<'v>>, StepMismatch> {
     for (at, step) in steps.iter().enumerate() {
         let next = match (step, value) {
             (_, Value::Null) => return Ok(None),
-            (Step::Name(name), Value::Object(members)) => members.get(name),
+            (Step::Name(name), Value::Object(members)) => member(members, name),
             (Step::Index(index), Value::Array(items)) => {
                 let resolved = if *index < 0 {
                     items.len() as i64 + index
@@ -134,8 +180,8 @@ fn mismatch(steps: &[Step], at: usize, expected: &'static str, value: &Value) ->
 fn walk<'v>(
     steps: &[Step],
     at: usize,
-    value: &'v Value,
-    out: &mut Vec<&'v Value>,
+    value: &'v Value<'v>,
+    out: &mut Vec<&'v Value<'v>>,
 ) -> Result<(), StepMismatch> {
     let Some(step) = steps.get(at) else {
         out.push(value);
@@ -147,7 +193,7 @@ fn walk<'v>(
     let wrong = |expected: &'static str| mismatch(steps, at, expected, value);
     match step {
         Step::Name(name) => match value {
-            Value::Object(members) => match members.get(name) {
+            Value::Object(members) => match member(members, name) {
                 Some(member) => walk(steps, at + 1, member, out),
                 None => Ok(()),
             },
@@ -198,12 +244,18 @@ mod tests {
     use jsonpath_rust::parser::parse_json_path;
     use serde_json::json;
 
-    fn check(path: &str, event: Value, expected: Result<Vec<Value>, &str>) {
+    fn check(path: &str, event: serde_json::Value, expected: Result<Vec<serde_json::Value>, &str>) {
         let selector = Selector::compile(&parse_json_path(path).unwrap());
+        let event = Value::from(&event);
         let mut found = Vec::new();
         let got = selector
             .select(&event, &mut found)
-            .map(|()| found.into_iter().cloned().collect::<Vec<_>>())
+            .map(|()| {
+                found
+                    .into_iter()
+                    .map(serde_json::Value::from)
+                    .collect::<Vec<_>>()
+            })
             .map_err(|e| {
                 format!(
                     "{}: expected {}, found {}",
@@ -244,7 +296,28 @@ mod tests {
 
     #[test]
     fn falls_back_to_jsonpath_rust_for_filters() {
-        let event = json!({"items": [{"k": 1}, {"k": 2}]});
-        check("$.items[?@.k > 1].k", event, Ok(vec![json!(2)]));
+        let event = json!({"items": [{"k": 1}, {"k": 2}, {"k": 3}]});
+        check(
+            "$.items[?@.k > 1].k",
+            event.clone(),
+            Ok(vec![json!(2), json!(3)]),
+        );
+        check("$..k", event, Ok(vec![json!(1), json!(2), json!(3)]));
+    }
+
+    #[test]
+    fn of_duplicate_member_names_the_last_counts() {
+        let text = r#"{"a": 1, "b": {"c": "first"}, "a": 2, "b": {"c": "last"}}"#;
+        let event: Value = serde_json::from_str(text).unwrap();
+        for (path, expected) in [("$.a", json!(2)), ("$.b.c", json!("last"))] {
+            let selector = Selector::compile(&parse_json_path(path).unwrap());
+            let found = selector.get(&event).unwrap().map(serde_json::Value::from);
+            assert_eq!(found, Some(expected), "{path}");
+        }
+        // Through jsonpath-rust as well.
+        let selector = Selector::compile(&parse_json_path("$[?@.c == 'last'].c").unwrap());
+        let mut found = Vec::new();
+        selector.select(&event, &mut found).unwrap();
+        assert_eq!(found, [&Value::Str("last".into())]);
     }
 }
