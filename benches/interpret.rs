@@ -10,6 +10,11 @@ use martmap::catalog::Catalog;
 use martmap::diagnostic::SourceFile;
 use martmap::mapping;
 
+/// The allocator the martmap binary runs with, so that both sides are
+/// measured as shipped.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn interpret(c: &mut Criterion) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let catalog = Catalog::load(&root.join("schemas")).expect("catalog");

@@ -154,7 +154,7 @@ mod tests {
     fn row(member: &str) -> Row {
         Row {
             values: Vec::new(),
-            members: vec![vec![member.to_owned()].into()],
+            members: vec![vec![Arc::from(member)].into()],
         }
     }
 
@@ -191,6 +191,6 @@ mod tests {
         let rows = [row("a")];
         let refs: Vec<&Row> = rows.iter().collect();
         let _rolled_back = block_on(members.resolve(&mut store, &refs)).unwrap();
-        assert_eq!(members.get(0, &Member::from(vec!["a".to_owned()])), None);
+        assert_eq!(members.get(0, &Member::from(vec![Arc::from("a")])), None);
     }
 }

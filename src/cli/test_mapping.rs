@@ -162,7 +162,7 @@ fn record(plan: &Plan, label: &str, result: &Result<Vec<martmap::plan::Row>, Str
                         .columns
                         .iter()
                         .zip(member.iter())
-                        .map(|((c, _), v)| (c.clone(), v.clone()));
+                        .map(|((c, _), v)| (c.clone(), v.to_string()));
                     fields.insert(
                         dimension.key_column.clone(),
                         Field::Member(natural.collect()),

@@ -19,8 +19,9 @@ pub struct Row {
     pub members: Vec<Member>,
 }
 
-/// A dimension member's natural key values, shared by the rows that have it.
-pub type Member = Arc<[String]>;
+/// A dimension member's natural key values, shared by the rows that have it
+/// (and each value with the cell it came from).
+pub type Member = Arc<[Arc<str>]>;
 
 /// Why an event cannot be loaded. Its `Display` is the stored error text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -154,7 +155,7 @@ impl Plan {
         // A member changes only with the deepest scope its columns read.
         for (at, dimension) in self.dimensions.iter().enumerate() {
             if dimension.level == depth {
-                let values: Vec<String> = dimension
+                let values: Vec<Arc<str>> = dimension
                     .columns
                     .iter()
                     .map(|(_, index)| {
@@ -319,18 +320,18 @@ fn convert_value(conversion: Conversion, value: &Value) -> Result<Cell, Mismatch
 }
 
 /// The natural key value a dimension member gets for one attribute.
-fn member_value(kind: &DimensionKind, cell: &Cell) -> String {
+fn member_value(kind: &DimensionKind, cell: &Cell) -> Arc<str> {
     let text = match cell {
         Cell::Null => None,
-        Cell::Int(number) => Some(number.to_string()),
-        Cell::Text(text) => Some(text.to_string()),
+        Cell::Int(number) => Some(Arc::from(number.to_string())),
+        Cell::Text(text) => Some(text.clone()),
     };
     match kind {
         DimensionKind::Static { members, otherwise } => match text {
-            Some(text) if members.contains(&text) => text,
-            _ => otherwise.clone(),
+            Some(text) if members.iter().any(|member| **member == *text) => text,
+            _ => Arc::from(otherwise.as_str()),
         },
-        DimensionKind::GetOrCreate { absent } => text.unwrap_or_else(|| absent.clone()),
+        DimensionKind::GetOrCreate { absent } => text.unwrap_or_else(|| Arc::from(absent.as_str())),
     }
 }
 

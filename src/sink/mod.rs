@@ -12,6 +12,8 @@ mod ddl;
 mod txn;
 mod write;
 
+use std::sync::Arc;
+
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
 use sea_orm::{ConnectOptions, ConnectionTrait, DatabaseConnection, DbBackend, DbErr};
 
@@ -269,7 +271,9 @@ impl Sink {
             }
             members.preload(
                 at,
-                found.into_iter().map(|(values, id)| (values.into(), id)),
+                found
+                    .into_iter()
+                    .map(|(values, id)| (values.into_iter().map(Arc::from).collect(), id)),
             );
         }
         Ok(Sink {

@@ -924,7 +924,8 @@ impl TxnStore<'_> {
             let mut insert = Query::insert();
             insert.into_table(names.table(&table.name)).columns(columns);
             for (member, hash) in chunk.iter().zip(chunk_hashes) {
-                let mut values: Vec<SimpleExpr> = member.iter().map(|v| v.clone().into()).collect();
+                let mut values: Vec<SimpleExpr> =
+                    member.iter().map(|v| v.to_string().into()).collect();
                 values.push(hash.clone().into());
                 if table.audit.create.is_some() {
                     values.push(self.audit_key.into());
@@ -971,7 +972,7 @@ impl TxnStore<'_> {
         let mut columns: Vec<String> = table.natural_key.iter().map(|c| names.quoted(c)).collect();
         columns.push(names.quoted(HASH_COLUMN));
         let mut values: Vec<Value> = (0..table.natural_key.len())
-            .map(|at| text_array(members.iter().map(|m| m[at].clone().into()).collect()))
+            .map(|at| text_array(members.iter().map(|m| m[at].to_string().into()).collect()))
             .collect();
         values.push(text_array(
             hashes.iter().map(|h| h.clone().into()).collect(),
