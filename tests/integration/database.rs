@@ -207,6 +207,53 @@ fn loading_twice_changes_only_update_audit_key() {
 }
 
 #[test]
+fn a_later_version_of_a_session_replaces_its_rows() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let file = |name: &str, lines: &[&str]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, lines.join("\n")).expect("events file");
+        path.display().to_string()
+    };
+    // Session s-1 first has three page visits in two segments, then only
+    // the first; s-2 is loaded once and must stay as it is.
+    let first = file(
+        "first.jsonl",
+        &[
+            r#"{"id":"s-1","startTime":1772429634853,"segments":[{"mode":"WRITE","pages":[{"url":"https://a.example/x"},{"url":"https://a.example/y"}]},{"mode":"POINTER","pages":[{"url":"https://a.example/z"}]}]}"#,
+            r#"{"id":"s-2","startTime":1772429634853}"#,
+        ],
+    );
+    let later = file(
+        "later.jsonl",
+        &[
+            r#"{"id":"s-1","startTime":1772429634853,"segments":[{"mode":"WRITE","pages":[{"url":"https://a.example/x"}]}]}"#,
+        ],
+    );
+    let (_sqlite_dir, sqlite) = sqlite_database();
+    let postgres = postgres_database("later_version");
+    for url in [&sqlite, &postgres] {
+        assert_success(&load(url, &[&first]));
+        assert_success(&load(url, &[&later]));
+        let rows = query(
+            url,
+            "SELECT session_id, CAST(segment_index AS TEXT), CAST(page_index AS TEXT), \
+             CAST(create_audit_key AS TEXT), CAST(update_audit_key AS TEXT) \
+             FROM cobrowse_fact ORDER BY session_id, segment_index, page_index",
+        );
+        let expected: Vec<Vec<Option<String>>> = [
+            // The surviving visit keeps the batch that created it (1) and
+            // carries the later one's (2); the others are gone.
+            ["s-1", "0", "0", "1", "2"],
+            ["s-2", "-1", "-1", "1", "1"],
+        ]
+        .iter()
+        .map(|row| row.iter().map(|v| Some(v.to_string())).collect())
+        .collect();
+        assert_eq!(rows, expected, "{url}");
+    }
+}
+
+#[test]
 fn discards_keep_payload_position_and_reason() {
     let (_dir, sqlite) = sqlite_database();
     let corpus = "tests/cases/discards/corpus.jsonl";
