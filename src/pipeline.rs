@@ -5,7 +5,7 @@
 //! a [`Batch`] for the sink. It knows no source and no database.
 
 use crate::plan::Plan;
-use crate::sink::{Batch, DiscardRecord, NextOffset};
+use crate::sink::{Batch, DiscardRecord, NextOffset, Preparer};
 
 /// One event as a source delivers it.
 #[derive(Debug, Clone)]
@@ -27,6 +27,7 @@ pub struct Batcher {
     /// The Kafka cluster the messages come from; their offsets then travel
     /// with the batch.
     cluster: Option<String>,
+    preparer: Option<Preparer>,
 }
 
 impl Batcher {
@@ -36,6 +37,16 @@ impl Batcher {
             batch: Batch::default(),
             events: 0,
             cluster: None,
+            preparer: None,
+        }
+    }
+
+    /// Prepares each batch for its sink as it is handed over, on this
+    /// batcher's thread rather than the writer's.
+    pub fn preparing(self, preparer: Preparer) -> Self {
+        Batcher {
+            preparer: Some(preparer),
+            ..self
         }
     }
 
@@ -104,6 +115,10 @@ impl Batcher {
     /// Hands over the current batch and starts a new one.
     pub fn take(&mut self) -> Batch {
         self.events = 0;
-        std::mem::take(&mut self.batch)
+        let mut batch = std::mem::take(&mut self.batch);
+        if let Some(preparer) = &self.preparer {
+            preparer.prepare(&mut batch);
+        }
+        batch
     }
 }

@@ -91,8 +91,9 @@ pub fn run(args: LoadArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
         // them, where the allocator reuses their memory at once.
         let (spent_sender, spent) = std::sync::mpsc::channel::<Batch>();
         let (files, size) = (args.files.clone(), args.batch_size.max(1));
+        let preparer = sink.preparer();
         let reader = std::thread::spawn(move || -> std::io::Result<()> {
-            let mut batcher = Batcher::new(plan);
+            let mut batcher = Batcher::new(plan).preparing(preparer);
             for file in &files {
                 read_lines(file, |message| {
                     batcher.push(message);

@@ -18,7 +18,7 @@ use martmap::metrics::Metrics;
 use martmap::options::{self, KafkaCluster, OptionsFile};
 use martmap::pipeline::{Batcher, Message};
 use martmap::plan::Plan;
-use martmap::sink::{Batch, BatchReport, Database, Sink, SinkError};
+use martmap::sink::{Batch, BatchReport, Database, Preparer, Sink, SinkError};
 use martmap::source::kafka::{Polled, Positions, TopicConsumer, effective_options};
 
 use super::{CatalogArgs, Color, DatabaseArgs, Outcome, load_plans};
@@ -322,12 +322,13 @@ impl Feed {
         services: Services,
     ) -> Self {
         let (done, acks) = mpsc::channel();
+        let preparer = Preparer::new(&plan, services.database.backend());
         Feed {
             cluster: cluster.name.clone(),
             topic: topic.to_owned(),
             mapping: plan.mapping.clone(),
             batch_size: args.batch_size.unwrap_or(cluster.batch_size).max(1),
-            batcher: Mutex::new(Batcher::for_cluster(plan, &cluster.name)),
+            batcher: Mutex::new(Batcher::for_cluster(plan, &cluster.name).preparing(preparer)),
             done,
             acks: Mutex::new(acks),
             in_flight: AtomicUsize::new(0),

@@ -22,7 +22,7 @@ use crate::dimension::Members;
 use crate::plan::{DimensionKind, Plan};
 
 pub use ddl::{HASH_COLUMN, natural_key_hash};
-pub use write::{Batch, BatchReport, DiscardRecord, NextOffset};
+pub use write::{Batch, BatchReport, DiscardRecord, NextOffset, Prepared, Preparer};
 
 /// The control tables every load writes.
 pub const CONTROL_TABLES: [&str; 3] = ["CTL_AUDIT_LOG", "CTL_KAFKA_OFFSET", "CTL_DISCARD"];
@@ -228,6 +228,7 @@ pub struct Sink {
     fact: Table,
     dimensions: Vec<Table>,
     members: Members,
+    preparer: Preparer,
     /// The COPY data of the last batch, kept for its capacity.
     copy_buffer: Vec<u8>,
 }
@@ -276,12 +277,14 @@ impl Sink {
                     .map(|(values, id)| (values.into_iter().map(Arc::from).collect(), id)),
             );
         }
+        let preparer = Preparer::new(&plan, db.backend());
         Ok(Sink {
             db,
             plan,
             fact,
             dimensions,
             members,
+            preparer,
             copy_buffer: Vec::new(),
         })
     }

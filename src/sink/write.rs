@@ -18,7 +18,7 @@ use super::txn::Txn;
 use super::{Names, Sink, SinkError};
 use crate::catalog::{ColumnType, Table};
 use crate::dimension::{Member, MemberStore};
-use crate::plan::{Cell, Row};
+use crate::plan::{Cell, Plan, Row};
 
 /// Rows per INSERT statement: well under SQLite's and PostgreSQL's limits
 /// on bound parameters for the widest tables.
@@ -36,6 +36,64 @@ pub struct Batch {
     pub discards: Vec<DiscardRecord>,
     /// Kafka positions this batch moves to, committed with its rows.
     pub offsets: Vec<NextOffset>,
+    /// What the writer would otherwise work out itself: see [`Preparer`].
+    pub prepared: Option<Prepared>,
+}
+
+/// The part of writing a batch that needs no database, done by the thread
+/// that builds the batch (the reader or a consumer), so that the writer,
+/// which holds the transaction, has less to do: which rows to write and,
+/// when they travel by COPY, their mapped values in COPY's text format.
+#[derive(Debug, Clone)]
+pub struct Preparer {
+    replace_by: Vec<usize>,
+    key: Vec<usize>,
+    copy: bool,
+}
+
+/// A batch's prepared rows.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    /// The rows to write, as (event, row) positions in `Batch::events`.
+    rows: Vec<(usize, usize)>,
+    /// With COPY, each row's mapped values, tab-separated, one row after
+    /// another; row `i` ends at `copy_ends[i]`.
+    copy_text: Vec<u8>,
+    copy_ends: Vec<usize>,
+}
+
+impl Preparer {
+    /// What a sink of `backend` needs prepared for `plan`'s batches.
+    pub fn new(plan: &Plan, backend: DbBackend) -> Preparer {
+        let key = column_positions(plan, &plan.key);
+        Preparer {
+            replace_by: column_positions(plan, &plan.replace_by),
+            copy: backend == DbBackend::Postgres
+                && !plan.replace_by.is_empty()
+                && key.len() == plan.key.len(),
+            key,
+        }
+    }
+
+    pub fn prepare(&self, batch: &mut Batch) {
+        let rows = latest_rows(&batch.events, &self.replace_by, &self.key);
+        let (mut copy_text, mut copy_ends) = (Vec::new(), Vec::new());
+        if self.copy {
+            copy_ends.reserve(rows.len());
+            for &(event, row) in &rows {
+                let mut line = CopyLine::new(&mut copy_text);
+                for cell in &batch.events[event][row].values {
+                    line.cell(cell);
+                }
+                copy_ends.push(copy_text.len());
+            }
+        }
+        batch.prepared = Some(Prepared {
+            rows,
+            copy_text,
+            copy_ends,
+        });
+    }
 }
 
 /// The next offset to consume of one partition, after this batch.
@@ -78,7 +136,23 @@ impl Sink {
         let started = now();
         let audit_key = self.insert_audit(&mut txn, batch, started).await?;
 
-        let rows = self.latest_rows(batch);
+        let unprepared;
+        let prepared = match &batch.prepared {
+            Some(prepared) => prepared,
+            None => {
+                let preparer = &self.preparer;
+                unprepared = Prepared {
+                    rows: latest_rows(&batch.events, &preparer.replace_by, &preparer.key),
+                    ..Prepared::default()
+                };
+                &unprepared
+            }
+        };
+        let rows: Vec<&Row> = prepared
+            .rows
+            .iter()
+            .map(|&(event, row)| &batch.events[event][row])
+            .collect();
         let mut store = TxnStore {
             txn: &mut txn,
             names,
@@ -89,8 +163,15 @@ impl Sink {
         if self.replaces_by_copy() {
             let mut data = std::mem::take(&mut self.copy_buffer);
             data.clear();
-            self.replace_facts_postgres(&mut txn, &rows, &resolved.keys, audit_key, &mut data)
-                .await?;
+            self.replace_facts_postgres(
+                &mut txn,
+                &rows,
+                prepared,
+                &resolved.keys,
+                audit_key,
+                &mut data,
+            )
+            .await?;
             self.copy_buffer = data;
         } else {
             self.upsert_facts(&mut txn, &rows, &resolved.keys, audit_key)
@@ -168,18 +249,10 @@ impl Sink {
             .int()
     }
 
-    /// The rows to write: of events with the same `replace_by` values only
-    /// the last counts, and of rows with the same key only the last.
-    fn latest_rows<'b>(&self, batch: &'b Batch) -> Vec<&'b Row> {
-        let replace_by = self.column_positions(&self.plan.replace_by);
-        let key = self.column_positions(&self.plan.key);
-        latest_rows(&batch.events, &replace_by, &key)
-    }
-
     /// The distinct `replace_by` values of the rows: the events this batch
     /// replaces, sorted.
     fn replaced_identities<'r>(&self, rows: &[&'r Row]) -> Vec<Vec<&'r Cell>> {
-        let positions = self.column_positions(&self.plan.replace_by);
+        let positions = &self.preparer.replace_by;
         let mut identities: Vec<Vec<&Cell>> = rows
             .iter()
             .map(|row| positions.iter().map(|&i| &row.values[i]).collect())
@@ -232,19 +305,6 @@ impl Sink {
         }
     }
 
-    /// Positions in the plan's fact columns of the named columns.
-    fn column_positions(&self, names: &[String]) -> Vec<usize> {
-        names
-            .iter()
-            .filter_map(|name| {
-                self.plan
-                    .columns
-                    .iter()
-                    .position(|(column, _)| column == name)
-            })
-            .collect()
-    }
-
     /// The fact columns a row fills, in order: the mapping's columns, the
     /// dimension keys, then the audit keys.
     fn fact_columns(&self) -> Vec<&str> {
@@ -263,9 +323,12 @@ impl Sink {
     /// Whether the batch's events replace their rows by delete-then-COPY:
     /// PostgreSQL, with `replace_by` and a key of mapped columns.
     fn replaces_by_copy(&self) -> bool {
-        self.db.names.backend == DbBackend::Postgres
-            && !self.plan.replace_by.is_empty()
-            && self.column_positions(&self.plan.key).len() == self.plan.key.len()
+        self.preparer.copy
+    }
+
+    /// How this sink's batches are to be prepared.
+    pub fn preparer(&self) -> Preparer {
+        self.preparer.clone()
     }
 
     async fn upsert_facts(
@@ -339,6 +402,7 @@ impl Sink {
         &self,
         txn: &mut Txn,
         rows: &[&Row],
+        prepared: &Prepared,
         keys: &[Vec<i64>],
         audit_key: i64,
         data: &mut Vec<u8>,
@@ -386,12 +450,23 @@ impl Sink {
             }
         }
 
-        let key_positions = self.column_positions(&self.plan.key);
-        for (row, dimension_keys) in rows.iter().zip(keys) {
-            let mut line = CopyLine::new(data);
-            for cell in &row.values {
-                line.cell(cell);
-            }
+        let key_positions = &self.preparer.key;
+        let encoded = prepared.copy_ends.len() == rows.len();
+        for (at, (row, dimension_keys)) in rows.iter().zip(keys).enumerate() {
+            let mut line = if encoded {
+                // The mapped values were encoded with the batch.
+                let start = at
+                    .checked_sub(1)
+                    .map_or(0, |before| prepared.copy_ends[before]);
+                data.extend_from_slice(&prepared.copy_text[start..prepared.copy_ends[at]]);
+                CopyLine::after_values(data)
+            } else {
+                let mut line = CopyLine::new(data);
+                for cell in &row.values {
+                    line.cell(cell);
+                }
+                line
+            };
             for id in dimension_keys {
                 line.int(*id);
             }
@@ -544,6 +619,14 @@ impl Sink {
     }
 }
 
+/// Positions in the plan's fact columns of the named columns.
+fn column_positions(plan: &Plan, names: &[String]) -> Vec<usize> {
+    names
+        .iter()
+        .filter_map(|name| plan.columns.iter().position(|(column, _)| column == name))
+        .collect()
+}
+
 /// A batch's replaced identities as arrays: see [`Sink::replaced_arrays`].
 struct ReplacedArrays {
     /// The fact table, quoted.
@@ -671,44 +754,43 @@ async fn insert_discards(
     Ok(())
 }
 
-/// The rows a batch writes. With `replace_by` (positions of its columns in
-/// a row), only the last event of each identity counts, and since its
-/// columns are part of the key, equal keys can only meet within one event.
-/// Without it, every event counts and the last row of each key wins.
-fn latest_rows<'b>(events: &'b [Vec<Row>], replace_by: &[usize], key: &[usize]) -> Vec<&'b Row> {
-    let values = |row: &'b Row, positions: &[usize]| -> Vec<&'b Cell> {
+/// The rows a batch writes, as (event, row) positions in `events`. With
+/// `replace_by` (positions of its columns in a row), only the last event of
+/// each identity counts, and since its columns are part of the key, equal
+/// keys can only meet within one event. Without it, every event counts and
+/// the last row of each key wins.
+fn latest_rows(events: &[Vec<Row>], replace_by: &[usize], key: &[usize]) -> Vec<(usize, usize)> {
+    fn values<'r>(row: &'r Row, positions: &[usize]) -> Vec<&'r Cell> {
         positions.iter().map(|&i| &row.values[i]).collect()
-    };
-    let mut kept: Vec<&[Row]> = events
-        .iter()
-        .filter(|rows| !rows.is_empty())
-        .map(Vec::as_slice)
+    }
+    let mut kept: Vec<usize> = (0..events.len())
+        .filter(|&event| !events[event].is_empty())
         .collect();
     if !replace_by.is_empty() {
         let mut last: HashMap<Vec<&Cell>, usize> = HashMap::with_capacity(kept.len());
-        for (at, rows) in kept.iter().enumerate() {
-            last.insert(values(&rows[0], replace_by), at);
+        for &event in &kept {
+            last.insert(values(&events[event][0], replace_by), event);
         }
-        kept = kept
-            .iter()
-            .enumerate()
-            .filter(|(at, rows)| last.get(&values(&rows[0], replace_by)) == Some(at))
-            .map(|(_, rows)| *rows)
-            .collect();
+        kept.retain(|&event| last.get(&values(&events[event][0], replace_by)) == Some(&event));
     }
-    let mut rows: Vec<&Row> = Vec::with_capacity(kept.iter().map(|rows| rows.len()).sum());
+    let mut rows: Vec<(usize, usize)> =
+        Vec::with_capacity(kept.iter().map(|&event| events[event].len()).sum());
     let mut by_key: HashMap<Vec<&Cell>, usize> = HashMap::new();
     for event in kept {
         let start = if replace_by.is_empty() { 0 } else { rows.len() };
         if !replace_by.is_empty() {
             by_key.clear();
         }
-        for row in event {
+        let event_rows = &events[event];
+        for (at, row) in event_rows.iter().enumerate() {
             // Most events have a handful of rows: compare, do not hash.
-            let earlier = if event.len() <= 16 && !replace_by.is_empty() {
+            let earlier = if event_rows.len() <= 16 && !replace_by.is_empty() {
                 rows[start..]
                     .iter()
-                    .position(|seen| key.iter().all(|&i| seen.values[i] == row.values[i]))
+                    .position(|&(_, seen)| {
+                        let seen = &event_rows[seen];
+                        key.iter().all(|&i| seen.values[i] == row.values[i])
+                    })
                     .map(|p| start + p)
             } else {
                 let row_key = values(row, key);
@@ -719,8 +801,8 @@ fn latest_rows<'b>(events: &'b [Vec<Row>], replace_by: &[usize], key: &[usize]) 
                 found
             };
             match earlier {
-                Some(at) => rows[at] = row,
-                None => rows.push(row),
+                Some(earlier) => rows[earlier] = (event, at),
+                None => rows.push((event, at)),
             }
         }
     }
@@ -746,6 +828,11 @@ struct CopyLine<'a> {
 impl<'a> CopyLine<'a> {
     fn new(out: &'a mut Vec<u8>) -> Self {
         CopyLine { out, first: true }
+    }
+
+    /// Continues a line whose first values are already in `out`.
+    fn after_values(out: &'a mut Vec<u8>) -> Self {
+        CopyLine { out, first: false }
     }
 
     fn separate(&mut self) {
@@ -1057,7 +1144,7 @@ mod tests {
     fn check(events: &[Vec<Row>], replace_by: &[usize], expected: &[(&str, i64, &str)]) {
         let got: Vec<(String, i64, String)> = latest_rows(events, replace_by, &[0, 1])
             .iter()
-            .map(|row| match &row.values[..] {
+            .map(|&(event, row)| match &events[event][row].values[..] {
                 [Cell::Text(s), Cell::Int(i), Cell::Text(v)] => (s.to_string(), *i, v.to_string()),
                 other => panic!("unexpected row {other:?}"),
             })
