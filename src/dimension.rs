@@ -26,6 +26,48 @@ pub trait MemberStore {
     ) -> impl std::future::Future<Output = Result<(Vec<i64>, usize), Self::Error>>;
 }
 
+/// A batch's distinct members per dimension, and which of them each row has:
+/// the cache is then asked once per member, not once per row.
+#[derive(Debug, Default)]
+pub struct Distinct {
+    rows: usize,
+    /// Per dimension, the members in first-seen order.
+    members: Vec<Vec<Member>>,
+    /// Per dimension, per row, the position of its member in `members`.
+    of_row: Vec<Vec<usize>>,
+}
+
+impl Distinct {
+    pub fn of<'r>(rows: impl IntoIterator<Item = &'r Row>, dimensions: usize) -> Distinct {
+        let mut distinct = Distinct {
+            rows: 0,
+            members: vec![Vec::new(); dimensions],
+            of_row: vec![Vec::new(); dimensions],
+        };
+        let mut seen: Vec<HashMap<&Member, usize>> = vec![HashMap::new(); dimensions];
+        let mut previous: Vec<Option<(&Member, usize)>> = vec![None; dimensions];
+        for row in rows {
+            distinct.rows += 1;
+            for (dimension, member) in row.members.iter().enumerate() {
+                // Rows of one session or page share their member: skip hashing it again.
+                let at = match previous[dimension] {
+                    Some((last, at)) if Arc::ptr_eq(last, member) => at,
+                    _ => {
+                        let members = &mut distinct.members[dimension];
+                        *seen[dimension].entry(member).or_insert_with(|| {
+                            members.push(member.clone());
+                            members.len() - 1
+                        })
+                    }
+                };
+                previous[dimension] = Some((member, at));
+                distinct.of_row[dimension].push(at);
+            }
+        }
+        distinct
+    }
+}
+
 /// The member cache of one plan.
 #[derive(Debug, Default)]
 pub struct Members {
@@ -62,44 +104,34 @@ impl Members {
     pub async fn resolve<S: MemberStore>(
         &self,
         store: &mut S,
-        rows: &[&Row],
+        distinct: &Distinct,
     ) -> Result<Resolved, S::Error> {
         let mut resolved = Resolved::default();
-        let mut keys = vec![vec![0i64; self.known.len()]; rows.len()];
+        let mut keys = vec![vec![0i64; self.known.len()]; distinct.rows];
         for (dimension, known) in self.known.iter().enumerate() {
-            // Rows waiting for each unseen member; members in first-seen order.
-            let mut waiting: HashMap<&Member, Vec<usize>> = HashMap::new();
-            let mut unseen: Vec<&Member> = Vec::new();
-            let mut previous: Option<(&Member, Option<i64>)> = None;
-            for (at, row) in rows.iter().enumerate() {
-                let member = &row.members[dimension];
-                // Rows of one session or page share their member: skip hashing it again.
-                let id = match previous {
-                    Some((last, id)) if Arc::ptr_eq(last, member) => id,
-                    _ => known.get(member).copied(),
-                };
-                previous = Some((member, id));
-                match id {
-                    Some(id) => keys[at][dimension] = id,
+            let members = &distinct.members[dimension];
+            let mut ids: Vec<i64> = Vec::with_capacity(members.len());
+            let mut unseen: Vec<usize> = Vec::new();
+            for (at, member) in members.iter().enumerate() {
+                match known.get(member) {
+                    Some(&id) => ids.push(id),
                     None => {
-                        let rows_waiting = waiting.entry(member).or_default();
-                        if rows_waiting.is_empty() {
-                            unseen.push(member);
-                        }
-                        rows_waiting.push(at);
+                        ids.push(0);
+                        unseen.push(at);
                     }
                 }
             }
-            if unseen.is_empty() {
-                continue;
-            }
-            let (ids, created) = store.find_or_create(dimension, &unseen).await?;
-            resolved.created += created;
-            for (member, id) in unseen.into_iter().zip(ids) {
-                for &at in &waiting[member] {
-                    keys[at][dimension] = id;
+            if !unseen.is_empty() {
+                let asked: Vec<&Member> = unseen.iter().map(|&at| &members[at]).collect();
+                let (found, created) = store.find_or_create(dimension, &asked).await?;
+                resolved.created += created;
+                for (&at, id) in unseen.iter().zip(found) {
+                    ids[at] = id;
+                    resolved.learnt.push((dimension, members[at].clone(), id));
                 }
-                resolved.learnt.push((dimension, member.clone(), id));
+            }
+            for (row, &at) in distinct.of_row[dimension].iter().enumerate() {
+                keys[row][dimension] = ids[at];
             }
         }
         resolved.keys = keys;
@@ -170,14 +202,14 @@ mod tests {
         let mut members = Members::new(1);
         let mut store = Counting::default();
         let rows = [row("a"), row("b"), row("a")];
-        let refs: Vec<&Row> = rows.iter().collect();
-        let first = block_on(members.resolve(&mut store, &refs)).unwrap();
+        let distinct = Distinct::of(&rows, 1);
+        let first = block_on(members.resolve(&mut store, &distinct)).unwrap();
         assert_eq!(
             (first.keys.clone(), first.created, store.asked),
             (vec![vec![1], vec![2], vec![1]], 2, 1)
         );
         members.keep(first);
-        let again = block_on(members.resolve(&mut store, &refs)).unwrap();
+        let again = block_on(members.resolve(&mut store, &distinct)).unwrap();
         assert_eq!(
             (again.keys, again.created, store.asked),
             (vec![vec![1], vec![2], vec![1]], 0, 1)
@@ -189,8 +221,7 @@ mod tests {
         let members = Members::new(1);
         let mut store = Counting::default();
         let rows = [row("a")];
-        let refs: Vec<&Row> = rows.iter().collect();
-        let _rolled_back = block_on(members.resolve(&mut store, &refs)).unwrap();
+        let _rolled_back = block_on(members.resolve(&mut store, &Distinct::of(&rows, 1))).unwrap();
         assert_eq!(members.get(0, &Member::from(vec![Arc::from("a")])), None);
     }
 }

@@ -17,7 +17,7 @@ use super::ddl::{HASH_COLUMN, natural_key_hash};
 use super::txn::Txn;
 use super::{Names, Sink, SinkError};
 use crate::catalog::{ColumnType, Table};
-use crate::dimension::{Member, MemberStore};
+use crate::dimension::{Distinct, Member, MemberStore};
 use crate::plan::{Cell, Plan, Row};
 
 /// Rows per INSERT statement: well under SQLite's and PostgreSQL's limits
@@ -42,12 +42,15 @@ pub struct Batch {
 
 /// The part of writing a batch that needs no database, done by the thread
 /// that builds the batch (the reader or a consumer), so that the writer,
-/// which holds the transaction, has less to do: which rows to write and,
-/// when they travel by COPY, their mapped values in COPY's text format.
+/// which holds the transaction, has less to do: which rows to write, their
+/// distinct dimension members (the member cache is then asked once per
+/// member, not per row) and, when they travel by COPY, their mapped values
+/// in COPY's text format.
 #[derive(Debug, Clone)]
 pub struct Preparer {
     replace_by: Vec<usize>,
     key: Vec<usize>,
+    dimensions: usize,
     copy: bool,
 }
 
@@ -56,6 +59,8 @@ pub struct Preparer {
 pub struct Prepared {
     /// The rows to write, as (event, row) positions in `Batch::events`.
     rows: Vec<(usize, usize)>,
+    /// Their dimension members.
+    members: Distinct,
     /// With COPY, each row's mapped values, tab-separated, one row after
     /// another; row `i` ends at `copy_ends[i]`.
     copy_text: Vec<u8>,
@@ -68,6 +73,7 @@ impl Preparer {
         let key = column_positions(plan, &plan.key);
         Preparer {
             replace_by: column_positions(plan, &plan.replace_by),
+            dimensions: plan.dimensions.len(),
             copy: backend == DbBackend::Postgres
                 && !plan.replace_by.is_empty()
                 && key.len() == plan.key.len(),
@@ -76,23 +82,33 @@ impl Preparer {
     }
 
     pub fn prepare(&self, batch: &mut Batch) {
-        let rows = latest_rows(&batch.events, &self.replace_by, &self.key);
-        let (mut copy_text, mut copy_ends) = (Vec::new(), Vec::new());
+        let mut prepared = self.rows(batch);
         if self.copy {
-            copy_ends.reserve(rows.len());
-            for &(event, row) in &rows {
-                let mut line = CopyLine::new(&mut copy_text);
+            prepared.copy_ends.reserve(prepared.rows.len());
+            for &(event, row) in &prepared.rows {
+                let mut line = CopyLine::new(&mut prepared.copy_text);
                 for cell in &batch.events[event][row].values {
                     line.cell(cell);
                 }
-                copy_ends.push(copy_text.len());
+                prepared.copy_ends.push(prepared.copy_text.len());
             }
         }
-        batch.prepared = Some(Prepared {
+        batch.prepared = Some(prepared);
+    }
+
+    /// The rows to write and their members, without COPY text.
+    fn rows(&self, batch: &Batch) -> Prepared {
+        let rows = latest_rows(&batch.events, &self.replace_by, &self.key);
+        let members = Distinct::of(
+            rows.iter().map(|&(event, row)| &batch.events[event][row]),
+            self.dimensions,
+        );
+        Prepared {
             rows,
-            copy_text,
-            copy_ends,
-        });
+            members,
+            copy_text: Vec::new(),
+            copy_ends: Vec::new(),
+        }
     }
 }
 
@@ -140,11 +156,7 @@ impl Sink {
         let prepared = match &batch.prepared {
             Some(prepared) => prepared,
             None => {
-                let preparer = &self.preparer;
-                unprepared = Prepared {
-                    rows: latest_rows(&batch.events, &preparer.replace_by, &preparer.key),
-                    ..Prepared::default()
-                };
+                unprepared = self.preparer.rows(batch);
                 &unprepared
             }
         };
@@ -159,7 +171,7 @@ impl Sink {
             tables: &self.dimensions,
             audit_key,
         };
-        let resolved = self.members.resolve(&mut store, &rows).await?;
+        let resolved = self.members.resolve(&mut store, &prepared.members).await?;
         if self.replaces_by_copy() {
             let mut data = std::mem::take(&mut self.copy_buffer);
             data.clear();
