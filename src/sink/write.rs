@@ -81,8 +81,25 @@ impl Preparer {
         }
     }
 
+    /// Prepares `batch` for writing.
     pub fn prepare(&self, batch: &mut Batch) {
-        let mut prepared = self.rows(batch);
+        batch.prepared = Some(self.prepared(batch));
+    }
+
+    /// The batch's rows to write, their members and, with COPY, their text.
+    /// The writer calls it for a batch that comes unprepared.
+    fn prepared(&self, batch: &Batch) -> Prepared {
+        let rows = latest_rows(&batch.events, &self.replace_by, &self.key);
+        let members = Distinct::of(
+            rows.iter().map(|&(event, row)| &batch.events[event][row]),
+            self.dimensions,
+        );
+        let mut prepared = Prepared {
+            rows,
+            members,
+            copy_text: Vec::new(),
+            copy_ends: Vec::new(),
+        };
         if self.copy {
             prepared.copy_ends.reserve(prepared.rows.len());
             for &(event, row) in &prepared.rows {
@@ -93,22 +110,7 @@ impl Preparer {
                 prepared.copy_ends.push(prepared.copy_text.len());
             }
         }
-        batch.prepared = Some(prepared);
-    }
-
-    /// The rows to write and their members, without COPY text.
-    fn rows(&self, batch: &Batch) -> Prepared {
-        let rows = latest_rows(&batch.events, &self.replace_by, &self.key);
-        let members = Distinct::of(
-            rows.iter().map(|&(event, row)| &batch.events[event][row]),
-            self.dimensions,
-        );
-        Prepared {
-            rows,
-            members,
-            copy_text: Vec::new(),
-            copy_ends: Vec::new(),
-        }
+        prepared
     }
 }
 
@@ -156,7 +158,7 @@ impl Sink {
         let prepared = match &batch.prepared {
             Some(prepared) => prepared,
             None => {
-                unprepared = self.preparer.rows(batch);
+                unprepared = self.preparer.prepared(batch);
                 &unprepared
             }
         };
@@ -463,22 +465,13 @@ impl Sink {
         }
 
         let key_positions = &self.preparer.key;
-        let encoded = prepared.copy_ends.len() == rows.len();
         for (at, (row, dimension_keys)) in rows.iter().zip(keys).enumerate() {
-            let mut line = if encoded {
-                // The mapped values were encoded with the batch.
-                let start = at
-                    .checked_sub(1)
-                    .map_or(0, |before| prepared.copy_ends[before]);
-                data.extend_from_slice(&prepared.copy_text[start..prepared.copy_ends[at]]);
-                CopyLine::after_values(data)
-            } else {
-                let mut line = CopyLine::new(data);
-                for cell in &row.values {
-                    line.cell(cell);
-                }
-                line
-            };
+            // The mapped values were encoded when the batch was prepared.
+            let start = at
+                .checked_sub(1)
+                .map_or(0, |before| prepared.copy_ends[before]);
+            data.extend_from_slice(&prepared.copy_text[start..prepared.copy_ends[at]]);
+            let mut line = CopyLine::after_values(data);
             for id in dimension_keys {
                 line.int(*id);
             }
