@@ -119,6 +119,18 @@ pub enum OptionsError {
         span: SourceSpan,
     },
 
+    #[error("no topic is bound to a mapping")]
+    #[diagnostic(
+        code(martmap::options::no_bindings),
+        help(
+            "add a line `g:topic:<topic>=<MAPPING>` to a `[kafka-<cluster>]` section, e.g. `g:topic:all-cobrowse-historical=COBROWSE`"
+        )
+    )]
+    NoBindings {
+        #[label("no g:topic line in this file")]
+        span: SourceSpan,
+    },
+
     #[error("topic `{topic}` is bound to mapping `{mapping}`, which does not exist")]
     #[diagnostic(code(martmap::options::unknown_mapping))]
     UnknownMapping {
@@ -404,8 +416,14 @@ impl KafkaCluster {
     }
 }
 
-/// Every topic binding that names a mapping not among `known`.
+/// Every topic binding that names a mapping not among `known`, or that
+/// there is no binding at all (nothing to consume).
 pub fn check_mappings(clusters: &[KafkaCluster], known: &[&str]) -> Vec<OptionsError> {
+    if clusters.iter().all(|cluster| cluster.topics.is_empty()) {
+        return vec![OptionsError::NoBindings {
+            span: (0, 0).into(),
+        }];
+    }
     clusters
         .iter()
         .flat_map(|cluster| &cluster.topics)
@@ -557,10 +575,11 @@ enable-cobrowse
                 "`g:batch-size` must be a whole number from 1 to 1000000",
                 "`g:batch-timeout-ms` must be a whole number from 1 to 3600000",
                 "unknown martmap option `g:batch-sise`",
+                "no topic is bound to a mapping",
             ],
         );
         check_errors(
-            "[kafka-a]\nbootstrap.servers=b:9092\nenable.auto.commit=true\n",
+            "[kafka-a]\nbootstrap.servers=b:9092\ng:topic:t=COBROWSE\nenable.auto.commit=true\n",
             &["`enable.auto.commit` is managed by martmap"],
         );
     }

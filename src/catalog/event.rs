@@ -145,13 +145,12 @@ impl EventSchema {
             if found.len() > 64 {
                 break; // a cyclic $ref; what was found is enough to judge
             }
-            if let Some(target) = node.get("$ref").and_then(Value::as_str) {
-                if let Some(target) = target
+            if let Some(target) = node.get("$ref").and_then(Value::as_str)
+                && let Some(target) = target
                     .strip_prefix('#')
                     .and_then(|ptr| self.root.pointer(ptr))
-                {
-                    pending.push(target);
-                }
+            {
+                pending.push(target);
             }
             for keyword in ["oneOf", "anyOf", "allOf"] {
                 if let Some(branches) = node.get(keyword).and_then(Value::as_array) {

@@ -40,9 +40,11 @@ pub fn run(args: InitDbArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
         .build()?;
     runtime.block_on(async {
         let database = Database::connect(&args.database.url()).await?;
-        let tables = database
+        let created = database
             .create_tables(&catalog, plans.iter().flat_map(plan_tables))
-            .await?;
+            .await;
+        database.close().await;
+        let tables = created?;
         let names: Vec<&str> = tables.iter().map(|table| table.name.as_str()).collect();
         println!(
             "{} tables ready for {} mapping(s): {}",

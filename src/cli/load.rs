@@ -5,13 +5,16 @@
 //! to the writer, so parsing the next batch overlaps writing this one.
 
 use std::io::IsTerminal;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use martmap::catalog::Catalog;
+use martmap::pipeline::Batch;
 use martmap::pipeline::Batcher;
-use martmap::sink::{Batch, BatchReport, Database, Sink};
+use martmap::plan::Plan;
+use martmap::sink::{BatchReport, Database, Sink};
 use martmap::source::file::read_lines;
 
 use super::{CatalogArgs, Color, DatabaseArgs, Outcome, load_plan};
@@ -82,63 +85,109 @@ pub fn run(args: LoadArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let started = Instant::now();
         let database = Database::connect(&args.database.url()).await?;
-        let mut sink = Sink::open(database, &catalog, plan.clone()).await?;
-
-        let (sender, mut batches) = tokio::sync::mpsc::channel::<Batch>(2);
-        // Written batches come back to be freed on the thread that allocated
-        // them, where the allocator reuses their memory at once.
-        let (spent_sender, spent) = std::sync::mpsc::channel::<Batch>();
-        let (files, size) = (args.files.clone(), args.batch_size.max(1));
-        let preparer = sink.preparer();
-        let reader = std::thread::spawn(move || -> std::io::Result<()> {
-            let mut batcher = Batcher::new(plan).preparing(preparer);
-            for file in &files {
-                read_lines(file, |message| {
-                    batcher.push(message);
-                    if batcher.len() >= size {
-                        // The writer hung up only after a failure it reports.
-                        let _ = sender.blocking_send(batcher.take());
-                        spent.try_iter().for_each(drop);
-                    }
-                })
-                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", file.display())))?;
-            }
-            if !batcher.is_empty() {
-                let _ = sender.blocking_send(batcher.take());
-            }
-            Ok(())
-        });
-
-        let progress = Progress::new();
-        let mut totals = Totals::default();
-        while let Some(batch) = batches.recv().await {
-            let report = sink.write(&batch).await?;
-            let _ = spent_sender.send(batch); // the reader may have finished
-            totals.add(&report);
-            progress.update(&totals, started);
-        }
-        reader.join().map_err(|_| "the reader thread panicked")??;
-        progress.finish();
-
-        let elapsed = started.elapsed().as_secs_f64();
-        println!(
-            "loaded {} events into {}: {} fact rows written, {} discarded, {} new dimension members, {} batches in {:.2} s ({:.0} events/s)",
-            totals.events,
-            sink.plan().fact,
-            totals.rows,
-            totals.discards,
-            totals.new_members,
-            totals.batches,
-            elapsed,
-            totals.events as f64 / elapsed.max(1e-9),
-        );
-        if totals.discards > 0 {
-            println!("discarded events are in CTL_DISCARD with their payload and the reason");
-        }
-        Ok::<_, Box<dyn std::error::Error>>(Outcome::Success)
+        let result = load_files(&database, &catalog, plan, &args).await;
+        // Closing the pool checkpoints SQLite's write-ahead log into the
+        // database file and removes it: the .db file alone is then whole.
+        database.close().await;
+        result
     })
+}
+
+async fn load_files(
+    database: &Database,
+    catalog: &Catalog,
+    plan: Plan,
+    args: &LoadArgs,
+) -> Result<Outcome, Box<dyn std::error::Error>> {
+    let started = Instant::now();
+    let mut sink = Sink::open(database.clone(), catalog, plan.clone()).await?;
+
+    let (sender, mut batches) = tokio::sync::mpsc::channel::<Batch>(2);
+    // Written batches come back to be freed on the thread that allocated
+    // them, where the allocator reuses their memory at once.
+    let (spent_sender, spent) = std::sync::mpsc::channel::<Batch>();
+    let (files, size) = (args.files.clone(), args.batch_size.max(1));
+    let preparer = sink.preparer();
+    let reader = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut batcher = Batcher::new(plan).preparing(preparer);
+        for file in &files {
+            let mut writer_gone = false;
+            read_lines(file, |message| {
+                batcher.push(message);
+                if batcher.len() >= size {
+                    // The writer hangs up after a failure it reports, or
+                    // when it is told to stop.
+                    writer_gone = sender.blocking_send(batcher.take()).is_err();
+                    spent.try_iter().for_each(drop);
+                }
+                if writer_gone {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", file.display())))?;
+            if writer_gone {
+                return Ok(());
+            }
+        }
+        if !batcher.is_empty() {
+            let _ = sender.blocking_send(batcher.take());
+        }
+        Ok(())
+    });
+
+    let progress = Progress::new();
+    let mut totals = Totals::default();
+    let mut signalled = std::pin::pin!(super::signalled());
+    loop {
+        let batch = tokio::select! {
+            batch = batches.recv() => batch,
+            () = &mut signalled => {
+                // The batch being written has committed; what the reader
+                // holds was never written. Loading again is safe.
+                progress.finish();
+                return Err(format!(
+                    "interrupted after {} events in {} batches, all committed; \
+                     loading the same files again finishes the load (events already \
+                     loaded change nothing but UPDATE_AUDIT_KEY)",
+                    totals.events, totals.batches
+                )
+                .into());
+            }
+        };
+        let Some(batch) = batch else { break };
+        let report = sink.write(&batch).await?;
+        tracing::debug!(
+            audit_key = report.audit_key,
+            events = report.events + report.discards,
+            rows = report.rows,
+            "batch committed"
+        );
+        let _ = spent_sender.send(batch); // the reader may have finished
+        totals.add(&report);
+        progress.update(&totals, started);
+    }
+    reader.join().map_err(|_| "the reader thread panicked")??;
+    progress.finish();
+
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "loaded {} events into {}: {} fact rows written, {} discarded, {} new dimension members, {} batches in {:.2} s ({:.0} events/s)",
+        totals.events,
+        sink.plan().fact,
+        totals.rows,
+        totals.discards,
+        totals.new_members,
+        totals.batches,
+        elapsed,
+        totals.events as f64 / elapsed.max(1e-9),
+    );
+    if totals.discards > 0 {
+        println!("discarded events are in CTL_DISCARD with their payload and the reason");
+    }
+    Ok(Outcome::Success)
 }
 
 /// A progress bar on a terminal; a log line every few seconds elsewhere.

@@ -118,6 +118,23 @@ impl DatabaseArgs {
     }
 }
 
+/// Returns at the first SIGINT or SIGTERM (never, when they cannot be
+/// listened for: then SIGKILL stops martmap, which loses nothing committed).
+pub async fn signalled() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::warn!("cannot listen for SIGINT/SIGTERM; stop martmap with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
 pub fn run(cli: Cli) -> Result<Outcome, Box<dyn std::error::Error>> {
     match cli.command {
         Command::ValidateMapping(args) => validate::run(args),

@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 use martmap::catalog::Catalog;
 use martmap::metrics::Metrics;
 use martmap::options::{self, KafkaCluster, OptionsFile};
+use martmap::pipeline::{Batch, Preparer};
 use martmap::pipeline::{Batcher, Message};
 use martmap::plan::Plan;
-use martmap::sink::{Batch, BatchReport, Database, Preparer, Sink, SinkError};
-use martmap::source::kafka::{Polled, Positions, TopicConsumer, effective_options};
+use martmap::sink::{BatchReport, Database, Sink, SinkError};
+use martmap::source::kafka::{Membership, Polled, Positions, TopicConsumer, effective_options};
 
 use super::{CatalogArgs, Color, DatabaseArgs, Outcome, load_plans};
 
@@ -95,10 +96,10 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
-    let Some(clusters) = read_clusters(&args)? else {
-        return Ok(Outcome::Invalid);
-    };
     if args.print_options {
+        let Some(clusters) = read_clusters(&args, None)? else {
+            return Ok(Outcome::Invalid);
+        };
         // Read back from librdkafka: what the consumer will really use.
         for cluster in &clusters {
             let effective = effective_options(&cluster.client_options())
@@ -121,9 +122,20 @@ pub fn run(args: RunArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
         }
         return Ok(Outcome::Success);
     }
-    let Some(plans) = mapping_plans(&args, &clusters)? else {
+    let Some(plans) = mapping_plans(&args)? else {
         return Ok(Outcome::Invalid);
     };
+    let known: Vec<&str> = plans.keys().map(String::as_str).collect();
+    let Some(clusters) = read_clusters(&args, Some(&known))? else {
+        return Ok(Outcome::Invalid);
+    };
+    // Only the bound mappings are loaded (and get their tables).
+    let mut plans = plans;
+    plans.retain(|name, _| {
+        clusters
+            .iter()
+            .any(|cluster| cluster.topics.iter().any(|b| &b.mapping == name))
+    });
     let catalog = Catalog::load(&args.catalog.catalog).map_err(|_| "the catalog became invalid")?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -147,9 +159,24 @@ pub fn run(args: RunArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
             });
         }
         let database = Database::connect(&args.database.url()).await?;
+        let result = async {
         let mut sinks: HashMap<String, Sink> = HashMap::new();
         for (name, plan) in &plans {
             sinks.insert(name.clone(), Sink::open(database.clone(), &catalog, plan.clone()).await?);
+        }
+        // One ETL cycle per topic at a time: an overlapping cycle waits here
+        // for the earlier one, then loads what that one left.
+        let mut cycle_locks = Vec::new();
+        if args.once {
+            let mut topics: Vec<(&str, &str)> = clusters
+                .iter()
+                .flat_map(|c| c.topics.iter().map(move |b| (c.name.as_str(), b.topic.as_str())))
+                .collect();
+            topics.sort_unstable();
+            topics.dedup();
+            for (cluster, topic) in topics {
+                cycle_locks.push(database.lock_cycle(cluster, topic).await?);
+            }
         }
         let (jobs, mut queue) = tokio::sync::mpsc::channel::<Job>(2);
         // SIGINT or SIGTERM: every consumer finishes its batch, commits, stops.
@@ -168,6 +195,7 @@ pub fn run(args: RunArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
                     cluster,
                     &binding.topic,
                     plans[&binding.mapping].clone(),
+                    sinks[&binding.mapping].preparer(),
                     &args,
                     services.clone(),
                 ));
@@ -225,7 +253,14 @@ pub fn run(args: RunArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
             elapsed,
             totals.events as f64 / elapsed.max(1e-9)
         );
+        drop(cycle_locks);
         Ok::<_, Box<dyn std::error::Error>>(Outcome::Success)
+        }
+        .await;
+        // Closing the pool checkpoints SQLite's write-ahead log into the
+        // database file and removes it: the .db file alone is then whole.
+        database.close().await;
+        result
     })
 }
 
@@ -318,11 +353,11 @@ impl Feed {
         cluster: &KafkaCluster,
         topic: &str,
         plan: Plan,
+        preparer: Preparer,
         args: &RunArgs,
         services: Services,
     ) -> Self {
         let (done, acks) = mpsc::channel();
-        let preparer = Preparer::new(&plan, services.database.backend());
         Feed {
             cluster: cluster.name.clone(),
             topic: topic.to_owned(),
@@ -455,7 +490,14 @@ fn consume(
     batch_time: Duration,
     stop: &AtomicBool,
 ) -> Result<(), String> {
-    let consumer = TopicConsumer::subscribe(options, &feed.topic, Shared(feed.clone()))
+    // One ETL cycle takes every partition itself: the database holds the
+    // offsets, so it needs no group, and no member that crashed delays it.
+    let membership = if once {
+        Membership::AllPartitions
+    } else {
+        Membership::Group
+    };
+    let mut consumer = TopicConsumer::new(options, &feed.topic, Shared(feed.clone()), membership)
         .map_err(|e| e.to_string())?;
     let mut ended: HashSet<i32> = HashSet::new();
     let mut owned: Vec<i32> = Vec::new();
@@ -541,20 +583,7 @@ fn consume(
 
 /// Sets `stop` at the first SIGINT or SIGTERM.
 async fn stop_on_signal(stop: Arc<AtomicBool>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        tracing::warn!(
-            "cannot listen for SIGINT/SIGTERM; stop martmap with SIGKILL (nothing is lost)"
-        );
-        return;
-    };
-    tokio::select! {
-        _ = interrupt.recv() => {}
-        _ = terminate.recv() => {}
-    }
+    super::signalled().await;
     tracing::warn!("stopping: finishing the current batches");
     stop.store(true, Ordering::SeqCst);
 }
@@ -586,23 +615,23 @@ fn broker_trouble(error: &str) -> Option<&'static str> {
 }
 
 /// The options file's Kafka clusters, or `None` when it has problems
-/// (rendered to standard error).
-fn read_clusters(args: &RunArgs) -> Result<Option<Vec<KafkaCluster>>, Box<dyn std::error::Error>> {
+/// (rendered to standard error, as `validate-mapping --options` renders
+/// them). Bindings are checked against the mappings when `known` is given.
+fn read_clusters(
+    args: &RunArgs,
+    known: Option<&[&str]>,
+) -> Result<Option<Vec<KafkaCluster>>, Box<dyn std::error::Error>> {
     use martmap::diagnostic::{Problem, SourceFile, render};
     let text = std::fs::read_to_string(&args.options)
         .map_err(|e| format!("cannot read {}: {e}", args.options.display()))?;
     let file = SourceFile::new(args.options.display().to_string(), text);
     let errors = match OptionsFile::parse(&file.text) {
         Ok(parsed) => {
-            let (clusters, errors) = parsed.clusters();
+            let (clusters, mut errors) = parsed.clusters();
+            if let Some(known) = known {
+                errors.extend(options::check_mappings(&clusters, known));
+            }
             if errors.is_empty() {
-                if clusters.iter().all(|c| c.topics.is_empty()) {
-                    return Err(format!(
-                        "{}: no g:topic:<topic>=<MAPPING> binding in any [kafka-<cluster>] section",
-                        file.name
-                    )
-                    .into());
-                }
                 return Ok(Some(clusters));
             }
             errors
@@ -617,36 +646,18 @@ fn read_clusters(args: &RunArgs) -> Result<Option<Vec<KafkaCluster>>, Box<dyn st
     Ok(None)
 }
 
-/// The compiled plan of every mapping the clusters bind, by name.
+/// The compiled plan of every mapping in `--mappings`, by name, or `None`
+/// when one has problems (rendered to standard error).
 fn mapping_plans(
     args: &RunArgs,
-    clusters: &[KafkaCluster],
 ) -> Result<Option<HashMap<String, Plan>>, Box<dyn std::error::Error>> {
     let Some(compiled) = load_plans(&args.mappings, &args.catalog, args.color)? else {
         return Ok(None);
     };
-    let available: HashMap<String, Plan> = compiled
-        .into_iter()
-        .map(|plan| (plan.mapping.clone(), plan))
-        .collect();
-    let mut plans = HashMap::new();
-    for binding in clusters.iter().flat_map(|cluster| &cluster.topics) {
-        match available.get(&binding.mapping) {
-            Some(plan) => {
-                plans.insert(binding.mapping.clone(), plan.clone());
-            }
-            None => {
-                let known: Vec<&str> = available.keys().map(String::as_str).collect();
-                return Err(format!(
-                    "topic {} is bound to mapping {}, which is not in {} (found: {})",
-                    binding.topic,
-                    binding.mapping,
-                    args.mappings.display(),
-                    known.join(", ")
-                )
-                .into());
-            }
-        }
-    }
-    Ok(Some(plans))
+    Ok(Some(
+        compiled
+            .into_iter()
+            .map(|plan| (plan.mapping.clone(), plan))
+            .collect(),
+    ))
 }

@@ -82,42 +82,42 @@ pub fn run(args: ValidateArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
             }
         }
     }
-    if let Some(path) = &args.options {
-        if let Some(file) = read(path, &mut problems) {
-            // A mapping with problems still has its name; bindings to it are
-            // not reported as missing.
-            let mut known = valid_names.clone();
-            known.extend(args.mappings.iter().filter_map(|path| mapping_name(path)));
-            let known: Vec<&str> = known.iter().map(String::as_str).collect();
-            match OptionsFile::parse(&file.text) {
-                Ok(parsed) => {
-                    let (clusters, mut errors) = parsed.clusters();
-                    errors.extend(options::check_mappings(&clusters, &known));
-                    if errors.is_empty() {
-                        let bindings: Vec<String> = clusters
-                            .iter()
-                            .flat_map(|c| {
-                                c.topics
-                                    .iter()
-                                    .map(move |t| format!("{}/{} → {}", c.name, t.topic, t.mapping))
-                            })
-                            .collect();
-                        summary.push(format!(
-                            "✔ {}: {} Kafka cluster(s), topics {}",
-                            file.name,
-                            clusters.len(),
-                            if bindings.is_empty() {
-                                "none".to_owned()
-                            } else {
-                                bindings.join(", ")
-                            }
-                        ));
-                    }
-                    problems.extend(errors.into_iter().map(|error| Problem::new(&file, error)));
+    if let Some(path) = &args.options
+        && let Some(file) = read(path, &mut problems)
+    {
+        // A mapping with problems still has its name; bindings to it are
+        // not reported as missing.
+        let mut known = valid_names.clone();
+        known.extend(args.mappings.iter().filter_map(|path| mapping_name(path)));
+        let known: Vec<&str> = known.iter().map(String::as_str).collect();
+        match OptionsFile::parse(&file.text) {
+            Ok(parsed) => {
+                let (clusters, mut errors) = parsed.clusters();
+                errors.extend(options::check_mappings(&clusters, &known));
+                if errors.is_empty() {
+                    let bindings: Vec<String> = clusters
+                        .iter()
+                        .flat_map(|c| {
+                            c.topics
+                                .iter()
+                                .map(move |t| format!("{}/{} → {}", c.name, t.topic, t.mapping))
+                        })
+                        .collect();
+                    summary.push(format!(
+                        "✔ {}: {} Kafka cluster(s), topics {}",
+                        file.name,
+                        clusters.len(),
+                        if bindings.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            bindings.join(", ")
+                        }
+                    ));
                 }
-                Err(errors) => {
-                    problems.extend(errors.into_iter().map(|error| Problem::new(&file, error)))
-                }
+                problems.extend(errors.into_iter().map(|error| Problem::new(&file, error)));
+            }
+            Err(errors) => {
+                problems.extend(errors.into_iter().map(|error| Problem::new(&file, error)))
             }
         }
     }

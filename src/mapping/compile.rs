@@ -4,7 +4,8 @@
 //! has resolved every name already.
 
 use super::model::{Binding, Constant, Derivation, Mapping};
-use crate::plan::{Cell, Default, Plan, PlanDimension, PlanScope, Selector, ValuePlan};
+use crate::catalog::ColumnType;
+use crate::plan::{Cell, Default, Plan, PlanDimension, PlanScope, Selector, Target, ValuePlan};
 
 /// Compiles a mapping; `content_hash` identifies the mapping file's text in
 /// the audit log.
@@ -93,7 +94,8 @@ fn value_plan(binding: &Binding, slot: usize) -> ValuePlan {
         }),
         missing: binding.missing.as_ref().map_or(Cell::Null, cell),
         required: binding.required,
-        max_chars: binding.ty.max_chars(),
+        empty_is_null: binding.empty_is_null,
+        target: target(binding.ty),
     }
 }
 
@@ -101,5 +103,30 @@ fn cell(constant: &Constant) -> Cell {
     match constant {
         Constant::Int(number) => Cell::Int(*number),
         Constant::Text(text) => Cell::Text(text.as_str().into()),
+    }
+}
+
+/// What the interpreter checks a column's values against.
+fn target(ty: ColumnType) -> Target {
+    match ty {
+        ColumnType::SmallInt => Target::Integer {
+            name: "smallint",
+            min: i16::MIN.into(),
+            max: i16::MAX.into(),
+        },
+        ColumnType::Integer => Target::Integer {
+            name: "integer",
+            min: i32::MIN.into(),
+            max: i32::MAX.into(),
+        },
+        ColumnType::BigInt => Target::Integer {
+            name: "bigint",
+            min: i64::MIN,
+            max: i64::MAX,
+        },
+        ColumnType::Varchar(_) | ColumnType::Text => Target::Text {
+            max_chars: ty.max_chars(),
+        },
+        ColumnType::Bytes => Target::Bytes,
     }
 }

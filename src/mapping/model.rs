@@ -52,6 +52,8 @@ pub struct Binding {
     pub missing: Option<Constant>,
     /// The whole event is discarded when no value results.
     pub required: bool,
+    /// An empty string read at `path` is stored as NULL; no default applies.
+    pub empty_is_null: bool,
 }
 
 /// The kind of value a conversion yields.

@@ -60,6 +60,7 @@ pub struct RawBinding {
     pub default: Option<Sp<RawDefault>>,
     pub missing: Option<Sp<Constant>>,
     pub required: bool,
+    pub empty_is_null: bool,
 }
 
 /// `convert: name` or `convert: {name: argument}`.
@@ -129,7 +130,15 @@ const MAPPING_KEYS: &[&str] = &[
     "dimensions",
 ];
 const SCOPE_KEYS: &[&str] = &["each", "in", "outer"];
-const BINDING_KEYS: &[&str] = &["from", "path", "convert", "default", "missing", "required"];
+const BINDING_KEYS: &[&str] = &[
+    "from",
+    "path",
+    "convert",
+    "default",
+    "missing",
+    "required",
+    "empty_is_null",
+];
 const DIMENSION_KEYS: &[&str] = &["table", "static", "get_or_create", "match"];
 const STATIC_KEYS: &[&str] = &["members", "otherwise"];
 const GET_OR_CREATE_KEYS: &[&str] = &["absent"];
@@ -311,6 +320,10 @@ impl<'t> Reader<'t> {
             .get("required")
             .and_then(|node| self.flag("required", node))
             .unwrap_or(false);
+        let empty_is_null = fields
+            .get("empty_is_null")
+            .and_then(|node| self.flag("empty_is_null", node))
+            .unwrap_or(false);
         if path.is_none() && default.is_none() {
             self.errors.push(MappingError::MissingKey {
                 key: "path",
@@ -327,6 +340,7 @@ impl<'t> Reader<'t> {
             default,
             missing,
             required,
+            empty_is_null,
         })
     }
 
@@ -403,19 +417,18 @@ impl<'t> Reader<'t> {
                 }
             }
         };
-        if !matches!(value, RawDefault::Quantified { .. }) {
-            if let Some((key, _)) = fields
+        if !matches!(value, RawDefault::Quantified { .. })
+            && let Some((key, _)) = fields
                 .entries
                 .iter()
                 .find(|(key, _)| key.as_str() == "equals")
-            {
-                self.errors.push(MappingError::UnknownKey {
-                    key: "equals".into(),
-                    context: format!("default `{derivation}`"),
-                    span: self.scalar_span(key),
-                    help: Some("`equals` goes with `any` or `all`".into()),
-                });
-            }
+        {
+            self.errors.push(MappingError::UnknownKey {
+                key: "equals".into(),
+                context: format!("default `{derivation}`"),
+                span: self.scalar_span(key),
+                help: Some("`equals` goes with `any` or `all`".into()),
+            });
         }
         Some(Sp { value, span })
     }

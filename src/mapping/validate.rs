@@ -457,6 +457,7 @@ impl<'c> Checker<'c> {
             default,
             missing: raw.missing.as_ref().map(|m| m.value.clone()),
             required: raw.required,
+            empty_is_null: raw.empty_is_null,
         })
     }
 
@@ -606,15 +607,15 @@ impl<'c> Checker<'c> {
         fact: Option<&Table>,
         context: &Context,
     ) -> Option<Dimension> {
-        if let Some(fact) = fact {
-            if fact.column(raw.column.as_str()).is_none() {
-                self.errors.push(MappingError::DimensionKeyMissing {
-                    column: raw.column.value.clone(),
-                    fact: fact.name.clone(),
-                    span: raw.column.span,
-                    help: suggest(raw.column.as_str(), fact.column_names()),
-                });
-            }
+        if let Some(fact) = fact
+            && fact.column(raw.column.as_str()).is_none()
+        {
+            self.errors.push(MappingError::DimensionKeyMissing {
+                column: raw.column.value.clone(),
+                fact: fact.name.clone(),
+                span: raw.column.span,
+                help: suggest(raw.column.as_str(), fact.column_names()),
+            });
         }
         let table = raw
             .table

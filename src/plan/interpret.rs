@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json_borrow::Value;
 
-use super::{Cell, Conversion, Default, DimensionKind, Plan, UrlPart, ValuePlan};
+use super::{Cell, Conversion, Default, DimensionKind, Plan, Target, UrlPart, ValuePlan};
 use crate::convert::{self, Mismatch};
 
 /// One fact row: the plan's fact columns in order, and per dimension the
@@ -40,6 +40,15 @@ pub enum Discard {
     },
     #[error("`{path}` is required (column {column}) but is absent or empty")]
     Required { path: String, column: String },
+    #[error("`{path}`: {value} does not fit column {column} ({ty}: {min} to {max})")]
+    OutOfRange {
+        path: String,
+        column: String,
+        value: i64,
+        ty: &'static str,
+        min: i64,
+        max: i64,
+    },
 }
 
 /// Where the interpreter is in one event: per scope depth, the current item.
@@ -182,17 +191,40 @@ impl Plan {
                 .map(|value| (value, text)),
             None => None,
         };
-        let cell = match found {
-            Some((value, text)) => convert_value(plan.convert, value)
-                .map_err(|mismatch| wrong_type(self.location(plan.scope, walk, text), mismatch))?,
+        let given = match found {
+            Some((value, text)) => {
+                Some(convert_value(plan.convert, value).map_err(|mismatch| {
+                    wrong_type(self.location(plan.scope, walk, text), mismatch)
+                })?)
+            }
+            None => None,
+        };
+        let cell = match given {
+            // A given empty string means "none": NULL, and no default.
+            Some(Cell::Text(text)) if plan.empty_is_null && text.is_empty() => Cell::Null,
+            Some(cell) => cell,
             None => match &plan.default {
                 Some(default) => self.derive(default, plan.scope, item, walk)?,
                 None => Cell::Null,
             },
         };
-        let cell = match (cell, plan.max_chars) {
-            (Cell::Text(text), Some(max)) if text.len() > max => {
-                Cell::Text(convert::truncate(text.to_string(), max).into())
+        let path = || plan.path.as_ref().map_or("$", |(_, text)| text.as_str());
+        let cell = match (cell, plan.target) {
+            (
+                Cell::Text(text),
+                Target::Text {
+                    max_chars: Some(max),
+                },
+            ) if text.len() > max => Cell::Text(convert::truncate(text.to_string(), max).into()),
+            (Cell::Int(value), Target::Integer { name, min, max }) if !plan.target.fits(value) => {
+                return Err(Discard::OutOfRange {
+                    path: self.location(plan.scope, walk, path()),
+                    column: plan.column.clone(),
+                    value,
+                    ty: name,
+                    min,
+                    max,
+                });
             }
             (cell, _) => cell,
         };
@@ -202,9 +234,8 @@ impl Plan {
             Cell::Int(_) => false,
         };
         if plan.required && empty {
-            let path = plan.path.as_ref().map_or("$", |(_, text)| text.as_str());
             return Err(Discard::Required {
-                path: self.location(plan.scope, walk, path),
+                path: self.location(plan.scope, walk, path()),
                 column: plan.column.clone(),
             });
         }

@@ -22,6 +22,15 @@ impl Cell {
     pub fn is_null(&self) -> bool {
         matches!(self, Cell::Null)
     }
+
+    /// The value as text, the way PostgreSQL prints it (NULL as empty).
+    pub fn to_text(&self) -> String {
+        match self {
+            Cell::Null => String::new(),
+            Cell::Int(number) => number.to_string(),
+            Cell::Text(text) => text.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,8 +124,38 @@ pub struct ValuePlan {
     /// The value when the scope is empty (an outer explode selected nothing).
     pub missing: Cell,
     pub required: bool,
-    /// Text longer than this many characters is cut.
-    pub max_chars: Option<usize>,
+    /// An empty string at `path` is stored as NULL (no default applies).
+    pub empty_is_null: bool,
+    /// What the target column holds: a value that does not fit discards
+    /// the event here, where its path is known, never at the database.
+    pub target: Target,
+}
+
+/// A target column's type as the interpreter checks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// An integer column: `name` is its SQL type, for messages.
+    Integer {
+        name: &'static str,
+        min: i64,
+        max: i64,
+    },
+    /// Text; longer values are cut to `max_chars` characters.
+    Text {
+        max_chars: Option<usize>,
+    },
+    Bytes,
+}
+
+impl Target {
+    /// Whether an integer fits: always true for non-integer columns, whose
+    /// conversions do not yield integers (validation sees to that).
+    pub fn fits(self, value: i64) -> bool {
+        match self {
+            Target::Integer { min, max, .. } => (min..=max).contains(&value),
+            _ => true,
+        }
+    }
 }
 
 /// A derived value, used when the path is absent.

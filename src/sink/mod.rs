@@ -9,6 +9,8 @@
 //! can write plain unquoted SQL.
 
 mod ddl;
+mod postgres;
+mod sqlite;
 mod txn;
 mod write;
 
@@ -19,10 +21,11 @@ use sea_orm::{ConnectOptions, ConnectionTrait, DatabaseConnection, DbBackend, Db
 
 use crate::catalog::{Catalog, Role, Table};
 use crate::dimension::Members;
+use crate::pipeline::Preparer;
 use crate::plan::{DimensionKind, Plan};
 
 pub use ddl::{HASH_COLUMN, natural_key_hash};
-pub use write::{Batch, BatchReport, DiscardRecord, NextOffset, Prepared, Preparer};
+pub use write::BatchReport;
 
 /// The control tables every load writes.
 pub const CONTROL_TABLES: [&str; 3] = ["CTL_AUDIT_LOG", "CTL_KAFKA_OFFSET", "CTL_DISCARD"];
@@ -31,6 +34,8 @@ pub const CONTROL_TABLES: [&str; 3] = ["CTL_AUDIT_LOG", "CTL_KAFKA_OFFSET", "CTL
 pub enum SinkError {
     #[error("database: {0}")]
     Database(#[from] DbErr),
+    #[error("cannot lock the ETL cycle: {0}")]
+    Lock(String),
     #[error("table `{0}` is not in the catalog")]
     MissingTable(String),
     #[error(
@@ -103,6 +108,26 @@ fn transient_code(postgres: bool, code: &str) -> bool {
     }
 }
 
+/// The databases martmap writes to. What differs between them in writing
+/// a batch (fact rows, new members) lives in one file each, `sqlite.rs` and
+/// `postgres.rs`, dispatched from here and from `write.rs`; everything else
+/// is the same SeaQuery statements on both. A third backend is a third
+/// file, a variant here and an entry in the tests' backend matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    fn of(backend: DbBackend) -> Backend {
+        match backend {
+            DbBackend::Postgres => Backend::Postgres,
+            _ => Backend::Sqlite,
+        }
+    }
+}
+
 /// How catalog names become SQL names on one backend.
 #[derive(Debug, Clone, Copy)]
 pub struct Names {
@@ -141,6 +166,21 @@ impl Names {
 pub struct Database {
     pub connection: DatabaseConnection,
     pub names: Names,
+    /// The SQLite file, when it is one.
+    file: Option<std::path::PathBuf>,
+}
+
+/// Held while one ETL cycle loads a topic, so that an overlapping cycle
+/// waits for it instead of loading the same messages; released when
+/// dropped, and by the operating system or the server when the process
+/// dies, so a crashed cycle never blocks the next.
+pub enum CycleLock {
+    /// An exclusive lock on a file beside the SQLite database.
+    File(std::fs::File),
+    /// A session-level advisory lock, held by a connection of its own.
+    Postgres(sqlx::PgConnection),
+    /// Nothing to share: an in-memory database.
+    None,
 }
 
 impl Database {
@@ -186,14 +226,92 @@ impl Database {
             }
         };
         let backend = connection.get_database_backend();
+        let file = match backend {
+            DbBackend::Sqlite => {
+                use std::str::FromStr;
+                sqlx::sqlite::SqliteConnectOptions::from_str(url)
+                    .ok()
+                    .map(|options| options.get_filename().to_owned())
+                    .filter(|path| path.as_os_str() != ":memory:")
+            }
+            _ => None,
+        };
         Ok(Database {
             connection,
             names: Names { backend },
+            file,
         })
+    }
+
+    /// Waits until no other ETL cycle loads `topic` of `cluster` into this
+    /// database, then holds it until the returned lock is dropped.
+    pub async fn lock_cycle(&self, cluster: &str, topic: &str) -> Result<CycleLock, SinkError> {
+        let mut waiting = false;
+        let mut wait = |holder: &str| {
+            if !std::mem::replace(&mut waiting, true) {
+                tracing::warn!(
+                    cluster,
+                    topic,
+                    "another ETL cycle is loading this topic ({holder}); waiting for it to finish"
+                );
+            }
+        };
+        if self.backend() == DbBackend::Postgres {
+            let pool = self.connection.get_postgres_connection_pool();
+            let mut connection = pool.acquire().await.map_err(txn::sqlx_error)?.detach();
+            let name = format!("{cluster}/{topic}");
+            loop {
+                let (locked,): (bool,) = sqlx::query_as(
+                    "SELECT pg_try_advisory_lock(hashtext('martmap:cycle'), hashtext($1))",
+                )
+                .bind(&name)
+                .fetch_one(&mut connection)
+                .await
+                .map_err(txn::sqlx_error)?;
+                if locked {
+                    return Ok(CycleLock::Postgres(connection));
+                }
+                wait("a PostgreSQL advisory lock");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+        let Some(file) = &self.file else {
+            return Ok(CycleLock::None);
+        };
+        let mut path = file.clone().into_os_string();
+        path.push("-lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| SinkError::Lock(format!("{}: {e}", path.display())))?;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => return Ok(CycleLock::File(lock)),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    wait(&format!("lock file {}", path.display()));
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(SinkError::Lock(format!("{}: {e}", path.display())));
+                }
+            }
+        }
     }
 
     pub fn backend(&self) -> DbBackend {
         self.names.backend
+    }
+
+    /// Closes every connection, waiting for those in use. For SQLite this
+    /// checkpoints the write-ahead log into the database file and removes
+    /// it, so the file alone holds every committed batch. Call it on every
+    /// way out: a pool merely dropped at exit leaves the log behind.
+    pub async fn close(&self) {
+        if let Err(error) = self.connection.close_by_ref().await {
+            tracing::warn!(%error, "closing the database connections failed");
+        }
     }
 
     /// Creates the named tables (and the control tables) that do not exist.
@@ -224,6 +342,7 @@ pub fn plan_tables(plan: &Plan) -> impl Iterator<Item = &str> {
 /// A plan bound to a database: writes its batches.
 pub struct Sink {
     db: Database,
+    backend: Backend,
     plan: Plan,
     fact: Table,
     dimensions: Vec<Table>,
@@ -277,9 +396,18 @@ impl Sink {
                     .map(|(values, id)| (values.into_iter().map(Arc::from).collect(), id)),
             );
         }
-        let preparer = Preparer::new(&plan, db.backend());
+        let backend = Backend::of(db.backend());
+        // Rows replace their identities' rows by COPY on PostgreSQL.
+        let copy = backend == Backend::Postgres
+            && !plan.replace_by.is_empty()
+            && plan
+                .key
+                .iter()
+                .all(|k| plan.columns.iter().any(|(c, _)| c == k));
+        let preparer = Preparer::new(&plan, copy);
         Ok(Sink {
             db,
+            backend,
             plan,
             fact,
             dimensions,

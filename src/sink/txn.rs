@@ -176,6 +176,6 @@ fn statement_sql<S: StatementBuilder>(statement: &S) -> (String, Vec<Value>) {
 
 /// Keeps the driver's error whole, so [`super::SinkError::is_transient`] can
 /// read its kind and SQLSTATE.
-fn sqlx_error(error: sqlx::Error) -> DbErr {
+pub(super) fn sqlx_error(error: sqlx::Error) -> DbErr {
     DbErr::Exec(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(error)))
 }

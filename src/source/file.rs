@@ -3,13 +3,17 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
+use std::ops::ControlFlow;
 use std::path::Path;
 
 use crate::pipeline::Message;
 
 /// Reads every event of `path` (`-` is standard input) and hands each to
-/// `each`; returns how many bytes were read.
-pub fn read_lines(path: &Path, mut each: impl FnMut(Message)) -> std::io::Result<u64> {
+/// `each`, until it says to stop; returns how many bytes were read.
+pub fn read_lines(
+    path: &Path,
+    mut each: impl FnMut(Message) -> ControlFlow<()>,
+) -> std::io::Result<u64> {
     let (name, input): (String, Box<dyn Read>) = if path == Path::new("-") {
         ("stdin".to_owned(), Box::new(std::io::stdin().lock()))
     } else {
@@ -33,12 +37,15 @@ pub fn read_lines(path: &Path, mut each: impl FnMut(Message)) -> std::io::Result
         if line.trim_ascii().is_empty() {
             continue;
         }
-        each(Message {
+        let flow = each(Message {
             source: name.clone(),
             partition: None,
             position: number,
             key: None,
             payload: line.clone(),
         });
+        if flow.is_break() {
+            return Ok(bytes);
+        }
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -159,15 +159,31 @@ fn client_config(options: &[(String, String)]) -> ClientConfig {
 pub struct TopicConsumer<P: Positions + 'static> {
     consumer: BaseConsumer<Context<P>>,
     topic: String,
+    /// Without group membership: every partition is still to be assigned
+    /// from the topic's metadata.
+    unassigned: bool,
+}
+
+/// How a consumer gets its partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// As a member of the consumer group, sharing partitions with the other
+    /// members (continuous `run`).
+    Group,
+    /// Every partition of the topic, assigned directly: no group to join,
+    /// so members that crashed and the group's session timeout never delay
+    /// it (one ETL cycle, `run --once`; the database holds the offsets).
+    AllPartitions,
 }
 
 impl<P: Positions + 'static> TopicConsumer<P> {
-    /// Creates the consumer with the effective client options and joins the
-    /// group for `topic`.
-    pub fn subscribe(
+    /// Creates the consumer with the effective client options and takes
+    /// `topic`'s partitions as `membership` says.
+    pub fn new(
         options: &[(String, String)],
         topic: &str,
         positions: P,
+        membership: Membership,
     ) -> Result<Self, KafkaError> {
         let reset = options
             .iter()
@@ -188,14 +204,70 @@ impl<P: Positions + 'static> TopicConsumer<P> {
         };
         let consumer: BaseConsumer<Context<P>> =
             client_config(options).create_with_context(context)?;
-        consumer.subscribe(&[topic])?;
+        if membership == Membership::Group {
+            consumer.subscribe(&[topic])?;
+        }
         Ok(TopicConsumer {
             consumer,
             topic: topic.to_owned(),
+            unassigned: membership == Membership::AllPartitions,
         })
     }
 
-    pub fn poll(&self, timeout: Duration) -> Polled {
+    /// Assigns every partition of the topic at its stored offset, once the
+    /// broker has answered with the topic's metadata.
+    fn assign_all(&mut self, timeout: Duration) -> Result<(), KafkaError> {
+        let metadata = self.consumer.fetch_metadata(Some(&self.topic), timeout)?;
+        let Some(topic) = metadata.topics().iter().find(|t| t.name() == self.topic) else {
+            return Err(KafkaError::MetadataFetch(
+                RDKafkaErrorCode::UnknownTopicOrPartition,
+            ));
+        };
+        if let Some(error) = topic.error() {
+            return Err(KafkaError::MetadataFetch(error.into()));
+        }
+        let context = self.consumer.context();
+        let stored = context.positions.stored(&self.topic);
+        let mut list = TopicPartitionList::new();
+        let mut owned = Vec::new();
+        for partition in topic.partitions() {
+            let offset = stored
+                .iter()
+                .find(|(stored, _)| *stored == partition.id())
+                .map_or(context.unstored, |(_, next)| Offset::Offset(*next));
+            list.add_partition_offset(&self.topic, partition.id(), offset)?;
+            owned.push(partition.id());
+        }
+        self.consumer.assign(&list)?;
+        owned.sort_unstable();
+        *context.assigned.lock().unwrap_or_else(|e| e.into_inner()) = owned;
+        self.unassigned = false;
+        Ok(())
+    }
+
+    pub fn poll(&mut self, timeout: Duration) -> Polled {
+        if self.unassigned {
+            // The broker's answer may take longer than a poll's timeout.
+            if let Err(error) = self.assign_all(timeout.max(Duration::from_secs(1))) {
+                // Polling lets librdkafka report why the broker did not answer.
+                let _ = self.consumer.poll(Duration::ZERO);
+                let timed_out =
+                    error.rdkafka_error_code() == Some(RDKafkaErrorCode::OperationTimedOut);
+                if timed_out
+                    && self
+                        .consumer
+                        .context()
+                        .reasons
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .is_empty()
+                {
+                    // No answer yet, and no reason known: keep asking.
+                    return Polled::Idle;
+                }
+                return self.error(error);
+            }
+        }
         match self.consumer.poll(timeout) {
             None => Polled::Idle,
             Some(Ok(message)) => Polled::Message(Message {
@@ -206,21 +278,24 @@ impl<P: Positions + 'static> TopicConsumer<P> {
                 payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
             }),
             Some(Err(KafkaError::PartitionEOF(partition))) => Polled::End(partition),
-            Some(Err(error)) => {
-                let reasons = std::mem::take(
-                    &mut *self
-                        .consumer
-                        .context()
-                        .reasons
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner()),
-                );
-                if reasons.is_empty() {
-                    Polled::Error(error.to_string())
-                } else {
-                    Polled::Error(format!("{error}: {}", reasons.join("; ")))
-                }
-            }
+            Some(Err(error)) => self.error(error),
+        }
+    }
+
+    /// A client error with librdkafka's explanations since the last one.
+    fn error(&self, error: KafkaError) -> Polled {
+        let reasons = std::mem::take(
+            &mut *self
+                .consumer
+                .context()
+                .reasons
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        if reasons.is_empty() {
+            Polled::Error(error.to_string())
+        } else {
+            Polled::Error(format!("{error}: {}", reasons.join("; ")))
         }
     }
 

@@ -16,16 +16,7 @@ use crate::kafka::{
     assert_loaded_exactly_once, assert_logged_once, bootstrap, client, create_topic,
     messages_committed, options_file, options_file_for, send_lines, spawn_run, stderr_of_run,
 };
-use crate::repository;
-
-/// Waits until `done` holds, failing the test after `limit`.
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use crate::{repository, wait_until};
 
 /// A `martmap run` in the background whose standard error is read as it
 /// comes (a full pipe would stall it).

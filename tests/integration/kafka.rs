@@ -11,10 +11,10 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::database::{
-    FACTS_BY_NATURAL_VALUES, SAMPLE, assert_success, block_on, init_db, load, postgres_database,
-    query, sqlite_database,
+    FACTS_BY_NATURAL_VALUES, OUT_OF_RANGE, SAMPLE, assert_out_of_range_discarded, assert_success,
+    block_on, init_db, load, postgres_database, query, sqlite_database,
 };
-use crate::repository;
+use crate::{repository, wait_until};
 
 pub fn bootstrap() -> String {
     std::env::var("MARTMAP_TEST_KAFKA_BOOTSTRAP").expect(
@@ -351,12 +351,128 @@ fn two_processes_in_one_group_load_everything_once() {
     let produced = produce(&topic, 3, SAMPLE) as i64;
     let (dir, database) = sqlite_database();
     let options = options_file(dir.path(), &topic, &format!("group-{topic}"));
-    let first = spawn_run(&options, &database, true);
-    let second = spawn_run(&options, &database, true);
-    for child in [first, second] {
-        assert_success(&child.wait_with_output().expect("martmap finishes"));
+    let members = [
+        spawn_run(&options, &database, false),
+        spawn_run(&options, &database, false),
+    ];
+    wait_until("every message committed", Duration::from_secs(120), || {
+        messages_committed(&database) >= produced
+    });
+    for member in members {
+        terminate(&member);
+        assert_success(&finish_within(member, Duration::from_secs(60)));
     }
     assert_loaded_exactly_once(&database, produced);
+}
+
+/// Sends SIGTERM: a graceful stop.
+pub fn terminate(child: &std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+/// Waits for `child` to exit and returns its output; fails the test (after
+/// killing it) when it runs longer than `limit`.
+pub fn finish_within(mut child: std::process::Child, limit: Duration) -> std::process::Output {
+    let id = child.id();
+    let (done, finished) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let waiter = std::thread::spawn(move || {
+        let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                if let Some(mut pipe) = pipe {
+                    let _ = pipe.read_to_end(&mut bytes);
+                }
+                bytes
+            })
+        };
+        let out = read(stdout.map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+        let err = read(stderr.map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+        let status = child.wait().expect("reaped");
+        let _ = done.send(());
+        std::process::Output {
+            status,
+            stdout: out.join().unwrap_or_default(),
+            stderr: err.join().unwrap_or_default(),
+        }
+    });
+    if finished.recv_timeout(limit).is_err() {
+        let _ = Command::new("kill")
+            .args(["-KILL", &id.to_string()])
+            .status();
+        let output = waiter.join().expect("waiter");
+        panic!(
+            "martmap did not finish within {limit:?}:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    waiter.join().expect("waiter")
+}
+
+/// An options file as a user writes it: only the broker, the group and
+/// the binding, every client option at its default.
+fn plain_options_file(dir: &std::path::Path, topic: &str) -> String {
+    let path = dir.join("plain.ini");
+    let text = format!(
+        "[kafka-test]\nbootstrap.servers={}\ngroup.id=group-{topic}\ng:topic:{topic}=COBROWSE\n",
+        bootstrap()
+    );
+    std::fs::write(&path, text).expect("options file");
+    path.display().to_string()
+}
+
+/// Continuous members killed with SIGKILL stay in the group until their
+/// session times out (45 s by default); an ETL cycle does not wait for them.
+#[test]
+fn run_once_after_killed_members_finishes_with_default_options() {
+    let topic = format!("cobrowse-crashed-{}", std::process::id());
+    let produced = produce(&topic, 3, SAMPLE) as i64;
+    let (dir, database) = sqlite_database();
+    let options = plain_options_file(dir.path(), &topic);
+    // The defect's reproduction: kills at fixed times, whatever was loaded.
+    for millis in [500, 1500, 2500] {
+        let mut member = spawn_run(&options, &database, false);
+        std::thread::sleep(Duration::from_millis(millis));
+        member.kill().expect("kill -9");
+        member.wait().expect("reaped");
+    }
+    let cycle = spawn_run(&options, &database, true);
+    assert_success(&finish_within(cycle, Duration::from_secs(60)));
+    assert_loaded_exactly_once(&database, produced);
+}
+
+/// Two ETL cycles started at once (a scheduler starting one while the
+/// last still runs): the later waits for the earlier; both succeed and
+/// every message is loaded once.
+fn overlapping_cycles_neither_duplicate_nor_fail(database: &str, name: &str) {
+    let topic = format!("cobrowse-overlap-{name}-{}", std::process::id());
+    let produced = produce(&topic, 3, SAMPLE) as i64;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let options = plain_options_file(dir.path(), &topic);
+    let cycles = [
+        spawn_run(&options, database, true),
+        spawn_run(&options, database, true),
+    ];
+    for cycle in cycles {
+        assert_success(&finish_within(cycle, Duration::from_secs(60)));
+    }
+    assert_loaded_exactly_once(database, produced);
+}
+
+#[test]
+fn overlapping_once_cycles_into_sqlite() {
+    let (_dir, database) = sqlite_database();
+    overlapping_cycles_neither_duplicate_nor_fail(&database, "sqlite");
+}
+
+#[test]
+fn overlapping_once_cycles_into_postgres() {
+    overlapping_cycles_neither_duplicate_nor_fail(&postgres_database("overlap"), "postgres");
 }
 
 /// What `run` writes to standard error in `seconds` with `section` as its
@@ -546,4 +662,64 @@ fn metrics_count_what_is_committed_and_health_says_ok() {
     assert_eq!(body, "ok\n");
     child.kill().expect("stop martmap");
     child.wait().expect("reaped");
+}
+
+/// A message whose value does not fit its column is discarded and the
+/// cycle goes on: one bad message never poisons the topic.
+fn run_discards_values_that_do_not_fit(database: &str, name: &str) {
+    let topic = format!("out-of-range-{name}-{}", std::process::id());
+    produce(&topic, 1, OUT_OF_RANGE);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let options = options_file(dir.path(), &topic, &format!("group-{topic}"));
+    assert_success(&run_once(&options, database));
+    assert_out_of_range_discarded(database);
+    let offsets = query(
+        database,
+        "SELECT CAST(next_offset AS TEXT) FROM ctl_kafka_offset",
+    );
+    assert_eq!(offsets, [[Some("6".to_owned())]], "past every message");
+}
+
+#[test]
+fn run_discards_values_that_do_not_fit_into_sqlite() {
+    let (_dir, database) = sqlite_database();
+    run_discards_values_that_do_not_fit(&database, "sqlite");
+}
+
+#[test]
+fn run_discards_values_that_do_not_fit_into_postgres() {
+    run_discards_values_that_do_not_fit(&postgres_database("kafka_out_of_range"), "postgres");
+}
+
+/// `run` reports what is wrong with its configuration as `validate-mapping
+/// --options` does: a diagnostic with its line, and exit code 1.
+#[test]
+fn run_reports_binding_problems_as_diagnostics() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let check = |name: &str, section: &str, code: &str, says: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, section).expect("options file");
+        let output = Command::new(env!("CARGO_BIN_EXE_martmap"))
+            .args(["run", "--once", "--options"])
+            .arg(&path)
+            .current_dir(repository())
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("martmap runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(code) && stderr.contains(says), "{stderr}");
+    };
+    check(
+        "unknown.ini",
+        "[kafka-test]\nbootstrap.servers=127.0.0.1:1\ng:topic:t=COBROWS\n",
+        "martmap::options::unknown_mapping",
+        "did you mean `COBROWSE`?",
+    );
+    check(
+        "none.ini",
+        "[kafka-test]\nbootstrap.servers=127.0.0.1:1\n",
+        "martmap::options::no_bindings",
+        "g:topic:<topic>=<MAPPING>",
+    );
 }

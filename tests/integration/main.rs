@@ -2,6 +2,7 @@
 //! the built `martmap` binary against files under `tests/cases/`.
 //!
 //! Where new tests go:
+//! - `architecture`: rules of the code's structure, checked on `src/`.
 //! - `kafka`: `martmap run` against the tansu broker `scripts/test` starts.
 //! - `faults`: `martmap run` losing its broker (a tansu of the test's own)
 //!   or its database, and the client's security options.
@@ -14,6 +15,7 @@
 //! - `validate`: `martmap validate-mapping`; a new golden case is a new
 //!   directory under `tests/cases/validate/` (see that module's doc).
 
+mod architecture;
 mod database;
 mod faults;
 mod kafka;
@@ -48,4 +50,17 @@ pub fn martmap<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
 
 pub fn repository() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Waits until `done` holds, checking every 50 ms; fails the test after
+/// `limit`. Tests await conditions with it rather than sleeping blindly.
+pub fn wait_until(what: &str, limit: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

@@ -2,10 +2,14 @@
 //!
 //! A [`Batcher`] interprets each [`Message`] with the plan and collects its
 //! rows, or its discard with the exact payload and where it came from, into
-//! a [`Batch`] for the sink. It knows no source and no database.
+//! a [`Batch`] for the sink, and prepares it (`batch`). It knows no source
+//! and no database.
+
+mod batch;
+
+pub use batch::{Batch, CopyLine, DiscardRecord, NextOffset, Prepared, Preparer};
 
 use crate::plan::Plan;
-use crate::sink::{Batch, DiscardRecord, NextOffset, Preparer};
 
 /// One event as a source delivers it.
 #[derive(Debug, Clone)]
