@@ -320,16 +320,26 @@ impl Database {
         catalog: &'c Catalog,
         tables: impl IntoIterator<Item = &'c str>,
     ) -> Result<Vec<&'c Table>, SinkError> {
+        use sea_orm::TransactionTrait;
         let mut created = Vec::new();
+        // One transaction; in PostgreSQL, whose `CREATE TABLE IF NOT EXISTS`
+        // fails when another session creates the same table at that
+        // instant, processes starting at once also take turns.
+        let txn = self.connection.begin().await?;
+        if self.backend() == DbBackend::Postgres {
+            txn.execute_unprepared("SELECT pg_advisory_xact_lock(hashtext('martmap:ddl'))")
+                .await?;
+        }
         for name in CONTROL_TABLES.into_iter().chain(tables) {
             let table = catalog
                 .table(name)
                 .ok_or_else(|| SinkError::MissingTable(name.to_owned()))?;
             if !created.iter().any(|t: &&Table| t.name == table.name) {
-                ddl::create(&self.connection, &self.names, table).await?;
+                ddl::create(&txn, &self.names, table).await?;
                 created.push(table);
             }
         }
+        txn.commit().await?;
         Ok(created)
     }
 }

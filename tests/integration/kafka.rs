@@ -351,6 +351,7 @@ fn two_processes_in_one_group_load_everything_once() {
     let produced = produce(&topic, 3, SAMPLE) as i64;
     let (dir, database) = sqlite_database();
     let options = options_file(dir.path(), &topic, &format!("group-{topic}"));
+    init_db(&database);
     let members = [
         spawn_run(&options, &database, false),
         spawn_run(&options, &database, false),
