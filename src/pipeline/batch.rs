@@ -7,7 +7,7 @@
 use foldhash::{HashMap, HashMapExt};
 
 use crate::dimension::Distinct;
-use crate::plan::{Cell, Plan, Row};
+use crate::plan::{Cell, Member, Plan, Row};
 
 /// What one batch holds: each loaded event's rows, and the discarded ones.
 #[derive(Debug, Default)]
@@ -32,8 +32,8 @@ pub struct Batch {
 pub struct Preparer {
     /// Positions in a row of the `replace_by` columns.
     pub replace_by: Vec<usize>,
-    /// Positions in a row of the key columns.
-    pub key: Vec<usize>,
+    /// Where a row holds each key column.
+    pub key: Vec<KeyPart>,
     dimensions: usize,
     /// Whether rows travel as COPY text.
     pub copy: bool,
@@ -72,15 +72,30 @@ impl Prepared {
 }
 
 impl Preparer {
-    /// What `plan`'s batches need prepared; `copy` when the sink's rows
-    /// travel as COPY text. The sink says which (`Sink::preparer`).
-    pub fn new(plan: &Plan, copy: bool) -> Preparer {
+    /// What `plan`'s batches need prepared. With `bulk` (the sink can
+    /// load rows as COPY text), a mapping whose events replace their rows
+    /// (`replace_by`) and whose key is all mapped columns gets its rows'
+    /// COPY text. The sink says which (`Sink::preparer`).
+    pub fn new(plan: &Plan, bulk: bool) -> Preparer {
+        let key = KeyPart::of_key(plan);
+        let mapped_key = key.iter().all(|part| matches!(part, KeyPart::Value(_)));
         Preparer {
             replace_by: column_positions(plan, &plan.replace_by),
-            key: column_positions(plan, &plan.key),
+            copy: bulk && !plan.replace_by.is_empty() && mapped_key,
+            key,
             dimensions: plan.dimensions.len(),
-            copy,
         }
+    }
+
+    /// With COPY, the key of `row` as text (every key column is mapped).
+    pub fn key_text(&self, row: &Row) -> Vec<String> {
+        self.key
+            .iter()
+            .filter_map(|part| match part {
+                KeyPart::Value(at) => Some(row.values[*at].to_text()),
+                KeyPart::Member(_) => None,
+            })
+            .collect()
     }
 
     /// Prepares `batch` for writing.
@@ -139,6 +154,46 @@ pub struct DiscardRecord {
     pub error: String,
 }
 
+/// Where a key column's value is in a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyPart {
+    /// A mapped column: its position in `Row::values`.
+    Value(usize),
+    /// A dimension key column: the dimension's position in `Row::members`
+    /// (one member, one surrogate key).
+    Member(usize),
+}
+
+/// A key column's value in one row.
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum KeyValue<'r> {
+    Value(&'r Cell),
+    Member(&'r Member),
+}
+
+impl KeyPart {
+    /// The key parts of `plan`'s key, in its order.
+    fn of_key(plan: &Plan) -> Vec<KeyPart> {
+        plan.key
+            .iter()
+            .filter_map(|name| {
+                let value = plan.columns.iter().position(|(column, _)| column == name);
+                let member = || plan.dimensions.iter().position(|d| &d.key_column == name);
+                value
+                    .map(KeyPart::Value)
+                    .or_else(|| member().map(KeyPart::Member))
+            })
+            .collect()
+    }
+
+    fn of(self, row: &Row) -> KeyValue<'_> {
+        match self {
+            KeyPart::Value(at) => KeyValue::Value(&row.values[at]),
+            KeyPart::Member(at) => KeyValue::Member(&row.members[at]),
+        }
+    }
+}
+
 /// Positions in the plan's fact columns of the named columns.
 fn column_positions(plan: &Plan, names: &[String]) -> Vec<usize> {
     names
@@ -152,7 +207,7 @@ fn column_positions(plan: &Plan, names: &[String]) -> Vec<usize> {
 /// each identity counts, and since its columns are part of the key, equal
 /// keys can only meet within one event. Without it, every event counts and
 /// the last row of each key wins.
-fn latest_rows(events: &[Vec<Row>], replace_by: &[usize], key: &[usize]) -> Vec<(usize, usize)> {
+fn latest_rows(events: &[Vec<Row>], replace_by: &[usize], key: &[KeyPart]) -> Vec<(usize, usize)> {
     fn values<'r>(row: &'r Row, positions: &[usize]) -> Vec<&'r Cell> {
         positions.iter().map(|&i| &row.values[i]).collect()
     }
@@ -168,7 +223,7 @@ fn latest_rows(events: &[Vec<Row>], replace_by: &[usize], key: &[usize]) -> Vec<
     }
     let mut rows: Vec<(usize, usize)> =
         Vec::with_capacity(kept.iter().map(|&event| events[event].len()).sum());
-    let mut by_key: HashMap<Vec<&Cell>, usize> = HashMap::new();
+    let mut by_key: HashMap<Vec<KeyValue>, usize> = HashMap::new();
     for event in kept {
         let start = if replace_by.is_empty() { 0 } else { rows.len() };
         if !replace_by.is_empty() {
@@ -182,11 +237,11 @@ fn latest_rows(events: &[Vec<Row>], replace_by: &[usize], key: &[usize]) -> Vec<
                     .iter()
                     .position(|&(_, seen)| {
                         let seen = &event_rows[seen];
-                        key.iter().all(|&i| seen.values[i] == row.values[i])
+                        key.iter().all(|part| part.of(seen) == part.of(row))
                     })
                     .map(|p| start + p)
             } else {
-                let row_key = values(row, key);
+                let row_key: Vec<KeyValue> = key.iter().map(|part| part.of(row)).collect();
                 let found = by_key.get(&row_key).copied();
                 if found.is_none() {
                     by_key.insert(row_key, rows.len());
@@ -288,13 +343,16 @@ mod tests {
     }
 
     fn check(events: &[Vec<Row>], replace_by: &[usize], expected: &[(&str, i64, &str)]) {
-        let got: Vec<(String, i64, String)> = latest_rows(events, replace_by, &[0, 1])
-            .iter()
-            .map(|&(event, row)| match &events[event][row].values[..] {
-                [Cell::Text(s), Cell::Int(i), Cell::Text(v)] => (s.to_string(), *i, v.to_string()),
-                other => panic!("unexpected row {other:?}"),
-            })
-            .collect();
+        let got: Vec<(String, i64, String)> =
+            latest_rows(events, replace_by, &[KeyPart::Value(0), KeyPart::Value(1)])
+                .iter()
+                .map(|&(event, row)| match &events[event][row].values[..] {
+                    [Cell::Text(s), Cell::Int(i), Cell::Text(v)] => {
+                        (s.to_string(), *i, v.to_string())
+                    }
+                    other => panic!("unexpected row {other:?}"),
+                })
+                .collect();
         let expected: Vec<(String, i64, String)> = expected
             .iter()
             .map(|(s, i, v)| (s.to_string(), *i, v.to_string()))
@@ -330,6 +388,20 @@ mod tests {
     fn duplicate_keys_within_an_event_keep_the_last_row() {
         let events = [event("a", &[(0, "x"), (0, "y"), (1, "z")])];
         check(&events, &[0], &[("a", 0, "y"), ("a", 1, "z")]);
+    }
+
+    #[test]
+    fn a_key_with_a_dimension_key_tells_rows_apart_by_member() {
+        let member = |name: &str| -> Member { vec![std::sync::Arc::from(name)].into() };
+        let row = |session: &str, question: &str| Row {
+            values: vec![Cell::Text(session.into())],
+            members: vec![member(question)],
+        };
+        // Key (SESSION, QUESTION_KEY): the second column is the dimension's.
+        let key = [KeyPart::Value(0), KeyPart::Member(0)];
+        let events = [vec![row("a", "q1"), row("a", "q2"), row("a", "q1")]];
+        assert_eq!(latest_rows(&events, &[0], &key), [(0, 2), (0, 1)]);
+        assert_eq!(latest_rows(&events, &[], &key), [(0, 2), (0, 1)]);
     }
 
     #[test]

@@ -407,14 +407,8 @@ impl Sink {
             );
         }
         let backend = Backend::of(db.backend());
-        // Rows replace their identities' rows by COPY on PostgreSQL.
-        let copy = backend == Backend::Postgres
-            && !plan.replace_by.is_empty()
-            && plan
-                .key
-                .iter()
-                .all(|k| plan.columns.iter().any(|(c, _)| c == k));
-        let preparer = Preparer::new(&plan, copy);
+        // PostgreSQL loads replaced identities' rows by COPY.
+        let preparer = Preparer::new(&plan, backend == Backend::Postgres);
         Ok(Sink {
             db,
             backend,

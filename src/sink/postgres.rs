@@ -98,7 +98,6 @@ async fn replace_facts(
         }
     }
 
-    let key_positions = &facts.preparer.key;
     for (at, (row, dimension_keys)) in rows.iter().zip(keys).enumerate() {
         // The mapped values were encoded when the batch was prepared.
         data.extend_from_slice(prepared.copy_text(at));
@@ -111,11 +110,10 @@ async fn replace_facts(
             let created = if created_by.is_empty() {
                 audit_key
             } else {
-                let key: Vec<String> = key_positions
-                    .iter()
-                    .map(|&i| Cell::to_text(&row.values[i]))
-                    .collect();
-                created_by.get(&key).copied().unwrap_or(audit_key)
+                created_by
+                    .get(&facts.preparer.key_text(row))
+                    .copied()
+                    .unwrap_or(audit_key)
             };
             line.int(created);
         }
