@@ -26,5 +26,6 @@ pub mod metrics;
 pub mod options;
 pub mod pipeline;
 pub mod plan;
+pub mod runtime;
 pub mod sink;
 pub mod source;

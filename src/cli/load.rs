@@ -1,21 +1,19 @@
 //! `martmap load`: JSON Lines files (or stdin) through one mapping into the
 //! database, in batches of one transaction each, with progress and a summary.
 //!
-//! Reading and interpreting run on their own thread and hand finished batches
-//! to the writer, so parsing the next batch overlaps writing this one.
+//! The load itself is the library's (`runtime::load`); this module parses
+//! the arguments, shows progress and renders the summary.
 
 use std::io::IsTerminal;
-use std::ops::ControlFlow;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use martmap::catalog::Catalog;
-use martmap::pipeline::Batch;
-use martmap::pipeline::Batcher;
-use martmap::plan::Plan;
-use martmap::sink::{BatchReport, Database, Sink};
-use martmap::source::file::read_lines;
+use martmap::runtime::load::load;
+use martmap::runtime::{Stop, Totals};
+use martmap::sink::{Database, Sink};
 
 use super::{CatalogArgs, Color, DatabaseArgs, Outcome, load_plan};
 
@@ -56,25 +54,6 @@ pub struct LoadArgs {
     color: Color,
 }
 
-#[derive(Default)]
-struct Totals {
-    events: usize,
-    rows: usize,
-    discards: usize,
-    new_members: usize,
-    batches: usize,
-}
-
-impl Totals {
-    fn add(&mut self, report: &BatchReport) {
-        self.events += report.events + report.discards;
-        self.rows += report.rows;
-        self.discards += report.discards;
-        self.new_members += report.new_members;
-        self.batches += 1;
-    }
-}
-
 pub fn run(args: LoadArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
     let Some(plan) = load_plan(&args.mapping, &args.catalog, args.color)? else {
         return Ok(Outcome::Invalid);
@@ -85,109 +64,48 @@ pub fn run(args: LoadArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        let stop = Arc::new(Stop::new());
+        tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                super::signalled().await;
+                stop.request();
+            }
+        });
+        let started = Instant::now();
         let database = Database::connect(&args.database.url()).await?;
-        let result = load_files(&database, &catalog, plan, &args).await;
+        let progress = Progress::new();
+        let fact = plan.fact.clone();
+        let loaded = match Sink::open(database.clone(), &catalog, plan).await {
+            Ok(mut sink) => {
+                let update = |totals: &Totals| progress.update(totals, started);
+                load(&mut sink, &args.files, args.batch_size, &stop, update)
+                    .await
+                    .map_err(Box::<dyn std::error::Error>::from)
+            }
+            Err(error) => Err(error.into()),
+        };
+        progress.finish();
         // Closing the pool checkpoints SQLite's write-ahead log into the
         // database file and removes it: the .db file alone is then whole.
         database.close().await;
-        result
-    })
-}
-
-async fn load_files(
-    database: &Database,
-    catalog: &Catalog,
-    plan: Plan,
-    args: &LoadArgs,
-) -> Result<Outcome, Box<dyn std::error::Error>> {
-    let started = Instant::now();
-    let mut sink = Sink::open(database.clone(), catalog, plan.clone()).await?;
-
-    let (sender, mut batches) = tokio::sync::mpsc::channel::<Batch>(2);
-    // Written batches come back to be freed on the thread that allocated
-    // them, where the allocator reuses their memory at once.
-    let (spent_sender, spent) = std::sync::mpsc::channel::<Batch>();
-    let (files, size) = (args.files.clone(), args.batch_size.max(1));
-    let preparer = sink.preparer();
-    let reader = std::thread::spawn(move || -> std::io::Result<()> {
-        let mut batcher = Batcher::new(plan).preparing(preparer);
-        for file in &files {
-            let mut writer_gone = false;
-            read_lines(file, |message| {
-                batcher.push(message);
-                if batcher.len() >= size {
-                    // The writer hangs up after a failure it reports, or
-                    // when it is told to stop.
-                    writer_gone = sender.blocking_send(batcher.take()).is_err();
-                    spent.try_iter().for_each(drop);
-                }
-                if writer_gone {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
-            })
-            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", file.display())))?;
-            if writer_gone {
-                return Ok(());
-            }
-        }
-        if !batcher.is_empty() {
-            let _ = sender.blocking_send(batcher.take());
-        }
-        Ok(())
-    });
-
-    let progress = Progress::new();
-    let mut totals = Totals::default();
-    let mut signalled = std::pin::pin!(super::signalled());
-    loop {
-        let batch = tokio::select! {
-            batch = batches.recv() => batch,
-            () = &mut signalled => {
-                // The batch being written has committed; what the reader
-                // holds was never written. Loading again is safe.
-                progress.finish();
-                return Err(format!(
-                    "interrupted after {} events in {} batches, all committed; \
-                     loading the same files again finishes the load (events already \
-                     loaded change nothing but UPDATE_AUDIT_KEY)",
-                    totals.events, totals.batches
-                )
-                .into());
-            }
-        };
-        let Some(batch) = batch else { break };
-        let report = sink.write(&batch).await?;
-        tracing::debug!(
-            audit_key = report.audit_key,
-            events = report.events + report.discards,
-            rows = report.rows,
-            "batch committed"
+        let totals = loaded?;
+        let elapsed = started.elapsed().as_secs_f64();
+        println!(
+            "loaded {} events into {fact}: {} fact rows written, {} discarded, {} new dimension members, {} batches in {:.2} s ({:.0} events/s)",
+            totals.events,
+            totals.rows,
+            totals.discards,
+            totals.new_members,
+            totals.batches,
+            elapsed,
+            totals.events as f64 / elapsed.max(1e-9),
         );
-        let _ = spent_sender.send(batch); // the reader may have finished
-        totals.add(&report);
-        progress.update(&totals, started);
-    }
-    reader.join().map_err(|_| "the reader thread panicked")??;
-    progress.finish();
-
-    let elapsed = started.elapsed().as_secs_f64();
-    println!(
-        "loaded {} events into {}: {} fact rows written, {} discarded, {} new dimension members, {} batches in {:.2} s ({:.0} events/s)",
-        totals.events,
-        sink.plan().fact,
-        totals.rows,
-        totals.discards,
-        totals.new_members,
-        totals.batches,
-        elapsed,
-        totals.events as f64 / elapsed.max(1e-9),
-    );
-    if totals.discards > 0 {
-        println!("discarded events are in CTL_DISCARD with their payload and the reason");
-    }
-    Ok(Outcome::Success)
+        if totals.discards > 0 {
+            println!("discarded events are in CTL_DISCARD with their payload and the reason");
+        }
+        Ok(Outcome::Success)
+    })
 }
 
 /// A progress bar on a terminal; a log line every few seconds elsewhere.

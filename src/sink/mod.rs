@@ -92,14 +92,18 @@ impl SinkError {
 }
 
 /// Whether a database error code names a condition of the server, not of
-/// the statement. PostgreSQL's codes are SQLSTATEs, and only the classes of
-/// bad statements and bad data are final: data exception (22), integrity
-/// constraint (23), syntax or access rule (42), feature not supported (0A).
-/// SQLite's are numbers: busy, locked, I/O error, full and cannot open are
-/// the file's state (extended codes keep the primary one in the low byte).
+/// the statement. PostgreSQL's codes are SQLSTATEs; the classes of the
+/// server's state are connection exceptions (08), transaction rollbacks
+/// such as deadlocks (40), insufficient resources (53), objects not in the
+/// prerequisite state, such as a database not allowing connections (55),
+/// operator intervention such as a shutdown (57) and system errors (58).
+/// Anything else (bad data, a constraint, a trigger's exception) would
+/// fail again. SQLite's are numbers: busy, locked, I/O error, full and
+/// cannot open are the file's state (extended codes keep the primary one
+/// in the low byte).
 fn transient_code(postgres: bool, code: &str) -> bool {
     if postgres {
-        !["22", "23", "42", "0A"]
+        ["08", "40", "53", "55", "57", "58"]
             .iter()
             .any(|class| code.starts_with(class))
     } else {
@@ -321,26 +325,41 @@ impl Database {
         tables: impl IntoIterator<Item = &'c str>,
     ) -> Result<Vec<&'c Table>, SinkError> {
         use sea_orm::TransactionTrait;
-        let mut created = Vec::new();
-        // One transaction; in PostgreSQL, whose `CREATE TABLE IF NOT EXISTS`
-        // fails when another session creates the same table at that
-        // instant, processes starting at once also take turns.
-        let txn = self.connection.begin().await?;
-        if self.backend() == DbBackend::Postgres {
-            txn.execute_unprepared("SELECT pg_advisory_xact_lock(hashtext('martmap:ddl'))")
-                .await?;
-        }
+        let mut names: Vec<&str> = Vec::new();
         for name in CONTROL_TABLES.into_iter().chain(tables) {
-            let table = catalog
-                .table(name)
-                .ok_or_else(|| SinkError::MissingTable(name.to_owned()))?;
-            if !created.iter().any(|t: &&Table| t.name == table.name) {
-                ddl::create(&txn, &self.names, table).await?;
-                created.push(table);
+            if !names.contains(&name) {
+                names.push(name);
             }
         }
-        txn.commit().await?;
-        Ok(created)
+        let tables = names
+            .into_iter()
+            .map(|name| {
+                catalog
+                    .table(name)
+                    .ok_or_else(|| SinkError::MissingTable(name.to_owned()))
+            })
+            .collect::<Result<Vec<&Table>, _>>()?;
+        if self.backend() == DbBackend::Postgres {
+            // `CREATE TABLE IF NOT EXISTS` fails when another session
+            // creates the same table at that instant: processes starting at
+            // once take turns, and each creates what is missing in one
+            // transaction.
+            let txn = self.connection.begin().await?;
+            txn.execute_unprepared("SELECT pg_advisory_xact_lock(hashtext('martmap:ddl'))")
+                .await?;
+            for table in &tables {
+                ddl::create(&txn, &self.names, table).await?;
+            }
+            txn.commit().await?;
+        } else {
+            // SQLite serialises writers itself (each statement waits on the
+            // busy timeout); a deferred transaction would instead fail to
+            // upgrade its read lock when another process wrote meanwhile.
+            for table in &tables {
+                ddl::create(&self.connection, &self.names, table).await?;
+            }
+        }
+        Ok(tables)
     }
 }
 
@@ -496,7 +515,7 @@ mod tests {
         for code in ["57P01", "08006", "53300", "40P01", "55000"] {
             assert!(transient_code(true, code), "{code}");
         }
-        for code in ["23505", "22001", "42P01", "0A000"] {
+        for code in ["23505", "22001", "42P01", "0A000", "P0001", "XX000"] {
             assert!(!transient_code(true, code), "{code}");
         }
         // SQLITE_BUSY, SQLITE_BUSY_SNAPSHOT (517), SQLITE_IOERR_WRITE (778).

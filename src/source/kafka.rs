@@ -40,9 +40,84 @@ pub enum Polled {
     End(i32),
     /// Nothing arrived within the poll timeout.
     Idle,
-    /// A client error (the broker unreachable, say) with librdkafka's
-    /// explanation when it gave one; librdkafka retries.
-    Error(String),
+    /// A client error (the broker unreachable, say); librdkafka retries.
+    Error(ClientError),
+}
+
+/// A client error: what it says about reaching the brokers, classified by
+/// librdkafka's error codes, and its text with librdkafka's explanations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientError {
+    pub trouble: Option<Trouble>,
+    pub text: String,
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Why the brokers cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trouble {
+    /// No connection: refused, unresolvable, timed out, all brokers down.
+    Unreachable,
+    /// The same, on a connection configured for TLS, where a failed
+    /// handshake (a TLS client against a plaintext port, say) surfaces as a
+    /// transport failure too.
+    UnreachableOverTls,
+    /// The TLS layer reported an error.
+    Tls,
+    /// SASL authentication failed or was not offered.
+    Authentication,
+}
+
+impl Trouble {
+    /// What an operator should check, naming the options involved.
+    pub fn advice(self) -> &'static str {
+        match self {
+            Trouble::Unreachable => "broker unreachable",
+            Trouble::UnreachableOverTls => {
+                "broker unreachable, or TLS with the broker failed; check security.protocol and the ssl.* options"
+            }
+            Trouble::Tls => {
+                "TLS with the broker failed; check security.protocol and the ssl.* options"
+            }
+            Trouble::Authentication => {
+                "authentication with the broker failed; check security.protocol and the sasl.* options"
+            }
+        }
+    }
+
+    /// The trouble that error codes seen together name, if any.
+    pub fn of(codes: &[RDKafkaErrorCode], tls: bool) -> Option<Trouble> {
+        use RDKafkaErrorCode as Code;
+        let any = |wanted: &[Code]| codes.iter().any(|code| wanted.contains(code));
+        if any(&[
+            Code::Authentication,
+            Code::SaslAuthenticationFailed,
+            Code::UnsupportedSASLMechanism,
+            Code::IllegalSASLState,
+        ]) {
+            Some(Trouble::Authentication)
+        } else if any(&[Code::SSL]) {
+            Some(Trouble::Tls)
+        } else if any(&[
+            Code::BrokerTransportFailure,
+            Code::AllBrokersDown,
+            Code::Resolve,
+            Code::NetworkException,
+        ]) {
+            Some(if tls {
+                Trouble::UnreachableOverTls
+            } else {
+                Trouble::Unreachable
+            })
+        } else {
+            None
+        }
+    }
 }
 
 struct Context<P> {
@@ -55,6 +130,8 @@ struct Context<P> {
     /// librdkafka's explanations of its errors since the last poll ("SASL
     /// SCRAM-SHA-256 mechanism handshake failed: ..."), which polled errors lack.
     reasons: Mutex<Vec<String>>,
+    /// The codes of librdkafka's global errors since the last poll.
+    codes: Mutex<Vec<RDKafkaErrorCode>>,
 }
 
 /// librdkafka's own log lines and global errors repeat every few
@@ -73,6 +150,12 @@ impl<P: Positions> ClientContext for Context<P> {
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::debug!(target: "librdkafka", %error, reason);
         self.explain(reason);
+        if let Some(code) = error.rdkafka_error_code() {
+            let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
+            if codes.len() < 16 && !codes.contains(&code) {
+                codes.push(code);
+            }
+        }
     }
 }
 
@@ -162,6 +245,8 @@ pub struct TopicConsumer<P: Positions + 'static> {
     /// Without group membership: every partition is still to be assigned
     /// from the topic's metadata.
     unassigned: bool,
+    /// Whether `security.protocol` asks for TLS.
+    tls: bool,
 }
 
 /// How a consumer gets its partitions.
@@ -201,6 +286,7 @@ impl<P: Positions + 'static> TopicConsumer<P> {
             unstored,
             assigned: Mutex::new(Vec::new()),
             reasons: Mutex::new(Vec::new()),
+            codes: Mutex::new(Vec::new()),
         };
         let consumer: BaseConsumer<Context<P>> =
             client_config(options).create_with_context(context)?;
@@ -211,6 +297,11 @@ impl<P: Positions + 'static> TopicConsumer<P> {
             consumer,
             topic: topic.to_owned(),
             unassigned: membership == Membership::AllPartitions,
+            tls: options
+                .iter()
+                .rev()
+                .find(|(key, _)| key == "security.protocol")
+                .is_some_and(|(_, protocol)| protocol.to_ascii_lowercase().ends_with("ssl")),
         })
     }
 
@@ -282,21 +373,24 @@ impl<P: Positions + 'static> TopicConsumer<P> {
         }
     }
 
-    /// A client error with librdkafka's explanations since the last one.
+    /// A client error, classified by its code and those of librdkafka's
+    /// errors since the last one, with librdkafka's explanations.
     fn error(&self, error: KafkaError) -> Polled {
-        let reasons = std::mem::take(
-            &mut *self
-                .consumer
-                .context()
-                .reasons
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
-        if reasons.is_empty() {
-            Polled::Error(error.to_string())
+        let context = self.consumer.context();
+        let reasons =
+            std::mem::take(&mut *context.reasons.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut codes =
+            std::mem::take(&mut *context.codes.lock().unwrap_or_else(|e| e.into_inner()));
+        codes.extend(error.rdkafka_error_code());
+        let text = if reasons.is_empty() {
+            error.to_string()
         } else {
-            Polled::Error(format!("{error}: {}", reasons.join("; ")))
-        }
+            format!("{error}: {}", reasons.join("; "))
+        };
+        Polled::Error(ClientError {
+            trouble: Trouble::of(&codes, self.tls),
+            text,
+        })
     }
 
     /// The partitions owned now.
