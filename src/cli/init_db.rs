@@ -39,7 +39,7 @@ pub fn run(args: InitDbArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let database = Database::connect(&args.database.url()).await?;
+        let database = Database::connect(&args.database.url(), &catalog).await?;
         let created = database
             .create_tables(&catalog, plans.iter().flat_map(plan_tables))
             .await;

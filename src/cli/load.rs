@@ -73,7 +73,7 @@ pub fn run(args: LoadArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
             }
         });
         let started = Instant::now();
-        let database = Database::connect(&args.database.url()).await?;
+        let database = Database::connect(&args.database.url(), &catalog).await?;
         let progress = Progress::new();
         let fact = plan.fact.clone();
         let loaded = match Sink::open(database.clone(), &catalog, plan).await {

@@ -181,7 +181,7 @@ pub fn run(args: RunArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
                 stop.request();
             }
         });
-        let database = Database::connect(&args.database.url()).await?;
+        let database = Database::connect(&args.database.url(), &catalog).await?;
         let consumed = async {
             let mut sinks = HashMap::new();
             for (name, plan) in plans {

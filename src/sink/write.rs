@@ -9,14 +9,15 @@
 use foldhash::HashMap;
 
 use sea_orm::DbErr;
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict, Query, Value};
+use sea_orm::sea_query::Value;
 
+use super::control::now;
 use super::ddl::natural_key_hash;
 use super::txn::Txn;
 use super::{Backend, Names, Sink, SinkError, postgres, sqlite};
 use crate::catalog::{ColumnType, Table};
 use crate::dimension::{Member, MemberStore};
-use crate::pipeline::{Batch, DiscardRecord, NextOffset, Preparer};
+use crate::pipeline::{Batch, Preparer};
 use crate::plan::{Cell, Plan, Row};
 
 /// Rows per INSERT statement: well under SQLite's and PostgreSQL's limits
@@ -76,8 +77,12 @@ impl Sink {
     pub async fn write(&mut self, batch: &Batch) -> Result<BatchReport, SinkError> {
         let mut txn = Txn::begin(&self.db.connection).await?;
         let names = self.db.names;
-        let started = now();
-        let audit_key = self.insert_audit(&mut txn, batch, started).await?;
+        let control = &*self.db.control;
+        let (mapping, hash) = (&self.plan.mapping, &self.plan.content_hash);
+        let audit_key = control
+            .audit
+            .insert(&mut txn, mapping, hash, batch, now())
+            .await?;
 
         let unprepared;
         let prepared = match &batch.prepared {
@@ -117,15 +122,12 @@ impl Sink {
                     .await?
             }
         }
-        insert_discards(
-            &mut txn,
-            names,
-            &self.plan.mapping,
-            &batch.discards,
-            audit_key,
-        )
-        .await?;
-        upsert_offsets(&mut txn, names, &batch.offsets, audit_key).await?;
+        let discards = &control.discards;
+        discards
+            .insert(&mut txn, mapping, &batch.discards, audit_key)
+            .await?;
+        let offsets = &control.offsets;
+        offsets.store(&mut txn, &batch.offsets, audit_key).await?;
 
         let report = BatchReport {
             audit_key,
@@ -134,161 +136,19 @@ impl Sink {
             discards: batch.discards.len(),
             new_members: resolved.created,
         };
-        let update = Query::update()
-            .table(names.table("CTL_AUDIT_LOG"))
-            .value(names.column("FACT_ROW_COUNT"), report.rows as i64)
-            .value(names.column("NEW_MEMBER_COUNT"), report.new_members as i64)
-            .value(names.column("END_TS"), now())
-            .and_where(Expr::col(names.column("AUDIT_KEY")).eq(audit_key))
-            .to_owned();
-        txn.execute(&update).await?;
+        control
+            .audit
+            .finish(&mut txn, audit_key, report.rows, report.new_members)
+            .await?;
         txn.commit().await?;
         self.members.keep(resolved);
         Ok(report)
-    }
-
-    async fn insert_audit(&self, txn: &mut Txn, batch: &Batch, started: i64) -> Result<i64, DbErr> {
-        let names = self.db.names;
-        let insert = Query::insert()
-            .into_table(names.table("CTL_AUDIT_LOG"))
-            .columns(
-                [
-                    "MAPPING_NAME",
-                    "MAPPING_HASH",
-                    "SOURCE",
-                    "EVENT_COUNT",
-                    "FACT_ROW_COUNT",
-                    "DISCARD_COUNT",
-                    "NEW_MEMBER_COUNT",
-                    "START_TS",
-                    "END_TS",
-                ]
-                .map(|c| names.column(c)),
-            )
-            .values_panic([
-                self.plan.mapping.clone().into(),
-                self.plan.content_hash.clone().into(),
-                crate::convert::truncate(batch.source.clone(), 1024).into(),
-                (batch.events.len() as i64).into(),
-                0i64.into(),
-                (batch.discards.len() as i64).into(),
-                0i64.into(),
-                started.into(),
-                started.into(),
-            ])
-            .returning(
-                Query::returning()
-                    .expr(Expr::col(names.column("AUDIT_KEY")).cast_as(Alias::new("BIGINT"))),
-            )
-            .to_owned();
-        let rows = txn.query(&insert).await?;
-        rows.first()
-            .and_then(|row| row.first())
-            .ok_or(DbErr::RecordNotInserted)?
-            .int()
     }
 
     /// How this sink's batches are to be prepared.
     pub fn preparer(&self) -> Preparer {
         self.preparer.clone()
     }
-}
-
-/// Stores each partition's next offset, unless the partition was already
-/// committed past the batch's first message: then a consumer that lost the
-/// partition (say, kicked from the group while the database was away) would
-/// load messages its successor already loaded, and the batch is refused.
-async fn upsert_offsets(
-    txn: &mut Txn,
-    names: Names,
-    offsets: &[NextOffset],
-    audit_key: i64,
-) -> Result<(), SinkError> {
-    let at = now();
-    let key = ["CLUSTER_NAME", "TOPIC", "KAFKA_PARTITION"].map(|c| names.column(c));
-    let updated = ["NEXT_OFFSET", "AUDIT_KEY", "UPDATE_TS"].map(|c| names.column(c));
-    let columns = [
-        "CLUSTER_NAME",
-        "TOPIC",
-        "KAFKA_PARTITION",
-        "NEXT_OFFSET",
-        "AUDIT_KEY",
-        "UPDATE_TS",
-    ]
-    .map(|c| names.column(c));
-    for offset in offsets {
-        let mut insert = Query::insert();
-        insert
-            .into_table(names.table("CTL_KAFKA_OFFSET"))
-            .columns(columns.clone())
-            .values_panic([
-                offset.cluster.clone().into(),
-                offset.topic.clone().into(),
-                offset.partition.into(),
-                offset.offset.into(),
-                audit_key.into(),
-                at.into(),
-            ])
-            .on_conflict(
-                OnConflict::columns(key.clone())
-                    .update_columns(updated.clone())
-                    .action_and_where(
-                        Expr::col((names.table("CTL_KAFKA_OFFSET"), names.column("NEXT_OFFSET")))
-                            .lte(offset.first),
-                    )
-                    .to_owned(),
-            );
-        if txn.execute(&insert).await? == 0 {
-            return Err(SinkError::OffsetsMoved {
-                topic: offset.topic.clone(),
-                partition: offset.partition,
-                first: offset.first,
-            });
-        }
-    }
-    Ok(())
-}
-
-async fn insert_discards(
-    txn: &mut Txn,
-    names: Names,
-    mapping: &str,
-    discards: &[DiscardRecord],
-    audit_key: i64,
-) -> Result<(), DbErr> {
-    let at = now();
-    for chunk in discards.chunks(CHUNK) {
-        let mut insert = Query::insert();
-        insert.into_table(names.table("CTL_DISCARD")).columns(
-            [
-                "MAPPING_NAME",
-                "SOURCE",
-                "KAFKA_PARTITION",
-                "POSITION",
-                "MESSAGE_KEY",
-                "PAYLOAD",
-                "ERROR",
-                "DISCARD_TS",
-                "AUDIT_KEY",
-            ]
-            .map(|c| names.column(c)),
-        );
-        for discard in chunk {
-            insert.values_panic([
-                mapping.into(),
-                crate::convert::truncate(discard.source.clone(), 1024).into(),
-                Value::Int(discard.partition).into(),
-                discard.position.into(),
-                Value::Bytes(discard.key.clone()).into(),
-                Value::Bytes(Some(discard.payload.clone())).into(),
-                discard.error.clone().into(),
-                at.into(),
-                audit_key.into(),
-            ]);
-        }
-        txn.execute(&insert).await?;
-    }
-    Ok(())
 }
 
 /// Finds and creates dimension members inside the batch's transaction.
@@ -356,8 +216,4 @@ pub(super) fn value(cell: &Cell, ty: ColumnType) -> Value {
         (Cell::Null, ColumnType::Bytes) => Value::Bytes(None),
         (Cell::Null, _) => Value::String(None),
     }
-}
-
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
 }

@@ -470,7 +470,9 @@ fn a_batch_behind_the_stored_offset_is_refused(url: &str) {
         "test".into(),
     );
     block_on(async {
-        let database = sink::Database::connect(url).await.expect("connect");
+        let database = sink::Database::connect(url, &catalog)
+            .await
+            .expect("connect");
         let mut sink = sink::Sink::open(database, &catalog, plan.clone())
             .await
             .expect("open");
@@ -835,5 +837,27 @@ fn every_write_strategy_writes_the_same_rows_on_every_backend() {
                 "{mapping} loaded twice into {url}"
             );
         }
+    }
+}
+
+/// A catalog without the control tables is refused when the database is
+/// opened, naming every missing table, before anything is written.
+#[test]
+fn a_catalog_without_control_tables_is_refused_naming_them() {
+    let (_dir, sqlite) = sqlite_database();
+    let case = "tests/cases/validate/survey-valid";
+    let output = load_with(
+        &sqlite,
+        &format!("{case}/schemas"),
+        &format!("{case}/SURVEY.yaml"),
+        &[&format!("{case}/event.json")],
+    );
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for table in ["CTL_AUDIT_LOG", "CTL_KAFKA_OFFSET", "CTL_DISCARD"] {
+        assert!(
+            stderr.contains(&format!("table `{table}` is not declared")),
+            "{stderr}"
+        );
     }
 }

@@ -1,0 +1,236 @@
+//! An open database: connecting (SQLite, the embedded default, or
+//! PostgreSQL), creating the catalog's tables, the ETL cycle lock, the
+//! stored Kafka offsets, and closing, which for SQLite checkpoints the
+//! write-ahead log into the database file.
+
+use std::sync::Arc;
+
+use sea_orm::{ConnectOptions, ConnectionTrait, DatabaseConnection, DbBackend, DbErr};
+
+use super::{Names, SinkError, control, ddl, txn};
+use crate::catalog::{Catalog, Table};
+
+/// An open database (cheap to clone: the connection is a pool).
+#[derive(Clone)]
+pub struct Database {
+    pub connection: DatabaseConnection,
+    pub names: Names,
+    /// The control tables, resolved from the catalog.
+    pub(super) control: Arc<control::Control>,
+    /// The SQLite file, when it is one.
+    file: Option<std::path::PathBuf>,
+}
+
+/// Held while one ETL cycle loads a topic, so that an overlapping cycle
+/// waits for it instead of loading the same messages; released when
+/// dropped, and by the operating system or the server when the process
+/// dies, so a crashed cycle never blocks the next.
+pub enum CycleLock {
+    /// An exclusive lock on a file beside the SQLite database.
+    File(std::fs::File),
+    /// A session-level advisory lock, held by a connection of its own.
+    Postgres(sqlx::PgConnection),
+    /// Nothing to share: an in-memory database.
+    None,
+}
+
+impl Database {
+    /// Connects; an `sqlite://` file is created when missing. The catalog
+    /// must declare the control tables (checked here).
+    pub async fn connect(url: &str, catalog: &Catalog) -> Result<Database, SinkError> {
+        use sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+        let mut options = ConnectOptions::new(url);
+        options.sqlx_logging(false);
+        if url.starts_with("sqlite:") {
+            // One writer: SQLite serialises writes anyway; one connection
+            // avoids "database is locked" between our own connections. sqlx
+            // sets the busy timeout before its pragmas, so processes opening
+            // one file at once wait for each other instead of failing.
+            options.max_connections(1).map_sqlx_sqlite_opts(|sqlite| {
+                sqlite
+                    .create_if_missing(true)
+                    .busy_timeout(std::time::Duration::from_secs(30))
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+            });
+        }
+        if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            // martmap's statements are small and planned per batch; compiling
+            // them with LLVM (PostgreSQL's JIT, chosen by estimated cost, which
+            // stale statistics inflate) took longer than running them.
+            options.map_sqlx_postgres_opts(|postgres| postgres.options([("jit", "off")]));
+        }
+        // Switching a new SQLite file to WAL takes an exclusive lock that does
+        // not wait on the busy timeout; another process opening the same
+        // file at that instant sees "database is locked". Wait and retry.
+        let mut wait = std::time::Duration::from_millis(50);
+        let started = std::time::Instant::now();
+        let connection = loop {
+            match sea_orm::Database::connect(options.clone()).await {
+                Err(error)
+                    if error.to_string().contains("database is locked")
+                        && started.elapsed() < std::time::Duration::from_secs(30) =>
+                {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(1));
+                }
+                result => break result?,
+            }
+        };
+        let backend = connection.get_database_backend();
+        let file = match backend {
+            DbBackend::Sqlite => {
+                use std::str::FromStr;
+                sqlx::sqlite::SqliteConnectOptions::from_str(url)
+                    .ok()
+                    .map(|options| options.get_filename().to_owned())
+                    .filter(|path| path.as_os_str() != ":memory:")
+            }
+            _ => None,
+        };
+        let names = Names { backend };
+        Ok(Database {
+            connection,
+            names,
+            control: Arc::new(control::Control::resolve(catalog, names)?),
+            file,
+        })
+    }
+
+    /// Waits until no other ETL cycle loads `topic` of `cluster` into this
+    /// database, then holds it until the returned lock is dropped.
+    pub async fn lock_cycle(&self, cluster: &str, topic: &str) -> Result<CycleLock, SinkError> {
+        let mut waiting = false;
+        let mut wait = |holder: &str| {
+            if !std::mem::replace(&mut waiting, true) {
+                tracing::warn!(
+                    cluster,
+                    topic,
+                    "another ETL cycle is loading this topic ({holder}); waiting for it to finish"
+                );
+            }
+        };
+        if self.backend() == DbBackend::Postgres {
+            let pool = self.connection.get_postgres_connection_pool();
+            let mut connection = pool.acquire().await.map_err(txn::sqlx_error)?.detach();
+            let name = format!("{cluster}/{topic}");
+            loop {
+                let (locked,): (bool,) = sqlx::query_as(
+                    "SELECT pg_try_advisory_lock(hashtext('martmap:cycle'), hashtext($1))",
+                )
+                .bind(&name)
+                .fetch_one(&mut connection)
+                .await
+                .map_err(txn::sqlx_error)?;
+                if locked {
+                    return Ok(CycleLock::Postgres(connection));
+                }
+                wait("a PostgreSQL advisory lock");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+        let Some(file) = &self.file else {
+            return Ok(CycleLock::None);
+        };
+        let mut path = file.clone().into_os_string();
+        path.push("-lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| SinkError::Lock(format!("{}: {e}", path.display())))?;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => return Ok(CycleLock::File(lock)),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    wait(&format!("lock file {}", path.display()));
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(SinkError::Lock(format!("{}: {e}", path.display())));
+                }
+            }
+        }
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.names.backend
+    }
+
+    /// Closes every connection, waiting for those in use. For SQLite this
+    /// checkpoints the write-ahead log into the database file and removes
+    /// it, so the file alone holds every committed batch. Call it on every
+    /// way out: a pool merely dropped at exit leaves the log behind.
+    pub async fn close(&self) {
+        if let Err(error) = self.connection.close_by_ref().await {
+            tracing::warn!(%error, "closing the database connections failed");
+        }
+    }
+
+    /// Creates the named tables (and the control tables) that do not exist.
+    pub async fn create_tables<'c>(
+        &self,
+        catalog: &'c Catalog,
+        tables: impl IntoIterator<Item = &'c str>,
+    ) -> Result<Vec<&'c Table>, SinkError> {
+        use sea_orm::TransactionTrait;
+        let mut names: Vec<&str> = Vec::new();
+        for name in self.control.tables.into_iter().chain(tables) {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        let tables = names
+            .into_iter()
+            .map(|name| {
+                catalog
+                    .table(name)
+                    .ok_or_else(|| SinkError::MissingTable(name.to_owned()))
+            })
+            .collect::<Result<Vec<&Table>, _>>()?;
+        if self.backend() == DbBackend::Postgres {
+            // `CREATE TABLE IF NOT EXISTS` fails when another session
+            // creates the same table at that instant: processes starting at
+            // once take turns, and each creates what is missing in one
+            // transaction.
+            let txn = self.connection.begin().await?;
+            txn.execute_unprepared("SELECT pg_advisory_xact_lock(hashtext('martmap:ddl'))")
+                .await?;
+            for table in &tables {
+                ddl::create(&txn, &self.names, table).await?;
+            }
+            txn.commit().await?;
+        } else {
+            // SQLite serialises writers itself (each statement waits on the
+            // busy timeout); a deferred transaction would instead fail to
+            // upgrade its read lock when another process wrote meanwhile.
+            for table in &tables {
+                ddl::create(&self.connection, &self.names, table).await?;
+            }
+        }
+        Ok(tables)
+    }
+}
+
+impl Database {
+    /// The stored next offsets of one cluster's topic, by partition: where
+    /// consumption resumes.
+    pub async fn stored_offsets(
+        &self,
+        cluster: &str,
+        topic: &str,
+    ) -> Result<Vec<(i32, i64)>, SinkError> {
+        let select = self.control.offsets.stored(cluster, topic);
+        let rows = self.connection.query_all(&select).await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get_by_index::<i64>(0)? as i32,
+                    row.try_get_by_index::<i64>(1)?,
+                ))
+            })
+            .collect::<Result<_, DbErr>>()
+            .map_err(SinkError::from)
+    }
+}
