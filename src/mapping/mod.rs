@@ -12,6 +12,7 @@ mod model;
 mod path;
 mod raw;
 mod validate;
+pub mod vocabulary;
 
 use crate::catalog::Catalog;
 use crate::diagnostic::{Problem, SourceFile};
@@ -24,7 +25,7 @@ pub use model::{
 };
 pub use path::{JsonPath, PathSyntaxError};
 pub use raw::{RawMapping, read};
-pub use validate::{CONVERSIONS, validate};
+pub use validate::validate;
 
 /// Reads and validates one mapping file. All problems are returned, in the
 /// order they appear in the file.

@@ -56,14 +56,6 @@ pub struct Binding {
     pub empty_is_null: bool,
 }
 
-/// The kind of value a conversion yields.
-pub fn yields(conversion: Conversion) -> ValueKind {
-    match conversion {
-        Conversion::String => ValueKind::Text,
-        _ => ValueKind::Integer,
-    }
-}
-
 /// The two kinds of values columns hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ValueKind {

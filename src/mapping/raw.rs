@@ -13,6 +13,7 @@ use miette::SourceSpan;
 
 use super::error::MappingError;
 use super::model::{Constant, UrlPart};
+use super::vocabulary::{self, DERIVATIONS};
 use crate::diagnostic::suggest;
 
 /// A value with the byte span it was written at.
@@ -142,25 +143,6 @@ const BINDING_KEYS: &[&str] = &[
 const DIMENSION_KEYS: &[&str] = &["table", "static", "get_or_create", "match"];
 const STATIC_KEYS: &[&str] = &["members", "otherwise"];
 const GET_OR_CREATE_KEYS: &[&str] = &["absent"];
-const DERIVATIONS: &[&str] = &[
-    "position",
-    "ordinal",
-    "url_host",
-    "url_path",
-    "url_query",
-    "any",
-    "all",
-];
-const DEFAULT_KEYS: &[&str] = &[
-    "position",
-    "ordinal",
-    "url_host",
-    "url_path",
-    "url_query",
-    "any",
-    "all",
-    "equals",
-];
 
 /// Reads a mapping file. The raw mapping is returned whenever the YAML
 /// parses, together with every structural problem found.
@@ -377,10 +359,11 @@ impl<'t> Reader<'t> {
                 span: constant.span,
             });
         }
-        let fields = self.fields(node, "default", span, "default", DEFAULT_KEYS)?;
-        let chosen: Vec<&str> = DERIVATIONS
-            .iter()
-            .copied()
+        let keys: Vec<&str> = vocabulary::names(DERIVATIONS)
+            .chain([vocabulary::EQUALS])
+            .collect();
+        let fields = self.fields(node, "default", span, "default", &keys)?;
+        let chosen: Vec<&str> = vocabulary::names(DERIVATIONS)
             .filter(|key| fields.get(key).is_some())
             .collect();
         let [derivation] = chosen.as_slice() else {
@@ -390,7 +373,9 @@ impl<'t> Reader<'t> {
                 span,
                 help: format!(
                     "a derived default has exactly one of {}",
-                    crate::diagnostic::quoted_list(DERIVATIONS)
+                    crate::diagnostic::quoted_list(
+                        &vocabulary::names(DERIVATIONS).collect::<Vec<_>>()
+                    )
                 ),
             });
             return None;

@@ -18,11 +18,9 @@ use super::path::JsonPath;
 use super::raw::{
     RawBinding, RawConvert, RawDefault, RawDimension, RawDimensionKind, RawMapping, RawScope, Sp,
 };
+use super::vocabulary::{self, CONVERSIONS};
 use crate::catalog::{Catalog, ColumnType, EventSchema, PathStep, Role, SeedValue, Table};
 use crate::diagnostic::{closest, quoted_list, suggest};
-
-/// The conversions a binding may name.
-pub const CONVERSIONS: &[&str] = &["string", "int", "flag", "epoch_seconds", "date_time_key"];
 
 pub fn validate(raw: &RawMapping, catalog: &Catalog) -> Result<Mapping, Vec<MappingError>> {
     let mut checker = Checker {
@@ -493,7 +491,7 @@ impl<'c> Checker<'c> {
                 });
                 return None;
             }
-            (name, Some(_)) if CONVERSIONS.contains(&name) => {
+            (name, Some(_)) if vocabulary::find(CONVERSIONS, name).is_some() => {
                 self.errors.push(MappingError::InvalidType {
                     key: "convert".into(),
                     expected: "a conversion name without argument",
@@ -506,21 +504,22 @@ impl<'c> Checker<'c> {
                 self.errors.push(MappingError::UnknownConversion {
                     name: name.to_owned(),
                     span: raw.name.span,
-                    help: suggest(name, CONVERSIONS.iter().copied()),
+                    help: suggest(name, vocabulary::names(CONVERSIONS)),
                 });
                 return None;
             }
         };
         let kind = ValueKind::of(ty);
-        if super::model::yields(conversion) != kind {
-            let fitting: Vec<&str> = if kind == ValueKind::Text {
-                vec!["string"]
-            } else {
-                vec!["int", "flag", "epoch_seconds", "date_time_key"]
-            };
+        let yields = vocabulary::conversion(conversion).yields;
+        if yields != kind {
+            let fitting: Vec<&str> = CONVERSIONS
+                .iter()
+                .filter(|word| word.yields == kind)
+                .map(|word| word.name)
+                .collect();
             self.errors.push(MappingError::ConversionType {
                 conversion: conversion.name(),
-                yields: super::model::yields(conversion).describe(),
+                yields: yields.describe(),
                 column: binding.column.value.clone(),
                 column_type: ty.to_string(),
                 span: raw.name.span,

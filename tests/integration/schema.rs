@@ -93,3 +93,53 @@ fn event_schemas_are_valid_json_schemas() {
     }
     assert!(checked >= 1);
 }
+
+/// The schema editors use names exactly the conversions and derived
+/// defaults of martmap's vocabulary.
+#[test]
+fn mapping_schema_names_the_vocabulary() {
+    use martmap::mapping::vocabulary::{Argument, CONVERSIONS, DERIVATIONS, EQUALS};
+    let text =
+        std::fs::read_to_string(repository().join("schemas/mapping.schema.json")).expect("schema");
+    let schema: Value = serde_json::from_str(&text).expect("JSON");
+    let definitions = &schema["definitions"];
+    let mut in_schema: Vec<String> = Vec::new();
+    for branch in definitions["conversion"]["oneOf"]
+        .as_array()
+        .expect("oneOf")
+    {
+        if let Some(names) = branch["enum"].as_array() {
+            in_schema.extend(names.iter().map(|n| n.as_str().expect("name").to_owned()));
+        }
+        if let Some(properties) = branch["properties"].as_object() {
+            in_schema.extend(properties.keys().cloned());
+        }
+    }
+    let mut in_vocabulary: Vec<String> = CONVERSIONS.iter().map(|w| w.name.to_owned()).collect();
+    in_schema.sort();
+    in_vocabulary.sort();
+    assert_eq!(in_schema, in_vocabulary, "conversions");
+
+    let mut in_schema: Vec<String> = Vec::new();
+    for branch in definitions["default"]["oneOf"].as_array().expect("oneOf") {
+        if let Some(properties) = branch["properties"].as_object() {
+            in_schema.extend(properties.keys().filter(|k| *k != EQUALS).cloned());
+            let takes_equals = properties.contains_key(EQUALS);
+            for key in properties.keys().filter(|k| *k != EQUALS) {
+                let word = DERIVATIONS
+                    .iter()
+                    .find(|w| w.name == key)
+                    .unwrap_or_else(|| panic!("`{key}` is not in the vocabulary"));
+                assert_eq!(
+                    takes_equals,
+                    word.argument == Argument::PathEquals,
+                    "`{key}` and `equals`"
+                );
+            }
+        }
+    }
+    let mut in_vocabulary: Vec<String> = DERIVATIONS.iter().map(|w| w.name.to_owned()).collect();
+    in_schema.sort();
+    in_vocabulary.sort();
+    assert_eq!(in_schema, in_vocabulary, "derived defaults");
+}
