@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use sea_orm::sea_query::{Func, PostgresQueryBuilder, Query};
 use sea_orm::{ConnectOptions, ConnectionTrait, DatabaseConnection, DbBackend, DbErr};
 
 use super::{Names, SinkError, control, ddl, txn};
@@ -115,10 +116,17 @@ impl Database {
             let mut connection = pool.acquire().await.map_err(txn::sqlx_error)?.detach();
             let name = format!("{cluster}/{topic}");
             loop {
-                let (locked,): (bool,) = sqlx::query_as(
-                    "SELECT pg_try_advisory_lock(hashtext('martmap:cycle'), hashtext($1))",
+                let (sql, values) = Query::select()
+                    .expr(
+                        Func::cust("pg_try_advisory_lock")
+                            .arg(Func::cust("hashtext").arg("martmap:cycle"))
+                            .arg(Func::cust("hashtext").arg(name.as_str())),
+                    )
+                    .build(PostgresQueryBuilder);
+                let (locked,): (bool,) = sqlx::query_as_with(
+                    sqlx::AssertSqlSafe(sql),
+                    sea_query_sqlx::SqlxValues(values),
                 )
-                .bind(&name)
                 .fetch_one(&mut connection)
                 .await
                 .map_err(txn::sqlx_error)?;

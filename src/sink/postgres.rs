@@ -8,7 +8,10 @@
 
 use foldhash::{HashMap, HashMapExt};
 use sea_orm::DbErr;
-use sea_orm::sea_query::{ArrayType, Value};
+use sea_orm::sea_query::{
+    Alias, ArrayType, Expr, ExprTrait, Func, InsertStatement, OnConflict, Order, Query,
+    SelectStatement, Value,
+};
 
 use super::txn::Txn;
 use super::write::{Facts, FoundMembers};
@@ -61,35 +64,24 @@ async fn replace_facts(
     let names = facts.names;
     let columns = facts.columns();
     let replaced = replaced_arrays(facts, rows);
-    let lock = format!(
-        "SELECT pg_advisory_xact_lock(h) FROM \
-             (SELECT DISTINCT hashtextextended(ROW({})::text, 0) AS h FROM {}) l ORDER BY h",
-        replaced.columns, replaced.from
-    );
-    txn.execute_sql(&lock, replaced.values.clone()).await?;
+    txn.execute(&replaced.lock()).await?;
 
-    let key: Vec<String> = facts
+    // DELETE … RETURNING each row's key as text and its creator.
+    let mut returning: Vec<Expr> = facts
         .plan
         .key
         .iter()
-        .map(|k| format!("CAST({} AS TEXT)", names.quoted(k)))
+        .map(|k| Expr::col(names.column(k)).cast_as(Alias::new("TEXT")))
         .collect();
     let create = facts.table.audit.create.as_deref();
-    let returning = match create {
-        Some(create) => format!(
-            "{}, CAST({} AS BIGINT)",
-            key.join(", "),
-            names.quoted(create)
-        ),
-        None => key.join(", "),
-    };
-    let delete = format!(
-        "DELETE FROM {} WHERE {} RETURNING {returning}",
-        replaced.table,
-        replaced.rows(None),
-    );
+    returning.extend(create.map(|c| Expr::col(names.column(c)).cast_as(Alias::new("BIGINT"))));
+    let delete = Query::delete()
+        .from_table(names.table(&facts.table.name))
+        .cond_where(replaced.rows(None))
+        .returning(Query::returning().exprs(returning))
+        .to_owned();
     let mut created_by: HashMap<Vec<String>, i64> = HashMap::new();
-    for row in txn.query_sql(&delete, replaced.values).await? {
+    for row in txn.query(&delete).await? {
         if let Some((last, key)) = row.split_last().filter(|_| create.is_some()) {
             created_by.insert(
                 key.iter().map(|k| k.text()).collect::<Result<_, _>>()?,
@@ -147,24 +139,34 @@ async fn upsert_facts(
     }
     let names = facts.names;
     let columns = facts.columns();
-    let list: Vec<String> = columns.iter().map(|c| names.quoted(c)).collect();
-    let list = list.join(", ");
-    let key: Vec<String> = facts.plan.key.iter().map(|k| names.quoted(k)).collect();
-    let set: Vec<String> = columns
-        .iter()
-        .filter(|c| {
-            !facts.plan.key.iter().any(|k| k == *c)
-                && facts.table.audit.create.as_deref() != Some(**c)
-        })
-        .map(|c| format!("{0} = excluded.{0}", names.quoted(c)))
-        .collect();
-    let table = names.quoted(&facts.table.name);
-    let sql = format!(
-        "INSERT INTO {table} ({list}) SELECT {list} FROM json_populate_recordset(NULL::{table}, $1::json) \
-             ON CONFLICT ({}) DO UPDATE SET {}",
-        key.join(", "),
-        set.join(", ")
-    );
+    let updated = columns.iter().filter(|c| {
+        !facts.plan.key.iter().any(|k| k == *c) && facts.table.audit.create.as_deref() != Some(**c)
+    });
+    // INSERT INTO fact (…) SELECT … FROM json_populate_recordset(NULL::fact, ?::json) r
+    // ON CONFLICT (key) DO UPDATE SET …: one bound parameter per chunk.
+    let statement = |json: String| -> Result<InsertStatement, DbErr> {
+        let record = Func::cust("json_populate_recordset")
+            .arg(Expr::cust(format!(
+                "NULL::{}",
+                names.quoted(&facts.table.name)
+            )))
+            .arg(Expr::val(json).cast_as("json"));
+        let select = Query::select()
+            .columns(columns.iter().map(|c| names.column(c)))
+            .from_function(record, Alias::new("r"))
+            .to_owned();
+        Ok(Query::insert()
+            .into_table(names.table(&facts.table.name))
+            .columns(columns.iter().map(|c| names.column(c)))
+            .select_from(select)
+            .map_err(|e| DbErr::Custom(e.to_string()))?
+            .on_conflict(
+                OnConflict::columns(facts.plan.key.iter().map(|k| names.column(k)))
+                    .update_columns(updated.clone().map(|c| names.column(c)))
+                    .to_owned(),
+            )
+            .to_owned())
+    };
     let json_names: Vec<String> = columns.iter().map(|c| names.raw(c)).collect();
     for (chunk_rows, chunk_keys) in rows.chunks(JSON_CHUNK).zip(keys.chunks(JSON_CHUNK)) {
         let document = JsonRows {
@@ -174,7 +176,7 @@ async fn upsert_facts(
             audit_key,
         };
         let json = serde_json::to_string(&document).map_err(|e| DbErr::Custom(e.to_string()))?;
-        txn.execute_sql(&sql, vec![json.into()]).await?;
+        txn.execute(&statement(json)?).await?;
     }
     Ok(())
 }
@@ -196,30 +198,22 @@ async fn delete_replaced(
     let names = facts.names;
     // One statement for the whole batch.
     let replaced = replaced_arrays(facts, rows);
-    let older = format!(
-        "{} <> ${}",
-        names.quoted(audit_update),
-        replaced.values.len() + 1
-    );
-    let sql = format!(
-        "DELETE FROM {} WHERE {}",
-        replaced.table,
-        replaced.rows(Some(&older))
-    );
-    let mut values = replaced.values;
-    values.push(audit_key.into());
-    txn.execute_sql(&sql, values).await?;
+    let older = Expr::col(names.column(audit_update)).ne(audit_key);
+    let delete = Query::delete()
+        .from_table(names.table(&facts.table.name))
+        .cond_where(replaced.rows(Some(older)))
+        .to_owned();
+    txn.execute(&delete).await?;
     Ok(())
 }
 
 /// The distinct `replace_by` values of the rows as PostgreSQL arrays, one
-/// bound parameter per column (`$1`, `$2`, …), and the SQL to find their
-/// rows.
+/// bound parameter per column.
 fn replaced_arrays(facts: &Facts<'_>, rows: &[&Row]) -> ReplacedArrays {
     let names = facts.names;
     let identities = facts.replaced_identities(rows);
     let mut arrays = Vec::new();
-    let (mut params, mut columns, mut matches) = (Vec::new(), Vec::new(), Vec::new());
+    let mut matches = Vec::new();
     for (at, name) in facts.plan.replace_by.iter().enumerate() {
         let integer = facts.table.column(name).is_some_and(|c| c.ty.is_integer());
         let cells = identities.iter().map(|identity| identity[at]);
@@ -230,7 +224,7 @@ fn replaced_arrays(facts: &Facts<'_>, rows: &[&Row]) -> ReplacedArrays {
                     _ => Value::BigInt(None),
                 })
                 .collect();
-            (ArrayType::BigInt, "bigint", values)
+            (ArrayType::BigInt, "bigint[]", values)
         } else {
             let values = cells
                 .map(|cell| match cell {
@@ -238,49 +232,84 @@ fn replaced_arrays(facts: &Facts<'_>, rows: &[&Row]) -> ReplacedArrays {
                     cell => Value::String(Some(Cell::to_text(cell))),
                 })
                 .collect();
-            (ArrayType::String, "text", values)
+            (ArrayType::String, "text[]", values)
         };
-        arrays.push(Value::Array(ty, Some(Box::new(values))));
-        params.push(format!("${}::{sql_type}[]", at + 1));
-        columns.push(format!("r.c{at}"));
+        arrays.push(
+            Expr::val(Value::Array(ty, Some(Box::new(values)))).cast_as(Alias::new(sql_type)),
+        );
         matches.push(format!("{} = r.c{at}", names.quoted(name)));
     }
-    let aliases: Vec<String> = (0..columns.len()).map(|at| format!("c{at}")).collect();
     ReplacedArrays {
         table: names.quoted(&facts.table.name),
-        from: format!("unnest({}) AS r({})", params.join(", "), aliases.join(", ")),
-        columns: columns.join(", "),
         matches: matches.join(" AND "),
-        values: arrays,
+        arrays,
     }
 }
 
-/// A batch's replaced identities as arrays: see [`Sink::replaced_arrays`].
+/// A batch's replaced identities as arrays: see [`replaced_arrays`].
 struct ReplacedArrays {
     /// The fact table, quoted.
     table: String,
-    /// `unnest($1::text[], …) AS r(c0, …)`
-    from: String,
-    /// `r.c0, …`
-    columns: String,
     /// `"session_id" = r.c0 AND …`
     matches: String,
-    values: Vec<Value>,
+    /// One array per `replace_by` column, cast to its SQL type.
+    arrays: Vec<Expr>,
 }
 
 impl ReplacedArrays {
+    /// `SELECT pg_advisory_xact_lock(l.h) FROM (SELECT DISTINCT
+    /// hashtextextended(r::text, 0) AS h FROM unnest(…) AS r) AS l ORDER BY
+    /// l.h`: a transaction lock per identity, taken in one order.
+    fn lock(&self) -> SelectStatement {
+        let hashes = Query::select()
+            .distinct()
+            .expr_as(Expr::cust("hashtextextended(r::text, 0)"), Alias::new("h"))
+            .from_function(
+                Func::cust("unnest").args(self.arrays.iter().cloned()),
+                Alias::new("r"),
+            )
+            .to_owned();
+        Query::select()
+            .expr(
+                Func::cust("pg_advisory_xact_lock")
+                    .arg(Expr::col((Alias::new("l"), Alias::new("h")))),
+            )
+            .from_subquery(hashes, Alias::new("l"))
+            .order_by((Alias::new("l"), Alias::new("h")), Order::Asc)
+            .to_owned()
+    }
+
     /// A condition selecting the fact rows of the replaced identities (that
     /// also meet `condition`) by their `ctid`s, found by one index probe per
     /// identity. The shape fixes the plan: `OFFSET 0` keeps the lateral
     /// subquery from being flattened into a join, which the planner would
     /// otherwise run as a sort or hash of the whole table whenever its
-    /// statistics are stale, as they are while a new table fills.
-    fn rows(&self, condition: Option<&str>) -> String {
-        let condition = condition.map_or(String::new(), |c| format!(" AND {c}"));
-        format!(
-            "ctid = ANY(ARRAY(SELECT x.ctid FROM {} CROSS JOIN LATERAL \
-             (SELECT ctid FROM {} WHERE {}{condition} OFFSET 0) x))",
-            self.from, self.table, self.matches
+    /// statistics are stale, as they are while a new table fills. SeaQuery
+    /// has no column list for a function's alias nor such a fence, so the
+    /// shape is written here; its values are SeaQuery's expressions
+    /// (`$1`… name them, and SeaQuery numbers the bound parameters).
+    fn rows(&self, condition: Option<Expr>) -> Expr {
+        let count = self.arrays.len();
+        let arrays: Vec<String> = (1..=count).map(|n| format!("${n}")).collect();
+        let aliases: Vec<String> = (0..count).map(|at| format!("c{at}")).collect();
+        let mut exprs = self.arrays.clone();
+        let condition = match condition {
+            Some(condition) => {
+                exprs.push(condition);
+                format!(" AND ${}", count + 1)
+            }
+            None => String::new(),
+        };
+        Expr::cust_with_exprs(
+            format!(
+                "ctid = ANY(ARRAY(SELECT x.ctid FROM unnest({}) AS r({}) CROSS JOIN LATERAL \
+                 (SELECT ctid FROM {} WHERE {}{condition} OFFSET 0) x))",
+                arrays.join(", "),
+                aliases.join(", "),
+                self.table.replace('$', "$$"),
+                self.matches.replace('$', "$$"),
+            ),
+            exprs,
         )
     }
 }
@@ -298,49 +327,60 @@ pub(super) async fn find_or_create(
     hashes: &[String],
     audit_key: i64,
 ) -> Result<FoundMembers, DbErr> {
-    let text_array = |values: Vec<Value>| Value::Array(ArrayType::String, Some(Box::new(values)));
-    let mut columns: Vec<String> = table.natural_key.iter().map(|c| names.quoted(c)).collect();
-    columns.push(names.quoted(HASH_COLUMN));
-    let mut values: Vec<Value> = (0..table.natural_key.len())
+    let text_array = |values: Vec<Value>| {
+        Expr::val(Value::Array(ArrayType::String, Some(Box::new(values))))
+            .cast_as(Alias::new("text[]"))
+    };
+    let mut columns: Vec<Alias> = table.natural_key.iter().map(|c| names.column(c)).collect();
+    columns.push(names.column(HASH_COLUMN));
+    let mut arrays: Vec<Expr> = (0..table.natural_key.len())
         .map(|at| text_array(members.iter().map(|m| m[at].to_string().into()).collect()))
         .collect();
-    values.push(text_array(
+    arrays.push(text_array(
         hashes.iter().map(|h| h.clone().into()).collect(),
     ));
-    let params: Vec<String> = (1..=values.len())
-        .map(|n| format!("${n}::text[]"))
-        .collect();
-    let mut selected: Vec<String> = (0..values.len()).map(|at| format!("m.c{at}")).collect();
-    let aliases: Vec<String> = (0..values.len()).map(|at| format!("c{at}")).collect();
-    if let Some(create) = table.audit.create.as_deref() {
-        columns.push(names.quoted(create));
-        selected.push(format!("${}", values.len() + 1));
-        values.push(audit_key.into());
+    // SELECT unnest(…), unnest(…), …[, audit key] ORDER BY <the hash>: set
+    // returning functions in a select list run in lockstep, one row per
+    // member, and ORDER BY a position names an output column.
+    let mut select = Query::select();
+    for array in arrays {
+        select.expr(Func::cust("unnest").arg(array));
     }
-    let insert = format!(
-        "INSERT INTO {} ({}) SELECT {} FROM unnest({}) AS m({}) ORDER BY m.c{} \
-             ON CONFLICT ({}) DO NOTHING",
-        names.quoted(&table.name),
-        columns.join(", "),
-        selected.join(", "),
-        params.join(", "),
-        aliases.join(", "),
-        table.natural_key.len(),
-        names.quoted(HASH_COLUMN),
-    );
-    let created = txn.execute_sql(&insert, values).await? as usize;
+    select.order_by_expr(Expr::cust(columns.len().to_string()), Order::Asc);
+    if let Some(create) = table.audit.create.as_deref() {
+        columns.push(names.column(create));
+        select.expr(Expr::val(audit_key));
+    }
+    let insert = Query::insert()
+        .into_table(names.table(&table.name))
+        .columns(columns)
+        .select_from(select)
+        .map_err(|e| DbErr::Custom(e.to_string()))?
+        .on_conflict(
+            OnConflict::column(names.column(HASH_COLUMN))
+                .do_nothing()
+                .to_owned(),
+        )
+        .to_owned();
+    let created = txn.execute(&insert).await? as usize;
     // A second statement sees members that a concurrent writer created
     // and committed meanwhile (the INSERT skipped them).
     let key = table.surrogate_key.as_deref().unwrap_or("ID");
-    let select = format!(
-        "SELECT CAST({} AS BIGINT), {hash} FROM {} WHERE {hash} = ANY($1::text[])",
-        names.quoted(key),
-        names.quoted(&table.name),
-        hash = names.quoted(HASH_COLUMN),
+    let any = Expr::cust_with_exprs(
+        "$1 = ANY($2)",
+        [
+            Expr::col(names.column(HASH_COLUMN)),
+            text_array(hashes.iter().map(|h| h.clone().into()).collect()),
+        ],
     );
-    let hashes = text_array(hashes.iter().map(|h| h.clone().into()).collect());
+    let select = Query::select()
+        .expr(Expr::col(names.column(key)).cast_as(Alias::new("BIGINT")))
+        .column(names.column(HASH_COLUMN))
+        .from(names.table(&table.name))
+        .and_where(any)
+        .to_owned();
     let mut ids: HashMap<String, i64> = HashMap::with_capacity(members.len());
-    for row in txn.query_sql(&select, vec![hashes]).await? {
+    for row in txn.query(&select).await? {
         ids.insert(row[1].text()?, row[0].int()?);
     }
     Ok(FoundMembers { ids, created })
