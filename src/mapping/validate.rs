@@ -647,9 +647,26 @@ impl<'c> Checker<'c> {
             RawDimensionKind::Static { members, otherwise } => {
                 self.check_static(table, members, otherwise)?
             }
-            RawDimensionKind::GetOrCreate { absent } => DimensionKind::GetOrCreate {
-                absent: absent.value.clone(),
-            },
+            RawDimensionKind::GetOrCreate { absent } => {
+                // The member of an absent attribute goes into every natural
+                // key column: an integer column needs an integer.
+                let integer = table
+                    .natural_key
+                    .iter()
+                    .any(|c| table.column(c).is_some_and(|c| c.ty.is_integer()));
+                if integer && absent.value.parse::<i64>().is_err() {
+                    self.errors.push(MappingError::InvalidType {
+                        key: "absent".into(),
+                        expected: "an integer, as the dimension's natural key has integer columns",
+                        found: format!("`{}`", absent.value),
+                        span: absent.span,
+                    });
+                    return None;
+                }
+                DimensionKind::GetOrCreate {
+                    absent: absent.value.clone(),
+                }
+            }
         };
         (matches.len() == raw.matches.len()).then(|| Dimension {
             key_column: raw.column.value.clone(),

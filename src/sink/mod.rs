@@ -274,8 +274,12 @@ async fn static_members(
     rows.iter()
         .map(|row| {
             let id: i64 = row.try_get_by_index(0)?;
+            // Integer natural key columns are read as integers, as text.
             let values = (0..table.natural_key.len())
-                .map(|at| row.try_get_by_index::<String>(at + 1))
+                .map(|at| match row.try_get_by_index::<i64>(at + 1) {
+                    Ok(number) => Ok(number.to_string()),
+                    Err(_) => row.try_get_by_index::<String>(at + 1),
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok((values, id))
         })

@@ -333,9 +333,18 @@ pub(super) async fn find_or_create(
     };
     let mut columns: Vec<Alias> = table.natural_key.iter().map(|c| names.column(c)).collect();
     columns.push(names.column(HASH_COLUMN));
-    let mut arrays: Vec<Expr> = (0..table.natural_key.len())
-        .map(|at| text_array(members.iter().map(|m| m[at].to_string().into()).collect()))
-        .collect();
+    // Integer natural key columns get their values as a bigint array.
+    let mut arrays: Vec<Expr> = Vec::with_capacity(table.natural_key.len() + 1);
+    for (at, column) in table.natural_key.iter().enumerate() {
+        let integer = table.column(column).is_some_and(|c| c.ty.is_integer());
+        let values = members.iter().map(|m| m[at].to_string().into()).collect();
+        arrays.push(if integer {
+            Expr::val(Value::Array(ArrayType::String, Some(Box::new(values))))
+                .cast_as(Alias::new("bigint[]"))
+        } else {
+            text_array(values)
+        });
+    }
     arrays.push(text_array(
         hashes.iter().map(|h| h.clone().into()).collect(),
     ));

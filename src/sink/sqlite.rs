@@ -5,7 +5,7 @@
 
 use foldhash::{HashMap, HashMapExt};
 use sea_orm::DbErr;
-use sea_orm::sea_query::{Alias, Cond, Expr, ExprTrait, OnConflict, Query, SimpleExpr};
+use sea_orm::sea_query::{Alias, Cond, Expr, ExprTrait, OnConflict, Query, SimpleExpr, Value};
 
 use super::txn::Txn;
 use super::write::{CHUNK, Facts, FoundMembers, value};
@@ -150,6 +150,11 @@ pub(super) async fn find_or_create(
     hashes: &[String],
     audit_key: i64,
 ) -> Result<FoundMembers, DbErr> {
+    let types: Vec<ColumnType> = table
+        .natural_key
+        .iter()
+        .map(|c| table.column(c).map_or(ColumnType::Text, |c| c.ty))
+        .collect();
     let mut created = 0;
     for (chunk, chunk_hashes) in members.chunks(CHUNK).zip(hashes.chunks(CHUNK)) {
         let mut columns: Vec<Alias> = table.natural_key.iter().map(|c| names.column(c)).collect();
@@ -158,7 +163,11 @@ pub(super) async fn find_or_create(
         let mut insert = Query::insert();
         insert.into_table(names.table(&table.name)).columns(columns);
         for (member, hash) in chunk.iter().zip(chunk_hashes) {
-            let mut values: Vec<SimpleExpr> = member.iter().map(|v| v.to_string().into()).collect();
+            let mut values: Vec<SimpleExpr> = member
+                .iter()
+                .zip(&types)
+                .map(|(value, ty)| typed(value, *ty).map(SimpleExpr::from))
+                .collect::<Result<_, _>>()?;
             values.push(hash.clone().into());
             if table.audit.create.is_some() {
                 values.push(audit_key.into());
@@ -186,4 +195,21 @@ pub(super) async fn find_or_create(
         }
     }
     Ok(FoundMembers { ids, created })
+}
+
+/// A member's natural key value bound with its column's type: integer
+/// columns get integers (the plan made them from integers, and validation
+/// holds `absent` to one).
+fn typed(value: &str, ty: ColumnType) -> Result<Value, DbErr> {
+    if !ty.is_integer() {
+        return Ok(Value::String(Some(value.to_owned())));
+    }
+    value
+        .parse::<i64>()
+        .map(|number| Value::BigInt(Some(number)))
+        .map_err(|_| {
+            DbErr::Custom(format!(
+                "member value `{value}` of an {ty} column is not an integer"
+            ))
+        })
 }

@@ -801,17 +801,24 @@ fn every_write_strategy_writes_the_same_rows_on_every_backend() {
     );
     let by_question = (
         "SURVEY_BY_QUESTION",
-        "SELECT f.survey_id, q.question_id, CAST(f.score AS TEXT), f.answer_text \
+        "SELECT f.survey_id, q.question_id, CAST(f.score AS TEXT), f.answer_text, \
+         CAST(s.score AS TEXT) \
          FROM survey_question_fact f JOIN survey_question q ON q.id = f.survey_question_key \
-         ORDER BY f.survey_id, q.question_id",
+         JOIN survey_score s ON s.id = f.survey_score_key ORDER BY f.survey_id, q.question_id",
         vec![
             // sv-1 is replaced by its second version; sv-3's two answers
             // to one question share a key, and the last one wins.
-            row(&[Some("sv-1"), Some("q1"), Some("5"), None]),
-            row(&[Some("sv-2"), Some("q1"), Some("2"), None]),
-            row(&[Some("sv-3"), Some("q2"), None, Some("changed my mind")]),
-            row(&[Some("sv-4"), Some("q1"), Some("3"), None]),
-            row(&[Some("sv-4"), Some("q2"), None, Some("maybe")]),
+            row(&[Some("sv-1"), Some("q1"), Some("5"), None, Some("5")]),
+            row(&[Some("sv-2"), Some("q1"), Some("2"), None, Some("2")]),
+            row(&[
+                Some("sv-3"),
+                Some("q2"),
+                None,
+                Some("changed my mind"),
+                Some("-1"),
+            ]),
+            row(&[Some("sv-4"), Some("q1"), Some("3"), None, Some("3")]),
+            row(&[Some("sv-4"), Some("q2"), None, Some("maybe"), Some("-1")]),
         ],
     );
     for (mapping, sql, expected) in [upsert, by_question] {
