@@ -189,12 +189,9 @@ async fn delete_replaced(
     rows: &[&Row],
     audit_key: i64,
 ) -> Result<(), DbErr> {
-    let Some(audit_update) = facts.table.audit.update.as_deref() else {
+    let Some(audit_update) = facts.replaces(rows) else {
         return Ok(());
     };
-    if facts.plan.replace_by.is_empty() || rows.is_empty() {
-        return Ok(());
-    }
     let names = facts.names;
     // One statement for the whole batch.
     let replaced = replaced_arrays(facts, rows);

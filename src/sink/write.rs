@@ -49,6 +49,15 @@ impl Facts<'_> {
         columns
     }
 
+    /// The audit column that tells the rows a replaced event no longer has
+    /// (older than this batch), when the batch replaces any: the mapping
+    /// has `replace_by`, the table an update audit column, and there are
+    /// rows.
+    pub fn replaces(&self, rows: &[&Row]) -> Option<&str> {
+        let update = self.table.audit.update.as_deref()?;
+        (!self.plan.replace_by.is_empty() && !rows.is_empty()).then_some(update)
+    }
+
     /// The distinct `replace_by` values of the rows: the events this batch
     /// replaces, sorted.
     pub fn replaced_identities<'r>(&self, rows: &[&'r Row]) -> Vec<Vec<&'r Cell>> {

@@ -546,21 +546,12 @@ pub fn assert_out_of_range_discarded(url: &str) {
     );
 }
 
-fn values_that_do_not_fit_are_discarded(url: &str) {
-    let output = load(url, &[OUT_OF_RANGE]);
-    assert_success(&output);
-    assert_out_of_range_discarded(url);
-}
-
 #[test]
-fn values_that_do_not_fit_are_discarded_by_sqlite() {
-    let (_dir, sqlite) = sqlite_database();
-    values_that_do_not_fit_are_discarded(&sqlite);
-}
-
-#[test]
-fn values_that_do_not_fit_are_discarded_by_postgres() {
-    values_that_do_not_fit_are_discarded(&postgres_database("out_of_range"));
+fn values_that_do_not_fit_are_discarded_on_every_backend() {
+    for (_dir, url) in backends("out_of_range") {
+        assert_success(&load(&url, &[OUT_OF_RANGE]));
+        assert_out_of_range_discarded(&url);
+    }
 }
 
 /// The SQLite file alone holds every committed batch once `load` exits:
@@ -644,11 +635,7 @@ fn an_interrupted_load_leaves_a_whole_sqlite_file() {
             break;
         }
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
+    crate::terminate(&child);
     let output = child.wait_with_output().expect("martmap stops");
     drop(stdin);
     let stderr = reader.join().expect("stderr read");

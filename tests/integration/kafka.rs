@@ -14,7 +14,7 @@ use crate::database::{
     FACTS_BY_NATURAL_VALUES, OUT_OF_RANGE, SAMPLE, assert_out_of_range_discarded, assert_success,
     block_on, init_db, load, postgres_database, query, sqlite_database,
 };
-use crate::{repository, wait_until};
+use crate::{repository, terminate, wait_until};
 
 pub fn bootstrap() -> String {
     std::env::var("MARTMAP_TEST_KAFKA_BOOTSTRAP").expect(
@@ -366,15 +366,6 @@ fn two_processes_in_one_group_load_everything_once() {
     assert_loaded_exactly_once(&database, produced);
 }
 
-/// Sends SIGTERM: a graceful stop.
-pub fn terminate(child: &std::process::Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-}
-
 /// Waits for `child` to exit and returns its output; fails the test (after
 /// killing it) when it runs longer than `limit`.
 pub fn finish_within(mut child: std::process::Child, limit: Duration) -> std::process::Output {
@@ -552,11 +543,7 @@ fn sigterm_finishes_the_batch_commits_and_exits_cleanly() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
+    terminate(&child);
     let output = child.wait_with_output().expect("martmap stops");
     assert_success(&output);
     assert!(
