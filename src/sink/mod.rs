@@ -83,36 +83,29 @@ impl SinkError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => true,
             sqlx::Error::Database(error) => {
-                let postgres = error
+                let backend = if error
                     .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
-                    .is_some();
-                error
-                    .code()
-                    .is_some_and(|code| transient_code(postgres, &code))
+                    .is_some()
+                {
+                    Backend::Postgres
+                } else {
+                    Backend::Sqlite
+                };
+                error.code().is_some_and(|code| backend.transient(&code))
             }
             _ => false,
         }
     }
 }
 
-/// Whether a database error code names a condition of the server, not of
-/// the statement. PostgreSQL's codes are SQLSTATEs; the classes of the
-/// server's state are connection exceptions (08), transaction rollbacks
-/// such as deadlocks (40), insufficient resources (53), objects not in the
-/// prerequisite state, such as a database not allowing connections (55),
-/// operator intervention such as a shutdown (57) and system errors (58).
-/// Anything else (bad data, a constraint, a trigger's exception) would
-/// fail again. SQLite's are numbers: busy, locked, I/O error, full and
-/// cannot open are the file's state (extended codes keep the primary one
-/// in the low byte).
-fn transient_code(postgres: bool, code: &str) -> bool {
-    if postgres {
-        ["08", "40", "53", "55", "57", "58"]
-            .iter()
-            .any(|class| code.starts_with(class))
-    } else {
-        code.parse::<u32>()
-            .is_ok_and(|sqlite| matches!(sqlite & 0xff, 5 | 6 | 10 | 13 | 14))
+impl Backend {
+    /// Whether a database error code of this backend names a condition of
+    /// the server, not of the statement (each backend's file says which).
+    fn transient(self, code: &str) -> bool {
+        match self {
+            Backend::Sqlite => sqlite::transient(code),
+            Backend::Postgres => postgres::transient(code),
+        }
     }
 }
 
@@ -289,23 +282,23 @@ async fn static_members(
 
 #[cfg(test)]
 mod tests {
-    use super::transient_code;
+    use super::Backend;
 
     #[test]
     fn server_conditions_are_transient_and_bad_statements_final() {
         for code in ["57P01", "08006", "53300", "40P01", "55000"] {
-            assert!(transient_code(true, code), "{code}");
+            assert!(Backend::Postgres.transient(code), "{code}");
         }
         for code in ["23505", "22001", "42P01", "0A000", "P0001", "XX000"] {
-            assert!(!transient_code(true, code), "{code}");
+            assert!(!Backend::Postgres.transient(code), "{code}");
         }
         // SQLITE_BUSY, SQLITE_BUSY_SNAPSHOT (517), SQLITE_IOERR_WRITE (778).
         for code in ["5", "517", "778"] {
-            assert!(transient_code(false, code), "{code}");
+            assert!(Backend::Sqlite.transient(code), "{code}");
         }
         // SQLITE_CONSTRAINT_UNIQUE (2067), SQLITE_ERROR (1).
         for code in ["2067", "1"] {
-            assert!(!transient_code(false, code), "{code}");
+            assert!(!Backend::Sqlite.transient(code), "{code}");
         }
     }
 }

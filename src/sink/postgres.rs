@@ -451,3 +451,16 @@ impl serde::Serialize for JsonRow<'_> {
         map.end()
     }
 }
+
+/// Whether a SQLSTATE names a condition of the server rather than of the
+/// statement: connection exceptions (08), transaction rollbacks such as
+/// deadlocks (40), insufficient resources (53), objects not in the
+/// prerequisite state, such as a database not allowing connections (55),
+/// operator intervention such as a shutdown (57) and system errors (58).
+/// Anything else (bad data, a constraint, a trigger's exception) would fail
+/// again.
+pub(super) fn transient(code: &str) -> bool {
+    ["08", "40", "53", "55", "57", "58"]
+        .iter()
+        .any(|class| code.starts_with(class))
+}

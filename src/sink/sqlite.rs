@@ -210,3 +210,11 @@ fn typed(value: &str, ty: ColumnType) -> Result<Value, DbErr> {
             ))
         })
 }
+
+/// Whether an SQLite result code is the file's state rather than the
+/// statement's: busy, locked, I/O error, full, cannot open (extended codes
+/// keep the primary one in the low byte). Such a batch is worth retrying.
+pub(super) fn transient(code: &str) -> bool {
+    code.parse::<u32>()
+        .is_ok_and(|sqlite| matches!(sqlite & 0xff, 5 | 6 | 10 | 13 | 14))
+}
