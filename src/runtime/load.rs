@@ -78,10 +78,12 @@ pub async fn load(
     let mut totals = Totals::default();
     loop {
         let batch = tokio::select! {
-            batch = batches.recv() => batch,
-            // The reader may be blocked reading standard input: it is left
-            // behind, holding nothing that was written.
+            // A requested stop wins over a waiting batch. The reader may be
+            // blocked reading standard input: it is left behind, holding
+            // nothing that was written.
+            biased;
             () = stop.wait() => return Err(LoadError::Interrupted(totals)),
+            batch = batches.recv() => batch,
         };
         let Some(batch) = batch else { break };
         let report = write_with_retry(sink, &batch, stop, &metrics).await?;

@@ -855,3 +855,64 @@ fn a_catalog_without_control_tables_is_refused_naming_them() {
         );
     }
 }
+
+/// The runtime through the library, as `load` uses it: every event is
+/// committed once, progress is told after each batch, and a stop request
+/// ends the load with what was committed.
+#[test]
+fn the_runtime_loads_through_the_library() {
+    use martmap::runtime::{Stop, load::LoadError, load::load};
+    use martmap::{catalog::Catalog, diagnostic::SourceFile, mapping, sink};
+    let catalog = Catalog::load(&repository().join("schemas")).expect("catalog");
+    let text =
+        std::fs::read_to_string(repository().join("mappings/COBROWSE.yaml")).expect("mapping");
+    let plan = mapping::load_plan(&SourceFile::new("COBROWSE.yaml", text), &catalog)
+        .expect("valid mapping");
+    let events = std::fs::read_to_string(repository().join(SAMPLE))
+        .expect("sample")
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .count();
+    let (_dir, url) = sqlite_database();
+    block_on(async {
+        let database = sink::Database::connect(&url, &catalog)
+            .await
+            .expect("connect");
+        let mut sink = sink::Sink::open(database.clone(), &catalog, plan)
+            .await
+            .expect("open");
+        let mut told = 0;
+        let files = [repository().join(SAMPLE)];
+        let totals = load(&mut sink, &files, 100, &Stop::new(), |_| told += 1)
+            .await
+            .expect("loaded");
+        assert_eq!((totals.events, totals.discards), (events, 5));
+        assert_eq!(told, totals.batches);
+        assert_eq!(totals.batches, events.div_ceil(100));
+
+        let stop = Stop::new();
+        stop.request();
+        let stopped = load(&mut sink, &files, 100, &stop, |_| {}).await;
+        assert!(
+            matches!(stopped, Err(LoadError::Interrupted(_))),
+            "{stopped:?}"
+        );
+        database.close().await;
+    });
+    assert_eq!(
+        messages_in_audit(&url),
+        events as i64,
+        "the stopped load committed nothing more"
+    );
+}
+
+fn messages_in_audit(url: &str) -> i64 {
+    query(
+        url,
+        "SELECT CAST(SUM(event_count + discard_count) AS TEXT) FROM ctl_audit_log",
+    )[0][0]
+        .as_deref()
+        .expect("a sum")
+        .parse()
+        .expect("a number")
+}
