@@ -69,7 +69,7 @@ impl Database {
         let connection = loop {
             match sea_orm::Database::connect(options.clone()).await {
                 Err(error)
-                    if error.to_string().contains("database is locked")
+                    if sqlite_busy(&error)
                         && started.elapsed() < std::time::Duration::from_secs(30) =>
                 {
                     tokio::time::sleep(wait).await;
@@ -241,4 +241,21 @@ impl Database {
             .collect::<Result<_, DbErr>>()
             .map_err(SinkError::from)
     }
+}
+
+/// Whether connecting failed because another SQLite connection holds the
+/// file (SQLITE_BUSY or SQLITE_LOCKED, by result code).
+fn sqlite_busy(error: &DbErr) -> bool {
+    let (DbErr::Conn(sea_orm::RuntimeErr::SqlxError(error))
+    | DbErr::Exec(sea_orm::RuntimeErr::SqlxError(error))) = error
+    else {
+        return false;
+    };
+    let sqlx::Error::Database(error) = &**error else {
+        return false;
+    };
+    error
+        .code()
+        .and_then(|code| code.parse::<u32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, 5 | 6))
 }
