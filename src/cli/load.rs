@@ -25,8 +25,16 @@ use super::{CatalogArgs, Color, DatabaseArgs, Outcome, load_plan};
 /// its audit row (CTL_AUDIT_LOG); loading the same events again changes
 /// nothing but UPDATE_AUDIT_KEY. Missing tables are created first.
 ///
+/// An event with a value its column cannot hold (an integer out of the
+/// column's range) is discarded the same way. A batch that fails for the
+/// database's state (a busy SQLite file, a lost connection) is written again
+/// with backoff. SIGINT or SIGTERM stops after the batch being written;
+/// loading the same files again finishes the load. The database is closed
+/// on every way out, so an SQLite file alone holds every committed batch.
+///
 /// Exit code 0 when the load ran (even with discards), 1 for an invalid
-/// mapping, 2 when the database or a file failed.
+/// mapping, 2 when the database or a file failed or the load was
+/// interrupted.
 ///
 /// Example: martmap load --mapping mappings/COBROWSE.yaml samples/cobrowse-sessions.jsonl
 #[derive(Debug, clap::Args)]

@@ -33,8 +33,13 @@ use super::{CatalogArgs, Color, DatabaseArgs, Outcome, load_plans};
 /// itself: the offsets of each batch are written in the same database
 /// transaction as its rows, and consumption resumes from them.
 ///
-/// With --once, consume until every assigned partition has reached its end,
-/// then exit (one ETL cycle); without it, keep consuming.
+/// With --once, consume every partition up to its end, then exit (one ETL
+/// cycle). A cycle joins no consumer group: it takes the partitions itself
+/// at the offsets the database holds, so crashed members never delay it,
+/// and an overlapping cycle waits for the earlier one. Without --once, keep
+/// consuming as a member of the group (several processes share the
+/// partitions); set a stable group.instance.id per process for fast
+/// restarts (static membership).
 ///
 /// Batching is set per section: `g:batch-size=N` messages per batch (one
 /// transaction; default 1000) and `g:batch-timeout-ms=MS`, the longest a
@@ -54,7 +59,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     options: PathBuf,
 
-    /// Consume up to the end of every assigned partition, then exit.
+    /// One ETL cycle: consume every partition up to its end, then exit.
     #[arg(long)]
     once: bool,
 
