@@ -324,6 +324,9 @@ fn consume(
     let mut owned: Vec<i32> = Vec::new();
     let mut last_flush = Instant::now();
     let mut broker_down = false;
+    // Other client errors repeat while their cause lasts (an unknown topic,
+    // say): each is logged when it first appears.
+    let mut last_warning: Option<String> = None;
     let mut last_lag = Instant::now();
     loop {
         match consumer.poll(Duration::from_millis(100)) {
@@ -357,7 +360,11 @@ fn consume(
                 Some(_) => {
                     tracing::debug!(topic = consumer.topic(), %error, "Kafka still unavailable")
                 }
-                None => tracing::warn!(topic = consumer.topic(), %error, "Kafka client error"),
+                None if last_warning.as_deref() != Some(error.text.as_str()) => {
+                    tracing::warn!(topic = consumer.topic(), %error, "Kafka client error");
+                    last_warning = Some(error.text);
+                }
+                None => tracing::debug!(topic = consumer.topic(), %error, "Kafka client error"),
             },
         }
         feed.collect(false);

@@ -356,6 +356,11 @@ impl<P: Positions + 'static> TopicConsumer<P> {
                     // No answer yet, and no reason known: keep asking.
                     return Polled::Idle;
                 }
+                // An answer that says no (an unknown topic, say) comes at
+                // once: ask again after the poll's timeout, not in a spin.
+                if !timed_out {
+                    std::thread::sleep(timeout);
+                }
                 return self.error(error);
             }
         }
