@@ -240,6 +240,19 @@ pub enum MappingError {
         span: SourceSpan,
     },
 
+    #[error("`replace_by` column `{column}` is a dimension key")]
+    #[diagnostic(
+        code(martmap::mapping::replace_by_dimension),
+        help(
+            "an event's identity is read from the event: name columns bound in `columns:`, such as the session id"
+        )
+    )]
+    ReplaceByDimension {
+        column: String,
+        #[label("filled by dimension lookup")]
+        span: SourceSpan,
+    },
+
     #[error("column `{column}` is bound more than once")]
     #[diagnostic(
         code(martmap::mapping::duplicate_binding),
