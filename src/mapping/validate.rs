@@ -785,7 +785,11 @@ impl<'c> Checker<'c> {
                     column: column.value.clone(),
                     span: column.span,
                 });
-            } else if raw.dimensions.iter().any(|d| d.column.value == column.value) {
+            } else if raw
+                .dimensions
+                .iter()
+                .any(|d| d.column.value == column.value)
+            {
                 // The writers read identities from mapped values.
                 self.errors.push(MappingError::ReplaceByDimension {
                     column: column.value.clone(),
