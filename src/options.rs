@@ -142,6 +142,38 @@ pub enum OptionsError {
         help: Option<String>,
     },
 
+    #[error("unknown time zone `{zone}`")]
+    #[diagnostic(code(martmap::options::unknown_time_zone))]
+    UnknownTimeZone {
+        zone: String,
+        #[label("not an IANA time zone")]
+        span: SourceSpan,
+        #[help]
+        help: Option<String>,
+    },
+
+    #[error("unknown option `{key}` in [date-time]")]
+    #[diagnostic(code(martmap::options::unknown_date_time_option))]
+    UnknownDateTimeOption {
+        key: String,
+        #[label("not a [date-time] option")]
+        span: SourceSpan,
+        #[help]
+        help: Option<String>,
+    },
+
+    #[error("`date-time-min-days-ahead` ({min}) is more than `date-time-max-days-ahead` ({max})")]
+    #[diagnostic(
+        code(martmap::options::days_ahead),
+        help("the calendar is extended when fewer than min days remain, up to max days ahead")
+    )]
+    DaysAhead {
+        min: u64,
+        max: u64,
+        #[label("more than the max")]
+        span: SourceSpan,
+    },
+
     #[error("`{key}` must be a whole number from 1 to {max}")]
     #[diagnostic(code(martmap::options::invalid_number))]
     InvalidNumber {
@@ -198,6 +230,34 @@ pub struct Entry {
     pub key_span: SourceSpan,
     pub value: Option<String>,
     pub value_span: SourceSpan,
+}
+
+/// The `[date-time]` section, Info Mart's calendar options: the IANA zone
+/// of the calendar's local attributes and how far ahead it is filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DateTimeOptions {
+    pub zone: chrono_tz::Tz,
+    /// Extend the calendar when fewer days than this remain.
+    pub min_days_ahead: u64,
+    /// How far ahead the calendar is filled.
+    pub max_days_ahead: u64,
+}
+
+/// The `[date-time]` options and their defaults (Info Mart's).
+pub const DATE_TIME_OPTIONS: &[&str] = &[
+    "date-time-tz",
+    "date-time-min-days-ahead",
+    "date-time-max-days-ahead",
+];
+
+impl Default for DateTimeOptions {
+    fn default() -> Self {
+        DateTimeOptions {
+            zone: chrono_tz::UTC,
+            min_days_ahead: 183,
+            max_days_ahead: 366,
+        }
+    }
 }
 
 /// One `[kafka-<cluster>]` section, resolved.
@@ -296,6 +356,73 @@ impl OptionsFile {
     }
 
     /// The `[kafka-<cluster>]` sections, with every problem in them.
+    /// The `[date-time]` section (defaults when there is none), and every
+    /// problem in it: an unknown zone or option, a number out of range.
+    pub fn date_time(&self) -> (DateTimeOptions, Vec<OptionsError>) {
+        let mut options = DateTimeOptions::default();
+        let mut errors = Vec::new();
+        let mut min_span = None;
+        for section in self.sections.iter().filter(|s| s.name == "date-time") {
+            for entry in &section.entries {
+                let Some(value) = entry.value.as_deref().filter(|value| !value.is_empty()) else {
+                    errors.push(OptionsError::MissingValue {
+                        key: entry.key.clone(),
+                        span: entry.key_span,
+                    });
+                    continue;
+                };
+                let days = || {
+                    value
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|n| (1..=3660).contains(n))
+                        .ok_or(OptionsError::InvalidNumber {
+                            key: entry.key.clone(),
+                            max: 3660,
+                            span: entry.value_span,
+                        })
+                };
+                match entry.key.as_str() {
+                    "date-time-tz" => match value.parse::<chrono_tz::Tz>() {
+                        Ok(zone) => options.zone = zone,
+                        Err(_) => errors.push(OptionsError::UnknownTimeZone {
+                            zone: value.to_owned(),
+                            span: entry.value_span,
+                            help: suggest(value, chrono_tz::TZ_VARIANTS.iter().map(|z| z.name()))
+                                .or_else(|| {
+                                    Some("an IANA zone such as `America/New_York` or `UTC`".into())
+                                }),
+                        }),
+                    },
+                    "date-time-min-days-ahead" => match days() {
+                        Ok(n) => {
+                            options.min_days_ahead = n;
+                            min_span = Some(entry.value_span);
+                        }
+                        Err(error) => errors.push(error),
+                    },
+                    "date-time-max-days-ahead" => match days() {
+                        Ok(n) => options.max_days_ahead = n,
+                        Err(error) => errors.push(error),
+                    },
+                    key => errors.push(OptionsError::UnknownDateTimeOption {
+                        key: key.to_owned(),
+                        span: entry.key_span,
+                        help: suggest(key, DATE_TIME_OPTIONS.iter().copied()),
+                    }),
+                }
+            }
+        }
+        if options.min_days_ahead > options.max_days_ahead {
+            errors.push(OptionsError::DaysAhead {
+                min: options.min_days_ahead,
+                max: options.max_days_ahead,
+                span: min_span.unwrap_or((0, 0).into()),
+            });
+        }
+        (options, errors)
+    }
+
     pub fn clusters(&self) -> (Vec<KafkaCluster>, Vec<OptionsError>) {
         let mut clusters = Vec::new();
         let mut errors = Vec::new();
@@ -463,6 +590,47 @@ enable-cobrowse
             Err(errors) => errors.iter().map(ToString::to_string).collect(),
         };
         assert_eq!(messages, expected);
+    }
+
+    /// The `[date-time]` options of `text`, or its problems.
+    fn check_date_time(text: &str, expected: Result<(&str, u64, u64), &[&str]>) {
+        let (options, errors) = OptionsFile::parse(text).unwrap().date_time();
+        let got = if errors.is_empty() {
+            Ok((
+                options.zone.name().to_owned(),
+                options.min_days_ahead,
+                options.max_days_ahead,
+            ))
+        } else {
+            Err(errors.iter().map(ToString::to_string).collect::<Vec<_>>())
+        };
+        let expected = expected
+            .map(|(zone, min, max)| (zone.to_owned(), min, max))
+            .map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>());
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn date_time_options_have_info_marts_defaults_and_are_checked() {
+        check_date_time("[kafka-a]\nbootstrap.servers=b\n", Ok(("UTC", 183, 366)));
+        check_date_time(
+            "[date-time]\ndate-time-tz=Asia/Kathmandu\ndate-time-min-days-ahead=10\ndate-time-max-days-ahead=20\n",
+            Ok(("Asia/Kathmandu", 10, 20)),
+        );
+        check_date_time(
+            "[date-time]\ndate-time-tz=America/New_Yrok\ndate-time-max-days-ahead=0\ndate-time-mni-days-ahead=5\n",
+            Err(&[
+                "unknown time zone `America/New_Yrok`",
+                "`date-time-max-days-ahead` must be a whole number from 1 to 3660",
+                "unknown option `date-time-mni-days-ahead` in [date-time]",
+            ]),
+        );
+        check_date_time(
+            "[date-time]\ndate-time-min-days-ahead=400\n",
+            Err(&[
+                "`date-time-min-days-ahead` (400) is more than `date-time-max-days-ahead` (366)",
+            ]),
+        );
     }
 
     #[test]

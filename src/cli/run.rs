@@ -230,6 +230,7 @@ fn read_clusters(
     let errors = match OptionsFile::parse(&file.text) {
         Ok(parsed) => {
             let (clusters, mut errors) = parsed.clusters();
+            errors.extend(parsed.date_time().1);
             if let Some(known) = known {
                 errors.extend(options::check_mappings(&clusters, known));
             }

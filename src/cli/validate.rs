@@ -93,6 +93,7 @@ pub fn run(args: ValidateArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
         match OptionsFile::parse(&file.text) {
             Ok(parsed) => {
                 let (clusters, mut errors) = parsed.clusters();
+                errors.extend(parsed.date_time().1);
                 errors.extend(options::check_mappings(&clusters, &known));
                 if errors.is_empty() {
                     let bindings: Vec<String> = clusters

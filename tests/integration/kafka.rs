@@ -705,6 +705,12 @@ fn run_reports_binding_problems_as_diagnostics() {
         "did you mean `COBROWSE`?",
     );
     check(
+        "zone.ini",
+        "[kafka-test]\nbootstrap.servers=127.0.0.1:1\ng:topic:t=COBROWSE\n[date-time]\ndate-time-tz=Mars/Olympus\n",
+        "martmap::options::unknown_time_zone",
+        "zone.ini:5:",
+    );
+    check(
         "none.ini",
         "[kafka-test]\nbootstrap.servers=127.0.0.1:1\n",
         "martmap::options::no_bindings",
