@@ -232,6 +232,33 @@ pub struct Entry {
     pub value_span: SourceSpan,
 }
 
+impl Entry {
+    /// The entry's value; a bare key or an empty value where one is
+    /// needed is an error.
+    fn required_value(&self) -> Result<&str, OptionsError> {
+        self.value
+            .as_deref()
+            .filter(|value| !value.is_empty())
+            .ok_or_else(|| OptionsError::MissingValue {
+                key: self.key.clone(),
+                span: self.key_span,
+            })
+    }
+
+    /// The value as a whole number from 1 to `max`.
+    fn number(&self, value: &str, max: u64) -> Result<u64, OptionsError> {
+        value
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or(OptionsError::InvalidNumber {
+                key: self.key.clone(),
+                max,
+                span: self.value_span,
+            })
+    }
+}
+
 /// The `[date-time]` section, Info Mart's calendar options: the IANA zone
 /// of the calendar's local attributes and how far ahead it is filled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -364,24 +391,14 @@ impl OptionsFile {
         let mut min_span = None;
         for section in self.sections.iter().filter(|s| s.name == "date-time") {
             for entry in &section.entries {
-                let Some(value) = entry.value.as_deref().filter(|value| !value.is_empty()) else {
-                    errors.push(OptionsError::MissingValue {
-                        key: entry.key.clone(),
-                        span: entry.key_span,
-                    });
-                    continue;
+                let value = match entry.required_value() {
+                    Ok(value) => value,
+                    Err(error) => {
+                        errors.push(error);
+                        continue;
+                    }
                 };
-                let days = || {
-                    value
-                        .parse::<u64>()
-                        .ok()
-                        .filter(|n| (1..=3660).contains(n))
-                        .ok_or(OptionsError::InvalidNumber {
-                            key: entry.key.clone(),
-                            max: 3660,
-                            span: entry.value_span,
-                        })
-                };
+                let days = || entry.number(value, 3660);
                 match entry.key.as_str() {
                     "date-time-tz" => match value.parse::<chrono_tz::Tz>() {
                         Ok(zone) => options.zone = zone,
@@ -438,12 +455,12 @@ impl OptionsFile {
                 batch_timeout_ms: DEFAULT_BATCH_TIMEOUT_MS,
             };
             for entry in &section.entries {
-                let Some(value) = entry.value.as_deref().filter(|value| !value.is_empty()) else {
-                    errors.push(OptionsError::MissingValue {
-                        key: entry.key.clone(),
-                        span: entry.key_span,
-                    });
-                    continue;
+                let value = match entry.required_value() {
+                    Ok(value) => value,
+                    Err(error) => {
+                        errors.push(error);
+                        continue;
+                    }
                 };
                 if let Some(topic) = entry.key.strip_prefix("g:topic:") {
                     if cluster.topics.iter().any(|binding| binding.topic == topic) {
@@ -459,17 +476,7 @@ impl OptionsFile {
                         mapping_span: entry.value_span,
                     });
                 } else if entry.key.starts_with("g:") {
-                    let number = |max: u64| {
-                        value
-                            .parse::<u64>()
-                            .ok()
-                            .filter(|n| (1..=max).contains(n))
-                            .ok_or(OptionsError::InvalidNumber {
-                                key: entry.key.clone(),
-                                max,
-                                span: entry.value_span,
-                            })
-                    };
+                    let number = |max: u64| entry.number(value, max);
                     if entry.key == "g:batch-size" {
                         match number(1_000_000) {
                             Ok(n) => cluster.batch_size = n as usize,

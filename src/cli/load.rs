@@ -6,13 +6,12 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use martmap::catalog::Catalog;
+use martmap::runtime::Totals;
 use martmap::runtime::load::load;
-use martmap::runtime::{Stop, Totals};
 use martmap::sink::{Database, Sink};
 
 use super::{CatalogArgs, Color, DatabaseArgs, Outcome, load_plan};
@@ -72,14 +71,7 @@ pub fn run(args: LoadArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let stop = Arc::new(Stop::new());
-        tokio::spawn({
-            let stop = stop.clone();
-            async move {
-                super::signalled().await;
-                stop.request();
-            }
-        });
+        let stop = super::stop_on_signal(None);
         let started = Instant::now();
         let database = Database::connect(&args.database.url(), &catalog).await?;
         let progress = Progress::new();

@@ -118,9 +118,24 @@ impl DatabaseArgs {
     }
 }
 
+/// A stop that the first SIGINT or SIGTERM requests, logging `announce`
+/// then if given. Call it inside the command's tokio runtime.
+pub fn stop_on_signal(announce: Option<&'static str>) -> std::sync::Arc<martmap::runtime::Stop> {
+    let stop = std::sync::Arc::new(martmap::runtime::Stop::new());
+    let requested = stop.clone();
+    tokio::spawn(async move {
+        signalled().await;
+        if let Some(announce) = announce {
+            tracing::warn!("{announce}");
+        }
+        requested.request();
+    });
+    stop
+}
+
 /// Returns at the first SIGINT or SIGTERM (never, when they cannot be
 /// listened for: then SIGKILL stops martmap, which loses nothing committed).
-pub async fn signalled() {
+async fn signalled() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut interrupt), Ok(mut terminate)) = (
         signal(SignalKind::interrupt()),

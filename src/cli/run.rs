@@ -15,7 +15,6 @@ use martmap::catalog::Catalog;
 use martmap::metrics::Metrics;
 use martmap::options::{self, KafkaCluster, OptionsFile};
 use martmap::plan::Plan;
-use martmap::runtime::Stop;
 use martmap::runtime::kafka::{self, Binding};
 use martmap::sink::{Database, Sink};
 use martmap::source::kafka::effective_options;
@@ -177,15 +176,7 @@ pub fn run(args: RunArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
             });
         }
         // SIGINT or SIGTERM: every consumer finishes its batch, commits, stops.
-        let stop = Arc::new(Stop::new());
-        tokio::spawn({
-            let stop = stop.clone();
-            async move {
-                super::signalled().await;
-                tracing::warn!("stopping: finishing the current batches");
-                stop.request();
-            }
-        });
+        let stop = super::stop_on_signal(Some("stopping: finishing the current batches"));
         let database = Database::connect(&args.database.url(), &catalog).await?;
         let consumed = async {
             let mut sinks = HashMap::new();

@@ -10,13 +10,10 @@ use sea_orm::DbErr;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict, Query, Value};
 
 use super::txn::Txn;
+use super::write::CHUNK;
 use super::{Names, SinkError};
 use crate::catalog::{Catalog, ColumnType};
 use crate::pipeline::{Batch, DiscardRecord, NextOffset};
-
-/// Rows per INSERT of discards: well under SQLite's limit on bound
-/// parameters.
-const CHUNK: usize = 400;
 
 /// One column of a control table, as SQL names it.
 type Column = Alias;

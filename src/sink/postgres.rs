@@ -324,24 +324,24 @@ pub(super) async fn find_or_create(
     hashes: &[String],
     audit_key: i64,
 ) -> Result<FoundMembers, DbErr> {
-    let text_array = |values: Vec<Value>| {
+    // One bound array per column: text, or bigint for integer columns.
+    let array = |values: Vec<Value>, sql_type: &str| {
         Expr::val(Value::Array(ArrayType::String, Some(Box::new(values))))
-            .cast_as(Alias::new("text[]"))
+            .cast_as(Alias::new(sql_type))
     };
+    let text_array = |values: Vec<Value>| array(values, "text[]");
     let mut columns: Vec<Alias> = table.natural_key.iter().map(|c| names.column(c)).collect();
     columns.push(names.column(HASH_COLUMN));
-    // Integer natural key columns get their values as a bigint array.
-    let mut arrays: Vec<Expr> = Vec::with_capacity(table.natural_key.len() + 1);
-    for (at, column) in table.natural_key.iter().enumerate() {
-        let integer = table.column(column).is_some_and(|c| c.ty.is_integer());
-        let values = members.iter().map(|m| m[at].to_string().into()).collect();
-        arrays.push(if integer {
-            Expr::val(Value::Array(ArrayType::String, Some(Box::new(values))))
-                .cast_as(Alias::new("bigint[]"))
-        } else {
-            text_array(values)
-        });
-    }
+    let mut arrays: Vec<Expr> = table
+        .natural_key
+        .iter()
+        .enumerate()
+        .map(|(at, column)| {
+            let integer = table.column(column).is_some_and(|c| c.ty.is_integer());
+            let values = members.iter().map(|m| m[at].to_string().into()).collect();
+            array(values, if integer { "bigint[]" } else { "text[]" })
+        })
+        .collect();
     arrays.push(text_array(
         hashes.iter().map(|h| h.clone().into()).collect(),
     ));
