@@ -11,7 +11,13 @@ pages, numeric tokens, partial creators, URLs with ports, user info, query
 strings and fragments, long titles, and a few malformed events (which go to
 CTL_DISCARD).
 
+With --handlings it writes instead the agent-handling events (topic
+all-agent-handling) of the same sessions' interactions: most interactions
+one agent, some two, some none (those sessions count under the "no agent"
+member), some handlings arriving before and some after their session.
+
 Usage: scripts/generate-sample.py [SESSIONS] > samples/cobrowse-sessions.jsonl
+       scripts/generate-sample.py [SESSIONS] --handlings > samples/agent-handlings.jsonl
 """
 import json
 import random
@@ -19,7 +25,9 @@ import sys
 import uuid
 from datetime import datetime, timedelta, timezone
 
-SESSIONS = int(sys.argv[1]) if len(sys.argv) > 1 else 1200
+ARGS = [a for a in sys.argv[1:] if not a.startswith('--')]
+SESSIONS = int(ARGS[0]) if ARGS else 1200
+HANDLINGS = '--handlings' in sys.argv[1:]
 rng = random.Random(20260301)
 
 SITES = [
@@ -136,4 +144,44 @@ first = json.loads(lines[0])
 first["endReason"] = "REPLACED"
 first["segments"] = first.get("segments", [])[:1]
 lines.append(json.dumps(first, ensure_ascii=False, separators=(",", ":")))
-sys.stdout.write("\n".join(lines) + "\n")
+
+EMPLOYEES = [(f"E{1001 + n}", name) for n, name in enumerate([
+    "Ana Silva", "Ben Okafor", "Chloé Martin", "Dev Patel", "Emma Jones", "Farid Haddad",
+    "Grace Kim", "Hiro Tanaka", "Ines Costa", "Jonas Berg", "Kavya Rao", "Liam Walsh"])]
+
+
+def handlings(sessions):
+    """One event per agent per interaction of the sessions, from a seed of its own."""
+    pick = random.Random(20261130)
+    out = []
+    seen = set()
+    for event in sessions:
+        ixn = event.get("ixnId")
+        if not ixn or ixn in seen:
+            continue
+        seen.add(ixn)
+        roll = pick.random()
+        count = 0 if roll < 0.1 else 2 if roll < 0.25 else 1
+        start = event["startTime"]
+        start_ms = start if isinstance(start, int) else int(datetime.fromisoformat(start.replace("Z", "+00:00")).timestamp() * 1000)
+        for employee_id, name in pick.sample(EMPLOYEES, count):
+            begin = start_ms - pick.randint(30, 600) * 1000
+            handling = {"ixnId": ixn, "agent": {"employeeId": employee_id, "name": name},
+                        "startTime": begin, "endTime": begin + pick.randint(120, 1800) * 1000}
+            out.append(handling)
+    # Some handlings arrive long before their session, some after: shuffle.
+    pick.shuffle(out)
+    return out
+
+
+if HANDLINGS:
+    sessions = []
+    for line in lines:
+        try:
+            sessions.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    out = [json.dumps(h, ensure_ascii=False, separators=(",", ":")) for h in handlings(sessions)]
+    sys.stdout.write("\n".join(out) + "\n")
+else:
+    sys.stdout.write("\n".join(lines) + "\n")

@@ -17,6 +17,7 @@
 //! assert_eq!(cobrowse.scopes.last().unwrap().name, "page"); // the grain: one row per page visit
 //! ```
 
+pub mod aggregate;
 pub mod calendar;
 pub mod catalog;
 pub mod convert;

@@ -152,6 +152,38 @@ pub enum OptionsError {
         help: Option<String>,
     },
 
+    #[error("unknown option `{key}` in [agg-feature]")]
+    #[diagnostic(
+        code(martmap::options::unknown_agg_feature_option),
+        help("[agg-feature] holds bare flags `enable-<feature>`, e.g. `enable-cobrowse`")
+    )]
+    UnknownAggFeatureOption {
+        key: String,
+        #[label("not `enable-<feature>`")]
+        span: SourceSpan,
+    },
+
+    #[error("`{key}` is a bare flag")]
+    #[diagnostic(
+        code(martmap::options::flag_with_value),
+        help("write `{key}` alone to enable the feature; remove the line to disable it")
+    )]
+    FlagWithValue {
+        key: String,
+        #[label("no value expected")]
+        span: SourceSpan,
+    },
+
+    #[error("no aggregate has feature `{feature}`")]
+    #[diagnostic(code(martmap::options::unknown_feature))]
+    UnknownFeature {
+        feature: String,
+        #[label("no aggregate file names this feature")]
+        span: SourceSpan,
+        #[help]
+        help: Option<String>,
+    },
+
     #[error("unknown option `{key}` in [date-time]")]
     #[diagnostic(code(martmap::options::unknown_date_time_option))]
     UnknownDateTimeOption {
@@ -309,6 +341,24 @@ pub struct TopicBinding {
     pub mapping_span: SourceSpan,
 }
 
+/// Each enabled feature that no aggregate declares.
+pub fn check_features(features: &[(String, SourceSpan)], known: &[&str]) -> Vec<OptionsError> {
+    features
+        .iter()
+        .filter(|(feature, _)| !known.contains(&feature.as_str()))
+        .map(|(feature, span)| OptionsError::UnknownFeature {
+            feature: feature.clone(),
+            span: *span,
+            help: suggest(feature, known.iter().copied()).or_else(|| {
+                Some(
+                    "aggregate files (aggregates/*.yaml) name their `feature`; none is loaded"
+                        .into(),
+                )
+            }),
+        })
+        .collect()
+}
+
 impl OptionsFile {
     /// Parses the whole file, reporting every malformed line.
     pub fn parse(text: &str) -> Result<OptionsFile, Vec<OptionsError>> {
@@ -382,7 +432,34 @@ impl OptionsFile {
         }
     }
 
-    /// The `[kafka-<cluster>]` sections, with every problem in them.
+    /// The `enable-<feature>` flags of `[agg-feature]`, each with its span,
+    /// and every malformed line there.
+    pub fn features(&self) -> (Vec<(String, SourceSpan)>, Vec<OptionsError>) {
+        let mut features = Vec::new();
+        let mut errors = Vec::new();
+        for section in self.sections.iter().filter(|s| s.name == "agg-feature") {
+            for entry in &section.entries {
+                let Some(feature) = entry.key.strip_prefix("enable-").filter(|f| !f.is_empty())
+                else {
+                    errors.push(OptionsError::UnknownAggFeatureOption {
+                        key: entry.key.clone(),
+                        span: entry.key_span,
+                    });
+                    continue;
+                };
+                if entry.value.is_some() {
+                    errors.push(OptionsError::FlagWithValue {
+                        key: entry.key.clone(),
+                        span: entry.value_span,
+                    });
+                    continue;
+                }
+                features.push((feature.to_owned(), entry.key_span));
+            }
+        }
+        (features, errors)
+    }
+
     /// The `[date-time]` section (defaults when there is none), and every
     /// problem in it: an unknown zone or option, a number out of range.
     pub fn date_time(&self) -> (DateTimeOptions, Vec<OptionsError>) {
@@ -440,6 +517,7 @@ impl OptionsFile {
         (options, errors)
     }
 
+    /// The `[kafka-<cluster>]` sections, with every problem in them.
     pub fn clusters(&self) -> (Vec<KafkaCluster>, Vec<OptionsError>) {
         let mut clusters = Vec::new();
         let mut errors = Vec::new();

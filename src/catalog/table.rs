@@ -19,6 +19,10 @@ pub enum Role {
     Fact,
     Dimension,
     Control,
+    /// Info Mart's DATE_TIME: filled by martmap from the options' time zone.
+    Calendar,
+    /// A level table of an aggregate file (not declared in the catalog).
+    Aggregate,
 }
 
 impl fmt::Display for Role {
@@ -27,6 +31,8 @@ impl fmt::Display for Role {
             Role::Fact => "fact",
             Role::Dimension => "dimension",
             Role::Control => "control",
+            Role::Calendar => "calendar",
+            Role::Aggregate => "aggregate",
         })
     }
 }

@@ -46,6 +46,15 @@ pub struct LoadArgs {
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
 
+    /// Info Mart style options file: its [date-time] calendar zone and
+    /// [agg-feature] flags, so that a backfill maintains the same
+    /// aggregates as `run`. Without one: UTC, no aggregates.
+    #[arg(long, value_name = "FILE")]
+    options: Option<PathBuf>,
+
+    #[command(flatten)]
+    aggregates: super::aggregate::AggregatesArgs,
+
     /// Events per batch (one transaction each).
     #[arg(long, default_value_t = 1000, value_name = "N")]
     batch_size: usize,
@@ -66,6 +75,16 @@ pub fn run(args: LoadArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
         return Ok(Outcome::Invalid);
     };
     let catalog = Catalog::load(&args.catalog.catalog).map_err(|_| "the catalog became invalid")?;
+    let Some(setup) = super::aggregate::setup(
+        args.options.as_deref(),
+        &args.aggregates,
+        &catalog,
+        args.color,
+        false,
+    )?
+    else {
+        return Ok(Outcome::Invalid);
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -73,7 +92,14 @@ pub fn run(args: LoadArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
     runtime.block_on(async move {
         let stop = super::stop_on_signal(None);
         let started = Instant::now();
-        let database = Database::connect(&args.database.url(), &catalog).await?;
+        let mut database = Database::connect(&args.database.url(), &catalog).await?;
+        match database.aggregate(&catalog, setup).await {
+            Ok(report) => super::aggregate::log(&report),
+            Err(error) => {
+                database.close().await;
+                return Err(error.into());
+            }
+        }
         let progress = Progress::new();
         let fact = plan.fact.clone();
         let loaded = match Sink::open(database.clone(), &catalog, plan).await {

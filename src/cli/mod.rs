@@ -2,6 +2,7 @@
 //! dispatch to each. Every subcommand returns an [`Outcome`] or a runtime
 //! error; only `main` maps them to exit codes.
 
+mod aggregate;
 mod init_db;
 mod load;
 mod run;
@@ -45,6 +46,7 @@ pub enum Command {
     InitDb(init_db::InitDbArgs),
     Load(load::LoadArgs),
     Run(run::RunArgs),
+    Aggregate(aggregate::AggregateArgs),
 }
 
 /// How a command ended when it ran to completion.
@@ -157,6 +159,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Box<dyn std::error::Error>> {
         Command::InitDb(args) => init_db::run(args),
         Command::Load(args) => load::run(args),
         Command::Run(args) => run::run(args),
+        Command::Aggregate(args) => aggregate::run(args),
     }
 }
 

@@ -87,6 +87,9 @@ pub struct RunArgs {
     metrics_addr: Option<std::net::SocketAddr>,
 
     #[command(flatten)]
+    aggregates: super::aggregate::AggregatesArgs,
+
+    #[command(flatten)]
     database: DatabaseArgs,
 
     #[command(flatten)]
@@ -139,6 +142,16 @@ pub fn run(args: RunArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
             .any(|cluster| cluster.topics.iter().any(|b| &b.mapping == name))
     });
     let catalog = Catalog::load(&args.catalog.catalog).map_err(|_| "the catalog became invalid")?;
+    let Some(setup) = super::aggregate::setup(
+        Some(&args.options),
+        &args.aggregates,
+        &catalog,
+        args.color,
+        false,
+    )?
+    else {
+        return Ok(Outcome::Invalid);
+    };
 
     let bindings: Vec<Binding> = clusters
         .iter()
@@ -177,8 +190,10 @@ pub fn run(args: RunArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
         }
         // SIGINT or SIGTERM: every consumer finishes its batch, commits, stops.
         let stop = super::stop_on_signal(Some("stopping: finishing the current batches"));
-        let database = Database::connect(&args.database.url(), &catalog).await?;
+        let mut database = Database::connect(&args.database.url(), &catalog).await?;
         let consumed = async {
+            let report = database.aggregate(&catalog, setup).await?;
+            super::aggregate::log(&report);
             let mut sinks = HashMap::new();
             for (name, plan) in plans {
                 sinks.insert(name, Sink::open(database.clone(), &catalog, plan).await?);

@@ -24,6 +24,8 @@ pub use model::{
     UrlPart, ValueKind,
 };
 pub use path::{JsonPath, PathSyntaxError};
+pub(crate) use raw::Reader;
+pub use raw::Sp;
 pub use raw::{RawMapping, read};
 pub use validate::validate;
 

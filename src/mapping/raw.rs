@@ -147,38 +147,25 @@ const GET_OR_CREATE_KEYS: &[&str] = &["absent"];
 /// Reads a mapping file. The raw mapping is returned whenever the YAML
 /// parses, together with every structural problem found.
 pub fn read(text: &str) -> (Option<RawMapping>, Vec<MappingError>) {
-    let mut reader = Reader {
-        text,
-        errors: Vec::new(),
-    };
-    let options = LoaderOptions::default()
-        .error_on_duplicate_keys(true)
-        .toplevel_mapping();
-    let root = match marked_yaml::parse_yaml_with_options(0, text, options) {
-        Ok(root) => root,
-        Err(error) => {
-            reader.errors.push(reader.load_error(error));
-            return (None, reader.errors);
-        }
-    };
-    let mapping = reader.mapping(&root);
-    (Some(mapping), reader.errors)
+    let (root, mut reader) = Reader::document(text);
+    let mapping = root.map(|root| reader.mapping(&root));
+    (mapping, reader.errors)
 }
 
-struct Reader<'t> {
+pub(crate) struct Reader<'t> {
     text: &'t str,
-    errors: Vec<MappingError>,
+    pub(crate) errors: Vec<MappingError>,
 }
 
 /// The entries of one YAML mapping, keys already checked.
-struct Fields<'n> {
+pub(crate) struct Fields<'n> {
     entries: Vec<(&'n MarkedScalarNode, &'n Node)>,
     owner: SourceSpan,
     context: String,
 }
 
 impl<'n> Fields<'n> {
-    fn get(&self, key: &str) -> Option<&'n Node> {
+    pub(crate) fn get(&self, key: &str) -> Option<&'n Node> {
         self.entries
             .iter()
             .find(|(k, _)| k.as_str() == key)
@@ -187,6 +174,27 @@ impl<'n> Fields<'n> {
 }
 
 impl<'t> Reader<'t> {
+    /// Parses a YAML document whose top level is a mapping; the reader
+    /// collects the problems of what is read from it. Shared by every
+    /// YAML file martmap reads with positions (mappings, aggregates).
+    pub(crate) fn document(text: &'t str) -> (Option<Node>, Reader<'t>) {
+        let mut reader = Reader {
+            text,
+            errors: Vec::new(),
+        };
+        let options = LoaderOptions::default()
+            .error_on_duplicate_keys(true)
+            .toplevel_mapping();
+        match marked_yaml::parse_yaml_with_options(0, text, options) {
+            Ok(root) => (Some(root), reader),
+            Err(error) => {
+                let error = reader.load_error(error);
+                reader.errors.push(error);
+                (None, reader)
+            }
+        }
+    }
+
     fn mapping(&mut self, root: &Node) -> RawMapping {
         let span = self.line_span(root);
         let mut raw = RawMapping {
@@ -503,7 +511,7 @@ impl<'t> Reader<'t> {
 
     /// The entries of a mapping whose keys are names chosen by the author
     /// (scopes, columns), each read by `read`.
-    fn entries<T>(
+    pub(crate) fn entries<T>(
         &mut self,
         node: &Node,
         key: &str,
@@ -525,7 +533,7 @@ impl<'t> Reader<'t> {
     }
 
     /// A mapping with a fixed set of keys; unknown keys are reported.
-    fn fields<'n>(
+    pub(crate) fn fields<'n>(
         &mut self,
         node: &'n Node,
         key: &str,
@@ -554,7 +562,7 @@ impl<'t> Reader<'t> {
         })
     }
 
-    fn required<'n>(
+    pub(crate) fn required<'n>(
         &mut self,
         fields: &Fields<'n>,
         key: &'static str,
@@ -572,7 +580,7 @@ impl<'t> Reader<'t> {
         node
     }
 
-    fn scalar_string(&self, node: &Node) -> Option<Sp<String>> {
+    pub(crate) fn scalar_string(&self, node: &Node) -> Option<Sp<String>> {
         let scalar = node.as_scalar().filter(|scalar| !is_null(scalar))?;
         Some(Sp {
             value: scalar.as_str().to_owned(),
@@ -580,7 +588,7 @@ impl<'t> Reader<'t> {
         })
     }
 
-    fn string(&mut self, key: &str, node: &Node) -> Option<Sp<String>> {
+    pub(crate) fn string(&mut self, key: &str, node: &Node) -> Option<Sp<String>> {
         let value = self.scalar_string(node);
         if value.is_none() {
             self.wrong_type(key, "a string", node);
@@ -588,7 +596,7 @@ impl<'t> Reader<'t> {
         value
     }
 
-    fn flag(&mut self, key: &str, node: &Node) -> Option<bool> {
+    pub(crate) fn flag(&mut self, key: &str, node: &Node) -> Option<bool> {
         let value = node.as_scalar().and_then(MarkedScalarNode::as_bool);
         if value.is_none() {
             self.wrong_type(key, "true or false", node);
@@ -596,7 +604,7 @@ impl<'t> Reader<'t> {
         value
     }
 
-    fn integer(&mut self, key: &str, node: &Node) -> Option<Sp<i64>> {
+    pub(crate) fn integer(&mut self, key: &str, node: &Node) -> Option<Sp<i64>> {
         let scalar = node.as_scalar().filter(|scalar| scalar.may_coerce());
         match scalar.and_then(|scalar| scalar.as_str().parse::<i64>().ok().map(|v| (scalar, v))) {
             Some((scalar, value)) => Some(Sp {
@@ -612,7 +620,7 @@ impl<'t> Reader<'t> {
 
     /// A constant: a plain scalar that reads as an integer is one, any other
     /// scalar is text (quote digits to make them text).
-    fn constant(&mut self, key: &str, node: &Node) -> Option<Sp<Constant>> {
+    pub(crate) fn constant(&mut self, key: &str, node: &Node) -> Option<Sp<Constant>> {
         let text = self.string(key, node)?;
         let plain = node.as_scalar().is_some_and(MarkedScalarNode::may_coerce);
         let value = match text.value.parse::<i64>() {
@@ -625,7 +633,7 @@ impl<'t> Reader<'t> {
         })
     }
 
-    fn strings(&mut self, key: &str, node: &Node) -> Option<Sp<Vec<Sp<String>>>> {
+    pub(crate) fn strings(&mut self, key: &str, node: &Node) -> Option<Sp<Vec<Sp<String>>>> {
         let Some(list) = node.as_sequence() else {
             self.wrong_type(key, "a list of names", node);
             return None;
@@ -640,7 +648,7 @@ impl<'t> Reader<'t> {
         })
     }
 
-    fn wrong_type(&mut self, key: &str, expected: &'static str, node: &Node) {
+    pub(crate) fn wrong_type(&mut self, key: &str, expected: &'static str, node: &Node) {
         let found = match node {
             Node::Scalar(scalar) if is_null(scalar) => "nothing".to_owned(),
             Node::Scalar(scalar) => format!("`{}`", scalar.as_str()),
@@ -671,7 +679,7 @@ impl<'t> Reader<'t> {
     }
 
     /// The span of a scalar's text, inside its quotes when it is quoted.
-    fn scalar_span(&self, scalar: &MarkedScalarNode) -> SourceSpan {
+    pub(crate) fn scalar_span(&self, scalar: &MarkedScalarNode) -> SourceSpan {
         let start = self.offset(scalar.span().start());
         let rest = &self.text[start..];
         match rest.chars().next() {
@@ -681,7 +689,7 @@ impl<'t> Reader<'t> {
     }
 
     /// A scalar's span; for a mapping or list, the rest of its first line.
-    fn line_span(&self, node: &Node) -> SourceSpan {
+    pub(crate) fn line_span(&self, node: &Node) -> SourceSpan {
         if let Node::Scalar(scalar) = node {
             return self.scalar_span(scalar);
         }

@@ -63,14 +63,26 @@ pub struct Discards {
     audit_key: Column,
 }
 
+/// `CTL_AGGREGATE`: the aggregates kept up to date, and from which
+/// definition.
+#[derive(Debug, Clone)]
+pub struct AggregateStates {
+    pub table: Alias,
+    name: Column,
+    feature: Column,
+    content_hash: Column,
+    built_ts: Column,
+}
+
 /// Every control table.
 #[derive(Debug, Clone)]
 pub struct Control {
     /// Their catalog names, for creating them.
-    pub tables: [&'static str; 3],
+    pub tables: [&'static str; 4],
     pub audit: AuditLog,
     pub offsets: KafkaOffsets,
     pub discards: Discards,
+    pub aggregates: AggregateStates,
 }
 
 /// What a control column must hold.
@@ -132,6 +144,7 @@ impl Control {
         const AUDIT: &str = "CTL_AUDIT_LOG";
         const OFFSETS: &str = "CTL_KAFKA_OFFSET";
         const DISCARDS: &str = "CTL_DISCARD";
+        const AGGREGATES: &str = "CTL_AGGREGATE";
         use Kind::{Bytes, Integer, Text};
         let mut r = Resolver {
             catalog,
@@ -174,14 +187,22 @@ impl Control {
             discard_ts: r.column(DISCARDS, "DISCARD_TS", Integer),
             audit_key: r.column(DISCARDS, "AUDIT_KEY", Integer),
         };
+        let aggregates = AggregateStates {
+            table: r.table(AGGREGATES),
+            name: r.column(AGGREGATES, "AGGREGATE_NAME", Text),
+            feature: r.column(AGGREGATES, "FEATURE", Text),
+            content_hash: r.column(AGGREGATES, "CONTENT_HASH", Text),
+            built_ts: r.column(AGGREGATES, "BUILT_TS", Integer),
+        };
         if !r.problems.is_empty() {
             return Err(SinkError::Control(r.problems.join("; ")));
         }
         Ok(Control {
-            tables: [AUDIT, OFFSETS, DISCARDS],
+            tables: [AUDIT, OFFSETS, DISCARDS, AGGREGATES],
             audit,
             offsets,
             discards,
+            aggregates,
         })
     }
 }
@@ -248,6 +269,62 @@ impl AuditLog {
             .and_where(Expr::col(self.audit_key.clone()).eq(audit_key))
             .to_owned();
         txn.execute(&update).await?;
+        Ok(())
+    }
+}
+
+impl AggregateStates {
+    /// Each recorded aggregate's (name, content hash).
+    pub async fn recorded(&self, txn: &mut Txn) -> Result<Vec<(String, String)>, DbErr> {
+        let select = Query::select()
+            .columns([self.name.clone(), self.content_hash.clone()])
+            .from(self.table.clone())
+            .to_owned();
+        txn.query(&select)
+            .await?
+            .iter()
+            .map(|row| Ok((row[0].text()?, row[1].text()?)))
+            .collect()
+    }
+
+    /// Records that an aggregate is maintained from this definition.
+    pub async fn record(
+        &self,
+        txn: &mut Txn,
+        name: &str,
+        feature: &str,
+        hash: &str,
+    ) -> Result<(), DbErr> {
+        let insert = Query::insert()
+            .into_table(self.table.clone())
+            .columns([
+                self.name.clone(),
+                self.feature.clone(),
+                self.content_hash.clone(),
+                self.built_ts.clone(),
+            ])
+            .values_panic([name.into(), feature.into(), hash.into(), now().into()])
+            .on_conflict(
+                OnConflict::column(self.name.clone())
+                    .update_columns([
+                        self.feature.clone(),
+                        self.content_hash.clone(),
+                        self.built_ts.clone(),
+                    ])
+                    .to_owned(),
+            )
+            .to_owned();
+        txn.execute(&insert).await?;
+        Ok(())
+    }
+
+    /// Forgets an aggregate no longer maintained: enabling it again rebuilds it.
+    pub async fn forget(&self, txn: &mut Txn, name: &str) -> Result<(), DbErr> {
+        let delete = Query::delete()
+            .from_table(self.table.clone())
+            .and_where(Expr::col(self.name.clone()).eq(name))
+            .to_owned();
+        txn.execute(&delete).await?;
         Ok(())
     }
 }

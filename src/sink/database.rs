@@ -8,8 +8,12 @@ use std::sync::Arc;
 use sea_orm::sea_query::{Func, PostgresQueryBuilder, Query};
 use sea_orm::{ConnectOptions, ConnectionTrait, DatabaseConnection, DbBackend, DbErr};
 
+use super::aggregate::Aggregation;
 use super::{Names, SinkError, control, ddl, txn};
+use crate::aggregate::Aggregate;
+use crate::calendar::{self, Calendar};
 use crate::catalog::{Catalog, Table};
+use crate::options::DateTimeOptions;
 
 /// An open database (cheap to clone: the connection is a pool).
 #[derive(Clone)]
@@ -20,6 +24,32 @@ pub struct Database {
     pub(super) control: Arc<control::Control>,
     /// The SQLite file, when it is one.
     file: Option<std::path::PathBuf>,
+    /// The calendar and the enabled aggregates every batch maintains.
+    pub(super) aggregation: Option<Arc<Aggregation>>,
+}
+
+/// What `Database::aggregate` sets up: the options' calendar and features,
+/// and every aggregate file.
+pub struct AggregateSetup {
+    pub date_time: DateTimeOptions,
+    pub aggregates: Vec<Aggregate>,
+    /// The `enable-<feature>` flags of `[agg-feature]`.
+    pub features: Vec<String>,
+    /// Recompute every enabled aggregate, even one that is up to date.
+    pub rebuild: bool,
+}
+
+/// What setting up the aggregates did.
+#[derive(Debug, Default)]
+pub struct AggregateReport {
+    /// Intervals added to the calendar ahead of today.
+    pub calendar_intervals: usize,
+    /// Aggregates computed from the stored facts (new, changed or asked for).
+    pub built: Vec<String>,
+    /// Aggregates no longer maintained: their feature is not enabled.
+    pub dropped: Vec<String>,
+    /// Aggregates maintained by every batch.
+    pub maintained: Vec<String>,
 }
 
 /// Held while one ETL cycle loads a topic, so that an overlapping cycle
@@ -95,6 +125,7 @@ impl Database {
             names,
             control: Arc::new(control::Control::resolve(catalog, names)?),
             file,
+            aggregation: None,
         })
     }
 
@@ -222,6 +253,73 @@ impl Database {
 }
 
 impl Database {
+    /// Sets up the calendar and the aggregates before any batch: creates
+    /// DATE_TIME and fills it ahead, creates the tables of the enabled
+    /// aggregates and computes those that are new or changed (a backfill
+    /// from the stored facts), and stops maintaining those whose feature
+    /// is no longer enabled. Every later batch keeps the enabled ones exact.
+    pub async fn aggregate(
+        &mut self,
+        catalog: &Catalog,
+        setup: AggregateSetup,
+    ) -> Result<AggregateReport, SinkError> {
+        let mut report = AggregateReport::default();
+        let calendar_table = catalog.table(calendar::TABLE).map(|t| t.name.as_str());
+        self.create_tables(catalog, calendar_table).await?;
+        let (enabled, disabled): (Vec<Aggregate>, Vec<Aggregate>) = setup
+            .aggregates
+            .into_iter()
+            .partition(|a| setup.features.contains(&a.feature));
+        let days = (
+            setup.date_time.min_days_ahead,
+            setup.date_time.max_days_ahead,
+        );
+        let aggregation =
+            Aggregation::new(Calendar::new(setup.date_time.zone), days, enabled, catalog);
+        for aggregate in &aggregation.aggregates {
+            self.create_tables(catalog, aggregate.reads()).await?;
+            Aggregation::create(&self.connection, self.names, aggregate).await?;
+        }
+
+        let mut txn = txn::Txn::begin(&self.connection).await?;
+        aggregation.check_zone(&mut txn, self.names).await?;
+        report.calendar_intervals = aggregation.fill_ahead(&mut txn, self.names).await?;
+        txn.commit().await?;
+
+        let states = &self.control.aggregates;
+        let mut txn = txn::Txn::begin(&self.connection).await?;
+        let recorded = states.recorded(&mut txn).await?;
+        txn.commit().await?;
+        for aggregate in &aggregation.aggregates {
+            let current = recorded
+                .iter()
+                .any(|(name, hash)| *name == aggregate.name && *hash == aggregate.content_hash);
+            if current && !setup.rebuild {
+                report.maintained.push(aggregate.name.clone());
+                continue;
+            }
+            let mut txn = txn::Txn::begin(&self.connection).await?;
+            aggregation.rebuild(&mut txn, self.names, aggregate).await?;
+            let (name, feature) = (&aggregate.name, &aggregate.feature);
+            states
+                .record(&mut txn, name, feature, &aggregate.content_hash)
+                .await?;
+            txn.commit().await?;
+            report.built.push(name.clone());
+            report.maintained.push(name.clone());
+        }
+        for aggregate in disabled {
+            if recorded.iter().any(|(name, _)| *name == aggregate.name) {
+                let mut txn = txn::Txn::begin(&self.connection).await?;
+                states.forget(&mut txn, &aggregate.name).await?;
+                txn.commit().await?;
+                report.dropped.push(aggregate.name);
+            }
+        }
+        self.aggregation = Some(Arc::new(aggregation));
+        Ok(report)
+    }
+
     /// The stored next offsets of one cluster's topic, by partition: where
     /// consumption resumes.
     pub async fn stored_offsets(

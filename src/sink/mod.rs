@@ -8,6 +8,7 @@
 //! leaves no partial batch. In PostgreSQL, names are lower case so analysts
 //! can write plain unquoted SQL.
 
+mod aggregate;
 mod control;
 mod database;
 mod ddl;
@@ -26,7 +27,8 @@ use crate::dimension::Members;
 use crate::pipeline::Preparer;
 use crate::plan::{DimensionKind, Plan};
 
-pub use database::{CycleLock, Database};
+pub use aggregate::Aggregation;
+pub use database::{AggregateReport, AggregateSetup, CycleLock, Database};
 pub use ddl::{HASH_COLUMN, natural_key_hash};
 pub use write::BatchReport;
 
@@ -56,6 +58,11 @@ pub enum SinkError {
         partition: i32,
         first: i64,
     },
+    #[error(
+        "DATE_TIME was filled for another time zone than date-time-tz={zone}; its rows would \
+         disagree: set date-time-tz back, or empty DATE_TIME and run `martmap aggregate --rebuild`"
+    )]
+    CalendarZone { zone: String },
 }
 
 impl SinkError {

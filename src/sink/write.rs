@@ -121,6 +121,11 @@ impl Sink {
             preparer: &self.preparer,
         };
         let keys = &resolved.keys;
+        let aggregation = self.db.aggregation.clone();
+        let touched = match &aggregation {
+            Some(aggregation) => Some(aggregation.before(&mut txn, &facts, &rows, keys).await?),
+            None => None,
+        };
         match self.backend {
             Backend::Sqlite => {
                 sqlite::write_facts(&facts, &mut txn, &rows, keys, audit_key).await?
@@ -131,6 +136,12 @@ impl Sink {
                     .await?
             }
         }
+        let days = match (&aggregation, touched) {
+            (Some(aggregation), Some(touched)) => {
+                aggregation.after(&mut txn, &facts, &rows, touched).await?
+            }
+            _ => Vec::new(),
+        };
         let discards = &control.discards;
         discards
             .insert(&mut txn, mapping, &batch.discards, audit_key)
@@ -151,6 +162,9 @@ impl Sink {
             .await?;
         txn.commit().await?;
         self.members.keep(resolved);
+        if let Some(aggregation) = &aggregation {
+            aggregation.filled(days);
+        }
         Ok(report)
     }
 

@@ -1,0 +1,760 @@
+//! The calendar and the aggregates, kept exact in each batch's transaction.
+//!
+//! Before a batch writes its facts, the buckets it will change are read:
+//! the time keys of the rows it replaces (by `replace_by`, else by key) and
+//! of its new rows, and, for a batch of a table an aggregate joins, the
+//! time keys of the facts joined to the old and new join values. After the
+//! facts are written, the DATE_TIME days those keys fall in are filled, and
+//! each touched bucket of each level is recomputed from the facts: deleted,
+//! then inserted again by one `INSERT … SELECT … GROUP BY` whose ranges on
+//! the time key use its index. Distinct counts and once-per values number
+//! the rows of each tuple with `ROW_NUMBER()` and take the first. All of
+//! it is SeaQuery, the same statements on every backend.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+use chrono::NaiveDate;
+use sea_orm::sea_query::{
+    Alias, Cond, Expr, ExprTrait, Func, Index, JoinType, OnConflict, OverStatement, Query,
+    SelectStatement, Value, WindowStatement,
+};
+use sea_orm::{ConnectionTrait, DbErr};
+
+use super::txn::{Scalar, Txn};
+use super::write::{CHUNK, Facts, value};
+use super::{Names, SinkError, ddl};
+use crate::aggregate::{Aggregate, ColumnRef, Filter, MeasureKind, Operand, TIME_COLUMN, Test};
+use crate::calendar::{self, Attribute, Calendar, INTERVAL, Level};
+use crate::catalog::{Catalog, ColumnType, Role, Table};
+use crate::mapping::Constant;
+use crate::plan::{Cell, Conversion, Row};
+
+/// What is aggregated in one database: the calendar, the enabled
+/// aggregates, and which calendar days are known to be filled.
+pub struct Aggregation {
+    pub calendar: Calendar,
+    /// Extend the calendar when fewer days remain; fill this far ahead.
+    pub days_ahead: (u64, u64),
+    pub aggregates: Vec<Aggregate>,
+    table: Option<Table>,
+    filled: Mutex<BTreeSet<NaiveDate>>,
+}
+
+/// How a batch of one fact table touches one aggregate.
+#[derive(Debug, Clone)]
+enum Touch {
+    /// It writes the aggregate's fact.
+    Fact,
+    /// It writes the table of these joins.
+    Joined(Vec<usize>),
+}
+
+/// The buckets a batch touches, read before its facts are written.
+#[derive(Default)]
+pub(super) struct Touched {
+    /// Per aggregate (index into `Aggregation::aggregates`): interval keys.
+    keys: Vec<(usize, BTreeSet<i64>)>,
+}
+
+impl Aggregation {
+    pub fn new(
+        calendar: Calendar,
+        days_ahead: (u64, u64),
+        aggregates: Vec<Aggregate>,
+        catalog: &Catalog,
+    ) -> Aggregation {
+        let table = catalog
+            .tables
+            .values()
+            .find(|t| t.role == Role::Calendar && t.name == calendar::TABLE)
+            .cloned();
+        Aggregation {
+            calendar,
+            days_ahead,
+            aggregates,
+            table,
+            filled: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    fn touches(&self, fact: &str) -> Vec<(usize, Touch)> {
+        self.aggregates
+            .iter()
+            .enumerate()
+            .filter_map(|(at, aggregate)| {
+                if aggregate.fact == fact {
+                    return Some((at, Touch::Fact));
+                }
+                let joins: Vec<usize> = (aggregate.joins.iter().enumerate())
+                    .filter(|(_, join)| join.table == fact)
+                    .map(|(j, _)| j)
+                    .collect();
+                (!joins.is_empty()).then_some((at, Touch::Joined(joins)))
+            })
+            .collect()
+    }
+
+    /// Reads the buckets the batch's rows will change, before they are written.
+    pub(super) async fn before(
+        &self,
+        txn: &mut Txn,
+        facts: &Facts<'_>,
+        rows: &[&Row],
+        keys: &[Vec<i64>],
+    ) -> Result<Touched, DbErr> {
+        let mut touched = Touched::default();
+        for (at, touch) in self.touches(&facts.table.name) {
+            let aggregate = &self.aggregates[at];
+            let names = facts.names;
+            let mut found = BTreeSet::new();
+            match touch {
+                Touch::Fact => {
+                    let column = [aggregate.time_key.as_str()];
+                    for old in old_values(txn, facts, rows, keys, &column).await? {
+                        if let [Scalar::Int(key)] = old.as_slice() {
+                            found.insert(*key);
+                        }
+                    }
+                    for (row, row_keys) in rows.iter().zip(keys) {
+                        if let Cell::Int(key) = cell(facts, row, row_keys, &aggregate.time_key) {
+                            found.insert(key);
+                        }
+                    }
+                }
+                Touch::Joined(joins) => {
+                    for j in joins {
+                        let join = &aggregate.joins[j];
+                        let joined: Vec<&str> = join.on.iter().map(|(c, _)| c.as_str()).collect();
+                        let mut values: BTreeSet<Vec<Cell>> = BTreeSet::new();
+                        for old in old_values(txn, facts, rows, keys, &joined).await? {
+                            values.insert(old.into_iter().map(scalar_cell).collect());
+                        }
+                        for (row, row_keys) in rows.iter().zip(keys) {
+                            values.insert(
+                                joined
+                                    .iter()
+                                    .map(|c| cell(facts, row, row_keys, c))
+                                    .collect(),
+                            );
+                        }
+                        let fact_columns: Vec<&str> =
+                            join.on.iter().map(|(_, f)| f.as_str()).collect();
+                        found.extend(
+                            fact_keys(txn, names, aggregate, &fact_columns, &values).await?,
+                        );
+                    }
+                }
+            }
+            if !found.is_empty() {
+                touched.keys.push((at, found));
+            }
+        }
+        Ok(touched)
+    }
+
+    /// Fills the calendar for the batch's keys and recomputes the touched
+    /// buckets, after the facts are written. Returns the days it filled,
+    /// to be remembered once the transaction commits.
+    pub(super) async fn after(
+        &self,
+        txn: &mut Txn,
+        facts: &Facts<'_>,
+        rows: &[&Row],
+        touched: Touched,
+    ) -> Result<Vec<NaiveDate>, DbErr> {
+        let names = facts.names;
+        let mut keys: BTreeSet<i64> = BTreeSet::new();
+        for (at, (_, value)) in facts.plan.columns.iter().enumerate() {
+            if matches!(
+                facts.plan.values[*value].convert,
+                Conversion::DateTimeKey { interval } if i64::from(interval) % INTERVAL == 0
+            ) {
+                keys.extend(rows.iter().filter_map(|row| match row.values[at] {
+                    Cell::Int(key) => Some(key),
+                    _ => None,
+                }));
+            }
+        }
+        for (_, found) in &touched.keys {
+            keys.extend(found.iter().copied());
+        }
+        let days = self.fill_days(txn, names, &keys).await?;
+        for (at, found) in touched.keys {
+            let aggregate = &self.aggregates[at];
+            for &level in &aggregate.levels {
+                let buckets: BTreeSet<(i64, i64)> = found
+                    .iter()
+                    .map(|key| self.calendar.bucket(level, *key))
+                    .collect();
+                recompute(txn, names, aggregate, level, Some(&buckets)).await?;
+            }
+        }
+        Ok(days)
+    }
+
+    /// Remembers days filled by a committed transaction.
+    pub(super) fn filled(&self, days: Vec<NaiveDate>) {
+        self.filled.lock().unwrap().extend(days);
+    }
+
+    /// Inserts the DATE_TIME rows of the local days of `keys` that are not
+    /// known to be filled; returns those days.
+    async fn fill_days(
+        &self,
+        txn: &mut Txn,
+        names: Names,
+        keys: &BTreeSet<i64>,
+    ) -> Result<Vec<NaiveDate>, DbErr> {
+        let Some(table) = &self.table else {
+            return Ok(Vec::new());
+        };
+        let days: BTreeSet<NaiveDate> = keys.iter().map(|k| self.calendar.date(*k)).collect();
+        let missing: Vec<NaiveDate> = {
+            let filled = self.filled.lock().unwrap();
+            days.into_iter().filter(|d| !filled.contains(d)).collect()
+        };
+        for day in &missing {
+            let intervals: Vec<i64> = self.calendar.days(*day, *day).collect();
+            insert_intervals(txn, names, table, &self.calendar, &intervals).await?;
+        }
+        Ok(missing)
+    }
+
+    /// Fills the calendar from today to today + max days ahead, when fewer
+    /// than min days ahead are filled, in its own transaction.
+    pub(super) async fn fill_ahead(&self, txn: &mut Txn, names: Names) -> Result<usize, SinkError> {
+        let Some(table) = &self.table else {
+            return Ok(0);
+        };
+        let (min, max) = self.days_ahead;
+        let today = self.calendar.date(super::control::now());
+        let last = max_key(txn, names, table)
+            .await?
+            .map(|k| self.calendar.date(k));
+        if last.is_some_and(|last| last >= today + chrono::Days::new(min)) {
+            return Ok(0);
+        }
+        let from = last.map_or(today, |last| last.max(today));
+        let to = today + chrono::Days::new(max);
+        let intervals: Vec<i64> = self.calendar.days(from, to).collect();
+        insert_intervals(txn, names, table, &self.calendar, &intervals).await?;
+        Ok(intervals.len())
+    }
+
+    /// Refuses a calendar filled in another time zone: its rows would
+    /// disagree with the ones added now.
+    pub(super) async fn check_zone(&self, txn: &mut Txn, names: Names) -> Result<(), SinkError> {
+        let Some(table) = &self.table else {
+            return Ok(());
+        };
+        let Some(key) = max_key(txn, names, table).await? else {
+            return Ok(());
+        };
+        let day = Level::Day.column();
+        let select = Query::select()
+            .expr(Expr::col(names.column(day)).cast_as("BIGINT"))
+            .from(names.table(&table.name))
+            .and_where(Expr::col(names.column(calendar::Level::Subhr.column())).eq(key))
+            .to_owned();
+        let rows = txn.query(&select).await?;
+        let stored = rows.first().and_then(|row| row.first()).map(Scalar::int);
+        let expected = self.calendar.level_key(Level::Day, key);
+        match stored {
+            Some(Ok(stored)) if stored != expected => Err(SinkError::CalendarZone {
+                zone: self.calendar.zone.name().to_owned(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Creates an aggregate's level tables and the indexes its upkeep reads.
+    pub(super) async fn create(
+        db: &impl ConnectionTrait,
+        names: Names,
+        aggregate: &Aggregate,
+    ) -> Result<(), DbErr> {
+        for &level in &aggregate.levels {
+            ddl::create(db, &names, &aggregate.table(level)).await?;
+        }
+        let mut indexed: Vec<&str> = vec![aggregate.time_key.as_str()];
+        for join in &aggregate.joins {
+            indexed.extend(join.on.iter().map(|(_, fact)| fact.as_str()));
+        }
+        for column in indexed {
+            let index = Index::create()
+                .if_not_exists()
+                .name(names.index(&aggregate.fact, &format!("{column}_IX")))
+                .table(names.table(&aggregate.fact))
+                .col(names.column(column))
+                .to_owned();
+            db.execute(&index).await?;
+        }
+        Ok(())
+    }
+
+    /// Recomputes every bucket of every level of an aggregate; fills the
+    /// calendar for every fact key first.
+    pub(super) async fn rebuild(
+        &self,
+        txn: &mut Txn,
+        names: Names,
+        aggregate: &Aggregate,
+    ) -> Result<(), DbErr> {
+        let select = Query::select()
+            .distinct()
+            .expr(Expr::col(names.column(&aggregate.time_key)).cast_as("BIGINT"))
+            .from(names.table(&aggregate.fact))
+            .to_owned();
+        let keys: BTreeSet<i64> = txn
+            .query(&select)
+            .await?
+            .iter()
+            .filter_map(|row| row.first().and_then(|k| k.int().ok()))
+            .collect();
+        let days = self.fill_days(txn, names, &keys).await?;
+        for &level in &aggregate.levels {
+            recompute(txn, names, aggregate, level, None).await?;
+        }
+        self.filled(days);
+        Ok(())
+    }
+}
+
+/// The value of a fact column in a batch row: a mapped column or a
+/// dimension key.
+fn cell(facts: &Facts<'_>, row: &Row, keys: &[i64], column: &str) -> Cell {
+    if let Some(at) = facts.plan.columns.iter().position(|(c, _)| c == column) {
+        return row.values[at].clone();
+    }
+    match facts
+        .plan
+        .dimensions
+        .iter()
+        .position(|d| d.key_column == column)
+    {
+        Some(d) => Cell::Int(keys[d]),
+        None => Cell::Null,
+    }
+}
+
+fn scalar_cell(scalar: Scalar) -> Cell {
+    match scalar {
+        Scalar::Null => Cell::Null,
+        Scalar::Int(n) => Cell::Int(n),
+        Scalar::Text(text) => Cell::Text(text.into()),
+    }
+}
+
+/// A column read back as BIGINT when it is an integer (PostgreSQL hands
+/// integers back only as their own width).
+fn read_column(names: Names, table: &Table, alias: Option<&str>, column: &str) -> Expr {
+    let col = match alias {
+        Some(alias) => Expr::col((Alias::new(alias), names.column(column))),
+        None => Expr::col(names.column(column)),
+    };
+    match table.column(column).map(|c| c.ty) {
+        Some(ty) if ty.is_integer() => col.cast_as("BIGINT"),
+        _ => col,
+    }
+}
+
+/// The distinct values of `columns` in the stored rows this batch replaces
+/// or updates: those sharing its `replace_by` identities, else its keys.
+async fn old_values(
+    txn: &mut Txn,
+    facts: &Facts<'_>,
+    rows: &[&Row],
+    keys: &[Vec<i64>],
+    columns: &[&str],
+) -> Result<Vec<Vec<Scalar>>, DbErr> {
+    let names = facts.names;
+    let identity: Vec<&str> = if facts.plan.replace_by.is_empty() {
+        facts.plan.key.iter().map(String::as_str).collect()
+    } else {
+        facts.plan.replace_by.iter().map(String::as_str).collect()
+    };
+    let types: Vec<ColumnType> = identity
+        .iter()
+        .map(|c| facts.table.column(c).map_or(ColumnType::Text, |c| c.ty))
+        .collect();
+    let mut identities: Vec<Vec<Cell>> = rows
+        .iter()
+        .zip(keys)
+        .map(|(row, row_keys)| {
+            identity
+                .iter()
+                .map(|c| cell(facts, row, row_keys, c))
+                .collect()
+        })
+        .collect();
+    identities.sort();
+    identities.dedup();
+    let mut found = Vec::new();
+    for chunk in identities.chunks(CHUNK) {
+        let condition = match identity.as_slice() {
+            [column] => Expr::col(names.column(column))
+                .is_in(chunk.iter().map(|values| value(&values[0], types[0]))),
+            _ => Expr::tuple(identity.iter().map(|c| Expr::col(names.column(c)))).in_tuples(
+                chunk.iter().map(|values| {
+                    sea_orm::sea_query::ValueTuple::Many(
+                        values
+                            .iter()
+                            .zip(&types)
+                            .map(|(v, ty)| value(v, *ty))
+                            .collect(),
+                    )
+                }),
+            ),
+        };
+        let mut select = Query::select();
+        select.distinct().from(names.table(&facts.table.name));
+        for column in columns {
+            select.expr(read_column(names, facts.table, None, column));
+        }
+        select.and_where(condition);
+        found.extend(txn.query(&select).await?);
+    }
+    Ok(found)
+}
+
+/// The distinct time keys of the aggregate's facts whose `columns` hold
+/// one of `values`.
+async fn fact_keys(
+    txn: &mut Txn,
+    names: Names,
+    aggregate: &Aggregate,
+    columns: &[&str],
+    values: &BTreeSet<Vec<Cell>>,
+) -> Result<Vec<i64>, DbErr> {
+    let values: Vec<&Vec<Cell>> = values
+        .iter()
+        .filter(|tuple| tuple.iter().all(|v| !v.is_null()))
+        .collect();
+    let mut keys = Vec::new();
+    for chunk in values.chunks(CHUNK) {
+        let condition = match columns {
+            [column] => Expr::col(names.column(column)).is_in(chunk.iter().map(|t| plain(&t[0]))),
+            _ => Expr::tuple(columns.iter().map(|c| Expr::col(names.column(c)))).in_tuples(
+                chunk.iter().map(|tuple| {
+                    sea_orm::sea_query::ValueTuple::Many(tuple.iter().map(plain).collect())
+                }),
+            ),
+        };
+        let select = Query::select()
+            .distinct()
+            .expr(Expr::col(names.column(&aggregate.time_key)).cast_as("BIGINT"))
+            .from(names.table(&aggregate.fact))
+            .and_where(condition)
+            .to_owned();
+        for row in txn.query(&select).await? {
+            if let Some(Scalar::Int(key)) = row.first() {
+                keys.push(*key);
+            }
+        }
+    }
+    Ok(keys)
+}
+
+/// A cell as a value whose SQL type follows the cell (joined columns are
+/// compared with fact columns of the same kind; validation checks it).
+fn plain(cell: &Cell) -> Value {
+    value(
+        cell,
+        match cell {
+            Cell::Int(_) => ColumnType::BigInt,
+            _ => ColumnType::Text,
+        },
+    )
+}
+
+async fn max_key(txn: &mut Txn, names: Names, table: &Table) -> Result<Option<i64>, DbErr> {
+    let select = Query::select()
+        .expr(Func::max(Expr::col(names.column(Level::Subhr.column()))).cast_as("BIGINT"))
+        .from(names.table(&table.name))
+        .to_owned();
+    let rows = txn.query(&select).await?;
+    Ok(rows
+        .first()
+        .and_then(|row| row.first())
+        .and_then(|k| k.int().ok()))
+}
+
+/// Inserts DATE_TIME rows, skipping those that exist.
+async fn insert_intervals(
+    txn: &mut Txn,
+    names: Names,
+    table: &Table,
+    calendar: &Calendar,
+    keys: &[i64],
+) -> Result<(), DbErr> {
+    for chunk in keys.chunks(CHUNK / 2) {
+        let rows: Vec<Vec<(&str, Attribute)>> = chunk
+            .iter()
+            .map(|key| calendar.interval(*key).attributes())
+            .collect();
+        let Some(first) = rows.first() else {
+            continue;
+        };
+        let columns: Vec<&str> = first
+            .iter()
+            .map(|(c, _)| *c)
+            .filter(|c| table.column(c).is_some())
+            .collect();
+        let mut insert = Query::insert();
+        insert
+            .into_table(names.table(&table.name))
+            .columns(columns.iter().map(|c| names.column(c)));
+        for row in &rows {
+            let values = row
+                .iter()
+                .filter(|(c, _)| columns.contains(c))
+                .map(|(c, attribute)| {
+                    let ty = table.column(c).map_or(ColumnType::BigInt, |c| c.ty);
+                    let cell = match attribute {
+                        Attribute::Int(n) => Cell::Int(*n),
+                        Attribute::Text(text) => Cell::Text(text.as_str().into()),
+                    };
+                    value(&cell, ty).into()
+                });
+            insert.values_panic(values);
+        }
+        insert.on_conflict(
+            OnConflict::column(names.column(Level::Subhr.column()))
+                .do_nothing()
+                .to_owned(),
+        );
+        txn.execute(&insert).await?;
+    }
+    Ok(())
+}
+
+/// The fact's alias in the aggregation query, and each join's.
+const FACT: &str = "f";
+const CALENDAR: &str = "d";
+fn join_alias(at: usize) -> String {
+    format!("j{at}")
+}
+
+fn column_expr(names: Names, aggregate: &Aggregate, reference: &ColumnRef) -> Expr {
+    let alias = reference.join.map_or_else(|| FACT.to_owned(), join_alias);
+    let col = Expr::col((Alias::new(alias), names.column(&reference.column)));
+    match reference
+        .join
+        .and_then(|at| aggregate.joins[at].no_match(&reference.column))
+    {
+        Some(no_match) => Func::coalesce([col, constant(no_match)]).into(),
+        None => col,
+    }
+}
+
+fn constant(value: &Constant) -> Expr {
+    match value {
+        Constant::Int(n) => Expr::val(*n),
+        Constant::Text(text) => Expr::val(text.clone()),
+    }
+}
+
+fn filter_expr(names: Names, aggregate: &Aggregate, filter: &Filter) -> Expr {
+    let column = column_expr(names, aggregate, &filter.column);
+    match &filter.test {
+        Test::Equals(value) => column.eq(constant(value)),
+        Test::AtLeast(n) => column.gte(*n),
+        Test::AtMost(n) => column.lte(*n),
+    }
+}
+
+fn operand_expr(names: Names, aggregate: &Aggregate, operand: &Operand) -> Expr {
+    match operand {
+        Operand::Column(column) => column_expr(names, aggregate, column),
+        Operand::Difference(a, b) => {
+            column_expr(names, aggregate, a).sub(column_expr(names, aggregate, b))
+        }
+    }
+}
+
+/// Deletes the level's rows of the buckets (all rows when `None`) and
+/// inserts them again from the facts.
+async fn recompute(
+    txn: &mut Txn,
+    names: Names,
+    aggregate: &Aggregate,
+    level: Level,
+    buckets: Option<&BTreeSet<(i64, i64)>>,
+) -> Result<(), DbErr> {
+    let table = names.table(&aggregate.table_name(level));
+    let ranges = buckets.map(|buckets| merged(buckets));
+    match buckets {
+        Some(buckets) => {
+            let starts: Vec<i64> = buckets.iter().map(|(start, _)| *start).collect();
+            for chunk in starts.chunks(CHUNK) {
+                let delete = Query::delete()
+                    .from_table(table.clone())
+                    .and_where(Expr::col(names.column(TIME_COLUMN)).is_in(chunk.iter().copied()))
+                    .to_owned();
+                txn.execute(&delete).await?;
+            }
+        }
+        None => {
+            txn.execute(&Query::delete().from_table(table.clone()).to_owned())
+                .await?;
+        }
+    }
+    let chunks: Vec<Option<&[(i64, i64)]>> = match &ranges {
+        Some(ranges) => ranges.chunks(CHUNK).map(Some).collect(),
+        None => vec![None],
+    };
+    for chunk in chunks {
+        let select = aggregation_query(names, aggregate, level, chunk);
+        let mut insert = Query::insert();
+        insert.into_table(table.clone()).columns(
+            std::iter::once(TIME_COLUMN)
+                .chain(aggregate.group_by.iter().map(|g| g.name.as_str()))
+                .chain(aggregate.measures.iter().map(|m| m.name.as_str()))
+                .map(|c| names.column(c)),
+        );
+        insert
+            .select_from(select)
+            .map_err(|error| DbErr::Custom(error.to_string()))?;
+        txn.execute(&insert).await?;
+    }
+    Ok(())
+}
+
+/// Adjacent or overlapping buckets as one range.
+fn merged(buckets: &BTreeSet<(i64, i64)>) -> Vec<(i64, i64)> {
+    let mut ranges: Vec<(i64, i64)> = Vec::new();
+    for &(start, end) in buckets {
+        match ranges.last_mut() {
+            Some(last) if start <= last.1 => last.1 = Ord::max(last.1, end),
+            _ => ranges.push((start, end)),
+        }
+    }
+    ranges
+}
+
+/// `SELECT bucket, groups, measures FROM (rows with flags and row numbers)
+/// GROUP BY bucket, groups`, over the facts whose time key is in `ranges`.
+fn aggregation_query(
+    names: Names,
+    aggregate: &Aggregate,
+    level: Level,
+    ranges: Option<&[(i64, i64)]>,
+) -> SelectStatement {
+    let fact_col = |column: &str| Expr::col((Alias::new(FACT), names.column(column)));
+    let bucket = Expr::col((Alias::new(CALENDAR), names.column(level.column())));
+    let groups: Vec<Expr> = aggregate
+        .group_by
+        .iter()
+        .map(|g| column_expr(names, aggregate, &g.source))
+        .collect();
+
+    let mut inner = Query::select();
+    inner.expr_as(bucket.clone(), Alias::new("b"));
+    for (at, group) in groups.iter().enumerate() {
+        inner.expr_as(group.clone(), Alias::new(format!("g{at}")));
+    }
+    for (at, measure) in aggregate.measures.iter().enumerate() {
+        let mut condition = Cond::all();
+        for filter in &measure.filters {
+            condition = condition.add(filter_expr(names, aggregate, filter));
+        }
+        let distinct: Vec<&ColumnRef> = match &measure.kind {
+            MeasureKind::CountDistinct(columns) => columns.iter().collect(),
+            _ => measure.once_per.iter().collect(),
+        };
+        if let MeasureKind::CountDistinct(columns) = &measure.kind {
+            for column in columns {
+                condition = condition.add(column_expr(names, aggregate, column).is_not_null());
+            }
+        }
+        let flag: Expr = Expr::case(condition, 1).finally(0).into();
+        inner.expr_as(flag.clone(), Alias::new(format!("w{at}")));
+        match &measure.kind {
+            MeasureKind::Sum(operand) | MeasureKind::Min(operand) | MeasureKind::Max(operand) => {
+                inner.expr_as(
+                    operand_expr(names, aggregate, operand),
+                    Alias::new(format!("v{at}")),
+                );
+            }
+            _ => {}
+        }
+        if !distinct.is_empty() {
+            let mut window = WindowStatement::new();
+            window.add_partition_by(bucket.clone());
+            for group in &groups {
+                window.add_partition_by(group.clone());
+            }
+            for column in &distinct {
+                window.add_partition_by(column_expr(names, aggregate, column));
+            }
+            window.add_partition_by(flag);
+            inner.expr_window_as(
+                Expr::cust("ROW_NUMBER()"),
+                window,
+                Alias::new(format!("r{at}")),
+            );
+        }
+    }
+    inner
+        .from_as(names.table(&aggregate.fact), Alias::new(FACT))
+        .join_as(
+            JoinType::InnerJoin,
+            names.table(calendar::TABLE),
+            Alias::new(CALENDAR),
+            Expr::col((Alias::new(CALENDAR), names.column(Level::Subhr.column())))
+                .equals((Alias::new(FACT), names.column(&aggregate.time_key))),
+        );
+    for (at, join) in aggregate.joins.iter().enumerate() {
+        let alias = Alias::new(join_alias(at));
+        let mut on = Cond::all();
+        for (joined, fact) in &join.on {
+            on = on.add(
+                Expr::col((alias.clone(), names.column(joined)))
+                    .equals((Alias::new(FACT), names.column(fact))),
+            );
+        }
+        inner.join_as(JoinType::LeftJoin, names.table(&join.table), alias, on);
+    }
+    if let Some(ranges) = ranges {
+        let mut any = Cond::any();
+        for &(start, end) in ranges {
+            let key = fact_col(&aggregate.time_key);
+            any = any.add(key.clone().gte(start).and(key.lt(end)));
+        }
+        inner.cond_where(any);
+    }
+
+    let x = |name: String| Expr::col((Alias::new("x"), Alias::new(name)));
+    let mut outer = Query::select();
+    outer.expr(x("b".into()));
+    for at in 0..groups.len() {
+        outer.expr(x(format!("g{at}")));
+    }
+    for (at, measure) in aggregate.measures.iter().enumerate() {
+        let mut taken = Cond::all().add(x(format!("w{at}")).eq(1));
+        let once =
+            matches!(measure.kind, MeasureKind::CountDistinct(_)) || !measure.once_per.is_empty();
+        if once {
+            taken = taken.add(x(format!("r{at}")).eq(1));
+        }
+        let expr: Expr = match &measure.kind {
+            MeasureKind::Count | MeasureKind::CountDistinct(_) => {
+                Func::sum(Expr::case(taken, 1).finally(0)).into()
+            }
+            MeasureKind::Sum(_) => Func::coalesce([
+                Func::sum(Expr::case(taken, x(format!("v{at}")))).into(),
+                Expr::val(0),
+            ])
+            .into(),
+            MeasureKind::Min(_) => Func::min(Expr::case(taken, x(format!("v{at}")))).into(),
+            MeasureKind::Max(_) => Func::max(Expr::case(taken, x(format!("v{at}")))).into(),
+        };
+        outer.expr(expr);
+    }
+    outer.from_subquery(inner, Alias::new("x"));
+    outer.add_group_by(
+        std::iter::once(x("b".into())).chain((0..groups.len()).map(|at| x(format!("g{at}")))),
+    );
+    outer
+}
