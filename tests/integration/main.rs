@@ -15,6 +15,7 @@
 //! - `validate`: `martmap validate-mapping`; a new golden case is a new
 //!   directory under `tests/cases/validate/` (see that module's doc).
 
+mod aggregates;
 mod architecture;
 mod database;
 mod faults;

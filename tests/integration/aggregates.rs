@@ -1,0 +1,504 @@
+//! The calendar and the aggregates against real databases: after every
+//! committed batch, each `AGT_COBROWSE_AGENT_*` table equals the same
+//! summary computed here, in Rust, from the current facts and agent
+//! handlings; after a crash and a resume too; and a feature disabled then
+//! enabled again is left alone, then backfilled.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use std::process::{Command, Output};
+
+use martmap::calendar::{Calendar, Level};
+
+use crate::database::{assert_success, backends, block_on, query, sqlite_database};
+use crate::repository;
+
+const LEVELS: [Level; 4] = [Level::Subhr, Level::Hour, Level::Day, Level::Month];
+const ZONE: &str = "America/New_York";
+
+/// The measures of one (bucket, agent) row, in the table's column order.
+type Measures = [i64; 8];
+
+/// `AGT_COBROWSE_AGENT_<level>` computed from the facts as DESIGN §7 defines it.
+fn expected(url: &str, level: Level) -> BTreeMap<(i64, i64), Measures> {
+    let calendar = Calendar::new(ZONE.parse().unwrap());
+    let mut agents: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for row in query(
+        url,
+        "SELECT media_server_ixn_guid, CAST(agent_key AS TEXT) FROM ixn_agent",
+    ) {
+        let guid = row[0].clone().unwrap();
+        agents.entry(guid).or_default().push(int(&row[1]).unwrap());
+    }
+    #[derive(Default)]
+    struct Bucket {
+        sessions: BTreeSet<String>,
+        first: BTreeSet<String>,
+        write: BTreeSet<String>,
+        segments: BTreeSet<(String, i64)>,
+        write_segments: BTreeSet<(String, i64)>,
+        page_visits: i64,
+        session_seconds: BTreeMap<String, i64>,
+        page_seconds: i64,
+    }
+    let mut buckets: BTreeMap<(i64, i64), Bucket> = BTreeMap::new();
+    let facts = query(
+        url,
+        "SELECT f.session_id, CAST(f.segment_index AS TEXT), CAST(f.page_index AS TEXT),
+                CAST(f.start_date_time_key AS TEXT), CAST(f.first_session AS TEXT),
+                CAST(f.session_rw_flag AS TEXT), m.segment_mode,
+                CAST(f.session_start_time_ts AS TEXT), CAST(f.session_end_time_ts AS TEXT),
+                CAST(f.page_start_time_ts AS TEXT), CAST(f.page_end_time_ts AS TEXT),
+                f.media_server_ixn_guid
+         FROM cobrowse_fact f JOIN cobrowse_mode m ON m.id = f.cobrowse_mode_key",
+    );
+    for row in facts {
+        let session = row[0].clone().unwrap();
+        let (segment, page) = (int(&row[1]).unwrap(), int(&row[2]).unwrap());
+        let bucket_key = calendar.level_key(level, int(&row[3]).unwrap());
+        let handled = row[11]
+            .as_ref()
+            .and_then(|guid| agents.get(guid))
+            .cloned()
+            .unwrap_or_else(|| vec![1]);
+        for agent in handled {
+            let bucket = buckets.entry((bucket_key, agent)).or_default();
+            bucket.sessions.insert(session.clone());
+            if int(&row[4]) == Some(1) {
+                bucket.first.insert(session.clone());
+            }
+            if int(&row[5]) == Some(1) {
+                bucket.write.insert(session.clone());
+            }
+            if segment >= 0 {
+                bucket.segments.insert((session.clone(), segment));
+                if row[6].as_deref() == Some("WRITE") {
+                    bucket.write_segments.insert((session.clone(), segment));
+                }
+            }
+            if page >= 0 {
+                bucket.page_visits += 1;
+                if let (Some(start), Some(end)) = (int(&row[9]), int(&row[10])) {
+                    bucket.page_seconds += end - start;
+                }
+            }
+            if let (Some(start), Some(end)) = (int(&row[7]), int(&row[8])) {
+                bucket.session_seconds.insert(session.clone(), end - start);
+            }
+        }
+    }
+    buckets
+        .into_iter()
+        .map(|(key, b)| {
+            let measures = [
+                b.sessions.len() as i64,
+                b.first.len() as i64,
+                b.write.len() as i64,
+                b.segments.len() as i64,
+                b.write_segments.len() as i64,
+                b.page_visits,
+                b.session_seconds.values().sum(),
+                b.page_seconds,
+            ];
+            (key, measures)
+        })
+        .collect()
+}
+
+/// The rows of `AGT_COBROWSE_AGENT_<level>` as stored.
+fn stored(url: &str, level: Level) -> BTreeMap<(i64, i64), Measures> {
+    let columns = [
+        "sessions",
+        "first_sessions",
+        "write_sessions",
+        "segments",
+        "write_segments",
+        "page_visits",
+        "session_seconds",
+        "page_seconds",
+    ];
+    let select: Vec<String> = ["date_time_key", "agent_key"]
+        .iter()
+        .chain(&columns)
+        .map(|c| format!("CAST({c} AS TEXT)"))
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM agt_cobrowse_agent_{}",
+        select.join(", "),
+        level.name().to_lowercase()
+    );
+    query(url, &sql)
+        .into_iter()
+        .map(|row| {
+            let values: Vec<i64> = row.iter().map(|v| int(v).expect("not null")).collect();
+            (
+                (values[0], values[1]),
+                values[2..].try_into().expect("8 measures"),
+            )
+        })
+        .collect()
+}
+
+fn int(value: &Option<String>) -> Option<i64> {
+    value.as_deref().map(|v| v.parse().expect("an integer"))
+}
+
+/// Every level table equals the summary of the current facts.
+fn assert_aggregates_exact(url: &str, when: &str) {
+    for level in LEVELS {
+        let (expected, stored) = (expected(url, level), stored(url, level));
+        if expected != stored {
+            let missing: Vec<_> = expected
+                .iter()
+                .filter(|(k, v)| stored.get(k) != Some(v))
+                .take(5)
+                .collect();
+            let extra: Vec<_> = stored
+                .iter()
+                .filter(|(k, v)| expected.get(k) != Some(v))
+                .take(5)
+                .collect();
+            panic!(
+                "{when}: AGT_COBROWSE_AGENT_{} differs from the facts' GROUP BY\n expected (first 5 differing): {missing:?}\n stored (first 5 differing): {extra:?}",
+                level.name()
+            );
+        }
+    }
+}
+
+/// `assert_aggregates_exact` from inside an async block.
+fn exact_outside_runtime(url: &str, when: &str) {
+    std::thread::scope(|scope| {
+        let check = scope.spawn(|| assert_aggregates_exact(url, when));
+        if let Err(panic) = check.join() {
+            std::panic::resume_unwind(panic);
+        }
+    });
+}
+
+/// A small deterministic generator (xorshift), so that a failure is
+/// reproducible from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+const IXNS: [&str; 6] = ["IXN-A", "IXN-B", "IXN-C", "IXN-D", "IXN-E", "IXN-F"];
+
+/// A co-browse session event: its start within three days around the
+/// 2026-11-01 DST change in New York, so buckets cross it.
+fn session(rng: &mut Rng, id: usize, max_segments: u64) -> serde_json::Value {
+    let start = 1_761_955_200_000 + rng.below(3 * 24 * 3600) as i64 * 1000; // 2026-11-01T00:00Z
+    let mut clock = start;
+    let mut page_index = 0;
+    let segments: Vec<serde_json::Value> = (0..rng.below(max_segments + 1))
+        .map(|s| {
+            let mode = ["POINTER", "WRITE", "DRAW"][rng.below(3) as usize];
+            let pages: Vec<serde_json::Value> = (0..rng.below(4))
+                .map(|_| {
+                    let begin = clock;
+                    clock += 1000 * (1 + rng.below(300)) as i64;
+                    page_index += 1;
+                    let mut page = serde_json::json!({
+                        "url": format!("https://shop.example.com/p{}", rng.below(5)),
+                        "startTime": begin,
+                    });
+                    if rng.chance(85) {
+                        page["endTime"] = clock.into();
+                    }
+                    page
+                })
+                .collect();
+            serde_json::json!({"index": s, "mode": mode, "pages": pages})
+        })
+        .collect();
+    let mut event = serde_json::json!({
+        "id": format!("session-{id}"),
+        "startTime": start,
+        "segments": segments,
+        "firstSession": rng.chance(50),
+    });
+    if rng.chance(80) {
+        event["endTime"] = (clock + 5000).into();
+    }
+    if rng.chance(85) {
+        event["ixnId"] = IXNS[rng.below(IXNS.len() as u64) as usize].into();
+    }
+    let _ = page_index;
+    event
+}
+
+fn handling(rng: &mut Rng) -> serde_json::Value {
+    let agent = rng.below(4);
+    serde_json::json!({
+        "ixnId": IXNS[rng.below(IXNS.len() as u64) as usize],
+        "agent": {"employeeId": format!("E{agent}"), "name": format!("Agent {agent}")},
+        "startTime": 1_761_955_200_000i64,
+    })
+}
+
+fn write_lines(
+    dir: &std::path::Path,
+    name: &str,
+    events: &[serde_json::Value],
+) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let mut file = std::fs::File::create(&path).expect("batch file");
+    for event in events {
+        writeln!(file, "{event}").expect("write");
+    }
+    path
+}
+
+/// Random sequences of batches — new sessions, re-deliveries, later
+/// versions that shrink a session or move it in time, agent handlings
+/// before and after their sessions — with the aggregates checked after
+/// every committed batch, on every backend.
+#[test]
+fn aggregates_equal_the_group_by_after_every_batch_on_every_backend() {
+    use martmap::runtime::{Stop, load::load};
+    use martmap::sink::{AggregateSetup, Database, Sink};
+    use martmap::{catalog::Catalog, diagnostic::SourceFile, mapping};
+
+    let catalog = Catalog::load(&repository().join("schemas")).expect("catalog");
+    let plan = |file: &str| {
+        let text = std::fs::read_to_string(repository().join(file)).expect("mapping");
+        mapping::load_plan(&SourceFile::new(file, text), &catalog).expect("valid mapping")
+    };
+    let aggregates = martmap::aggregate::load_dir(&repository().join("aggregates"), &catalog)
+        .expect("valid aggregates");
+    for seed in [7u64, 1234, 99_991] {
+        for (dir, url) in backends(&format!("aggregate_property_{seed}")) {
+            let mut rng = Rng(seed);
+            let mut sessions: Vec<serde_json::Value> = Vec::new();
+            block_on(async {
+                let mut database = Database::connect(&url, &catalog).await.expect("connect");
+                let setup = AggregateSetup {
+                    date_time: martmap::options::DateTimeOptions {
+                        zone: ZONE.parse().unwrap(),
+                        ..Default::default()
+                    },
+                    aggregates: aggregates.clone(),
+                    features: vec!["cobrowse".into()],
+                    rebuild: false,
+                };
+                database
+                    .aggregate(&catalog, setup)
+                    .await
+                    .expect("aggregates set up");
+                let mut cobrowse =
+                    Sink::open(database.clone(), &catalog, plan("mappings/COBROWSE.yaml"))
+                        .await
+                        .expect("open");
+                let mut agents =
+                    Sink::open(database.clone(), &catalog, plan("mappings/IXN_AGENT.yaml"))
+                        .await
+                        .expect("open");
+                let stop = Stop::new();
+                for step in 0..14 {
+                    let choice = rng.below(4);
+                    let (sink, events): (&mut Sink, Vec<serde_json::Value>) = match choice {
+                        0 | 1 if sessions.is_empty() || choice == 0 => {
+                            let fresh: Vec<_> = (0..1 + rng.below(5))
+                                .map(|_| {
+                                    let id = sessions.len() + rng.below(1000) as usize;
+                                    session(&mut rng, id, 3)
+                                })
+                                .collect();
+                            sessions.extend(fresh.iter().cloned());
+                            (&mut cobrowse, fresh)
+                        }
+                        1 => {
+                            // Re-deliveries and later versions (fewer
+                            // segments, maybe another start) of old sessions.
+                            let mut again = Vec::new();
+                            for _ in 0..1 + rng.below(3) {
+                                let at = rng.below(sessions.len() as u64) as usize;
+                                let mut event = sessions[at].clone();
+                                if rng.chance(60) {
+                                    let id = event["id"]
+                                        .as_str()
+                                        .unwrap()
+                                        .trim_start_matches("session-");
+                                    let id: usize = id.parse().unwrap();
+                                    event = session(&mut rng, id, 1);
+                                    sessions[at] = event.clone();
+                                }
+                                again.push(event);
+                            }
+                            (&mut cobrowse, again)
+                        }
+                        _ => {
+                            let handlings =
+                                (0..1 + rng.below(4)).map(|_| handling(&mut rng)).collect();
+                            (&mut agents, handlings)
+                        }
+                    };
+                    let file =
+                        write_lines(dir.path(), &format!("batch-{seed}-{step}.jsonl"), &events);
+                    let totals = load(sink, &[file], 10_000, &stop, |_| {})
+                        .await
+                        .expect("batch committed");
+                    assert_eq!(totals.batches, 1);
+                    exact_outside_runtime(&url, &format!("{url} seed {seed} after batch {step}"));
+                }
+                database.close().await;
+            });
+            assert!(
+                !stored(&url, Level::Day).is_empty(),
+                "the sequence of seed {seed} aggregated something"
+            );
+        }
+    }
+}
+
+fn martmap_load(url: &str, options: Option<&str>, mapping: &str, files: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_martmap"));
+    command.args(["load", "--database-url", url, "--mapping", mapping]);
+    if let Some(options) = options {
+        command.args(["--options", options]);
+    }
+    command
+        .args(files)
+        .current_dir(repository())
+        .output()
+        .expect("martmap runs")
+}
+
+fn options_file(dir: &std::path::Path, name: &str, features: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!("[date-time]\ndate-time-tz={ZONE}\n\n[agg-feature]\n{features}\n"),
+    )
+    .expect("options file");
+    path.display().to_string()
+}
+
+/// Removing `enable-cobrowse` stops the upkeep (said once in the log);
+/// adding it back recomputes the aggregates from the facts.
+#[test]
+fn a_disabled_feature_is_left_alone_and_backfilled_when_enabled_again() {
+    let (dir, url) = sqlite_database();
+    let on = options_file(dir.path(), "on.ini", "enable-cobrowse");
+    let off = options_file(dir.path(), "off.ini", "");
+    let sample = "samples/cobrowse-sessions.jsonl";
+    let handlings = "samples/agent-handlings.jsonl";
+
+    assert_success(&martmap_load(
+        &url,
+        Some(&on),
+        "mappings/COBROWSE.yaml",
+        &[sample],
+    ));
+    assert_aggregates_exact(&url, "enabled, co-browse loaded");
+
+    let disabled = martmap_load(&url, Some(&off), "mappings/IXN_AGENT.yaml", &[handlings]);
+    assert_success(&disabled);
+    let log = String::from_utf8_lossy(&disabled.stderr);
+    assert_eq!(log.matches("no longer maintained").count(), 1, "{log}");
+    let stale = stored(&url, Level::Day);
+    assert_ne!(
+        stale,
+        expected(&url, Level::Day),
+        "the handlings changed the agents"
+    );
+    assert!(
+        stale.keys().all(|(_, agent)| *agent == 1),
+        "no agent was known while enabled"
+    );
+
+    let again = martmap_load(&url, Some(&off), "mappings/IXN_AGENT.yaml", &[handlings]);
+    assert_success(&again);
+    assert!(
+        !String::from_utf8_lossy(&again.stderr).contains("no longer maintained"),
+        "said once only"
+    );
+    assert_eq!(
+        stored(&url, Level::Day),
+        stale,
+        "not maintained while disabled"
+    );
+
+    assert_success(&martmap_load(
+        &url,
+        Some(&on),
+        "mappings/IXN_AGENT.yaml",
+        &[handlings],
+    ));
+    assert_aggregates_exact(&url, "enabled again");
+}
+
+/// The aggregates commit with the facts: a load killed mid-way leaves them
+/// equal to the GROUP BY of what committed, and so does resuming it.
+#[test]
+fn a_killed_load_leaves_the_aggregates_exact() {
+    let (dir, url) = sqlite_database();
+    let on = options_file(dir.path(), "on.ini", "enable-cobrowse");
+    assert_success(&martmap_load(
+        &url,
+        Some(&on),
+        "mappings/IXN_AGENT.yaml",
+        &["samples/agent-handlings.jsonl"],
+    ));
+    // A bigger input than the sample: the same sessions four times over,
+    // re-delivered, so that the kill lands while batches commit.
+    let sample =
+        std::fs::read_to_string(repository().join("samples/cobrowse-sessions.jsonl")).unwrap();
+    let input = dir.path().join("input.jsonl");
+    std::fs::write(&input, sample.repeat(4)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_martmap"))
+        .args(["load", "--database-url", &url, "--options", &on])
+        .args(["--mapping", "mappings/COBROWSE.yaml", "--batch-size", "50"])
+        .arg(&input)
+        .current_dir(repository())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("martmap starts");
+    crate::wait_until(
+        "a few batches committed",
+        std::time::Duration::from_secs(60),
+        || {
+            let audit = query(
+                &url,
+                "SELECT CAST(COUNT(*) AS TEXT) FROM ctl_audit_log WHERE mapping_name = 'COBROWSE'",
+            );
+            audit.first().and_then(|row| int(&row[0])).unwrap_or(0) >= 5
+        },
+    );
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    let committed = query(
+        &url,
+        "SELECT CAST(COUNT(*) AS TEXT) FROM ctl_audit_log WHERE mapping_name = 'COBROWSE'",
+    );
+    let batches = int(&committed[0][0]).unwrap();
+    assert!(
+        batches < 4 * 1206 / 50,
+        "killed before the end ({batches} batches)"
+    );
+    assert_aggregates_exact(&url, "after SIGKILL");
+
+    assert_success(&martmap_load(
+        &url,
+        Some(&on),
+        "mappings/COBROWSE.yaml",
+        &[input.to_str().unwrap()],
+    ));
+    assert_aggregates_exact(&url, "after resuming");
+}
