@@ -4,6 +4,7 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 
+use martmap::aggregate::{self, Aggregate};
 use martmap::catalog::Catalog;
 use martmap::diagnostic::{self, Problem, SourceFile};
 use martmap::mapping::{self, DimensionKind, Mapping};
@@ -13,22 +14,30 @@ use thiserror::Error;
 
 use super::{CatalogArgs, Color, Format, Outcome};
 
-/// Check mapping files, and optionally an options file, without touching a
-/// database or a broker.
+/// Check mapping and aggregate files, and optionally an options file,
+/// without touching a database or a broker.
 ///
 /// Every problem is reported in one run, with file, line and column, the
 /// offending source line, a stable code and a hint. Checked: YAML syntax,
 /// unknown keys, JSONPath syntax, scopes, tables and columns against the
 /// catalog, conversions against column types, NOT NULL and key columns,
 /// dimension members, and that every path can exist in the event's JSON
-/// Schema. Exit code 0 when everything is valid, 1 otherwise.
+/// Schema. Aggregate files (a top-level `measures:`) are checked too:
+/// tables, joins, columns and levels, measure and filter types, group-by
+/// columns that may be NULL. With --options, each `enable-<feature>` of
+/// [agg-feature] must name the feature of an aggregate (given, or in
+/// --aggregates). Exit code 0 when everything is valid, 1 otherwise.
 ///
-/// Example: martmap validate-mapping --options infomart.ini mappings/*.yaml
+/// Example: martmap validate-mapping --options infomart.ini mappings/*.yaml aggregates/*.yaml
 #[derive(Debug, clap::Args)]
 pub struct ValidateArgs {
-    /// Mapping files to check.
-    #[arg(required = true, value_name = "MAPPING")]
+    /// Mapping files and aggregate files to check.
+    #[arg(required = true, value_name = "FILE")]
     mappings: Vec<PathBuf>,
+
+    /// Directory of aggregate files whose features [agg-feature] may enable.
+    #[arg(long, default_value = "aggregates", value_name = "DIR")]
+    aggregates: PathBuf,
 
     /// An Info Mart style options file: each `g:topic:<topic>=<MAPPING>` must
     /// name one of the given mappings, each [kafka-<cluster>] section needs
@@ -68,11 +77,22 @@ pub fn run(args: ValidateArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
         }
     };
     let mut valid_names: Vec<String> = Vec::new();
+    let mut features: Vec<String> = Vec::new();
     if let Some(catalog) = &catalog {
         for path in &args.mappings {
             let Some(file) = read(path, &mut problems) else {
                 continue;
             };
+            if aggregate::is_aggregate_file(&file.text) {
+                match aggregate::load(&file, catalog) {
+                    Ok(aggregate) => {
+                        summary.push(describe_aggregate(&file, &aggregate));
+                        features.push(aggregate.feature);
+                    }
+                    Err(found) => problems.extend(found),
+                }
+                continue;
+            }
             match mapping::load(&file, catalog) {
                 Ok(mapping) => {
                     summary.push(describe(&file, &mapping));
@@ -95,6 +115,15 @@ pub fn run(args: ValidateArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
                 let (clusters, mut errors) = parsed.clusters();
                 errors.extend(parsed.date_time().1);
                 errors.extend(options::check_mappings(&clusters, &known));
+                let (enabled, more) = parsed.features();
+                errors.extend(more);
+                if let Some(catalog) = &catalog
+                    && let Ok(found) = aggregate::load_dir(&args.aggregates, catalog)
+                {
+                    features.extend(found.into_iter().map(|a| a.feature));
+                }
+                let features: Vec<&str> = features.iter().map(String::as_str).collect();
+                errors.extend(options::check_features(&enabled, &features));
                 if errors.is_empty() {
                     let bindings: Vec<String> = clusters
                         .iter()
@@ -170,6 +199,25 @@ fn mapping_name(path: &std::path::Path) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
     let (raw, _) = mapping::read(&text);
     raw?.name.map(|name| name.value)
+}
+
+/// What was checked in a valid aggregate, in two lines.
+fn describe_aggregate(file: &SourceFile, aggregate: &Aggregate) -> String {
+    let levels: Vec<&str> = aggregate.levels.iter().map(|l| l.name()).collect();
+    let groups: Vec<&str> = aggregate.group_by.iter().map(|g| g.name.as_str()).collect();
+    format!(
+        "✔ {}: aggregate {} (feature {}) of {} by {}\n  tables {}_{{{}}}, keyed by DATE_TIME_KEY{}; {} measures, {} joins",
+        file.name,
+        aggregate.name,
+        aggregate.feature,
+        aggregate.fact,
+        aggregate.time_key,
+        aggregate.name,
+        levels.join(","),
+        groups.iter().map(|g| format!(", {g}")).collect::<String>(),
+        aggregate.measures.len(),
+        aggregate.joins.len(),
+    )
 }
 
 /// What was checked in a valid mapping, in two lines.

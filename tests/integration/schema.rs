@@ -33,6 +33,7 @@ fn mapping_schema_accepts_the_valid_mappings() {
     let validator = schema("mapping.schema.json");
     for path in [
         "mappings/COBROWSE.yaml",
+        "mappings/IXN_AGENT.yaml",
         "tests/cases/validate/survey-valid/SURVEY.yaml",
     ] {
         assert_eq!(errors(&validator, path), Vec::<String>::new(), "{path}");
@@ -53,6 +54,27 @@ fn mapping_schema_rejects_what_validate_mapping_rejects_structurally() {
             "{path} should not match the schema"
         );
     }
+}
+
+#[test]
+fn aggregate_schema_accepts_the_shipped_aggregates_and_rejects_mistakes() {
+    let validator = schema("aggregate.schema.json");
+    assert_eq!(
+        errors(&validator, "aggregates/AGT_COBROWSE_AGENT.yaml"),
+        Vec::<String>::new()
+    );
+    let broken = errors(
+        &validator,
+        "tests/cases/validate/aggregate-mistakes/AGT_BROKEN.yaml",
+    );
+    assert!(
+        broken.iter().any(|e| e.contains("descripton")),
+        "the unknown key is rejected: {broken:?}"
+    );
+    assert!(
+        broken.iter().any(|e| e.contains("DAYY")),
+        "the unknown level is rejected: {broken:?}"
+    );
 }
 
 #[test]
