@@ -583,7 +583,7 @@ async fn recompute(
     buckets: Option<&BTreeSet<(i64, i64)>>,
 ) -> Result<(), DbErr> {
     let table = names.table(&aggregate.table_name(level));
-    let ranges = buckets.map(|buckets| merged(buckets));
+    let ranges = buckets.map(merged);
     match buckets {
         Some(buckets) => {
             let starts: Vec<i64> = buckets.iter().map(|(start, _)| *start).collect();
