@@ -40,6 +40,10 @@ pub struct Aggregate {
     pub joins: Vec<Join>,
     pub group_by: Vec<Group>,
     pub measures: Vec<Measure>,
+    /// Each level above the finest is summed from a finer level's table
+    /// instead of the facts: declared by the author, who vouches that each
+    /// distinct tuple (`count_distinct`, `once_per`) falls in one interval.
+    pub roll_up: bool,
     /// SHA-256 of the file's text: a changed definition is rebuilt.
     pub content_hash: String,
     /// The aggregate table's column types, `DATE_TIME_KEY` first.
@@ -128,6 +132,33 @@ impl Aggregate {
     /// The table kept at `level`.
     pub fn table_name(&self, level: Level) -> String {
         format!("{}_{}", self.name, level.name())
+    }
+
+    /// The finer level a level is summed from, when it rolls up: the
+    /// coarsest listed level whose buckets nest in its buckets (weeks do
+    /// not nest in months).
+    pub fn rolled_up_from(&self, level: Level) -> Option<Level> {
+        if !self.roll_up {
+            return None;
+        }
+        let nested: &[Level] = match level {
+            Level::Subhr => &[],
+            Level::Hour => &[Level::Subhr],
+            Level::Day => &[Level::Hour, Level::Subhr],
+            Level::Week | Level::Month => &[Level::Day, Level::Hour, Level::Subhr],
+            Level::Quarter => &[Level::Month, Level::Day, Level::Hour, Level::Subhr],
+            Level::Year => &[
+                Level::Quarter,
+                Level::Month,
+                Level::Day,
+                Level::Hour,
+                Level::Subhr,
+            ],
+        };
+        nested
+            .iter()
+            .copied()
+            .find(|finer| self.levels.contains(finer))
     }
 
     /// The tables this aggregate reads: its fact, then each joined table.

@@ -19,6 +19,7 @@ pub struct RawAggregate {
     pub joins: Vec<RawJoin>,
     pub group_by: Vec<(Sp<String>, Sp<String>)>,
     pub measures: Vec<RawMeasure>,
+    pub roll_up: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +70,7 @@ const AGGREGATE_KEYS: &[&str] = &[
     "joins",
     "group_by",
     "measures",
+    "roll_up",
 ];
 const JOIN_KEYS: &[&str] = &["table", "on", "no_match"];
 pub(super) const MEASURES: &[&str] = &["count", "count_distinct", "sum", "min", "max"];
@@ -105,6 +107,7 @@ fn aggregate(reader: &mut Reader, root: &Node, errors: &mut Vec<AggregateError>)
         joins: Vec::new(),
         group_by: Vec::new(),
         measures: Vec::new(),
+        roll_up: false,
     };
     let Some(top) = reader.fields(root, "aggregate", span, "the aggregate", AGGREGATE_KEYS) else {
         return raw;
@@ -140,6 +143,10 @@ fn aggregate(reader: &mut Reader, root: &Node, errors: &mut Vec<AggregateError>)
             "list the levels kept: `levels: [SUBHR, HOUR, DAY, MONTH]`",
         )
         .and_then(|node| reader.strings("levels", node));
+    raw.roll_up = top
+        .get("roll_up")
+        .and_then(|node| reader.flag("roll_up", node))
+        .unwrap_or(false);
     if let Some(node) = top.get("joins") {
         raw.joins = reader.entries(node, "joins", |reader, alias, node| {
             join(reader, alias, node)

@@ -202,6 +202,7 @@ pub fn validate(
                 joins,
                 group_by,
                 measures,
+                roll_up: raw.roll_up,
                 content_hash: hash,
                 columns,
             })

@@ -16,14 +16,14 @@ use std::sync::Mutex;
 
 use chrono::NaiveDate;
 use sea_orm::sea_query::{
-    Alias, Cond, Expr, ExprTrait, Func, Index, JoinType, OnConflict, OverStatement, Query,
-    SelectStatement, Value, WindowStatement,
+    Alias, Asterisk, Cond, Expr, ExprTrait, Func, Index, JoinType, OnConflict, OverStatement,
+    Query, SelectStatement, Value, WindowStatement,
 };
 use sea_orm::{ConnectionTrait, DbErr};
 
 use super::txn::{Scalar, Txn};
 use super::write::{CHUNK, Facts, value};
-use super::{Names, SinkError, ddl};
+use super::{Names, SinkError, ddl, postgres};
 use crate::aggregate::{Aggregate, ColumnRef, Filter, MeasureKind, Operand, TIME_COLUMN, Test};
 use crate::calendar::{self, Attribute, Calendar, INTERVAL, Level};
 use crate::catalog::{Catalog, ColumnType, Role, Table};
@@ -314,7 +314,15 @@ impl Aggregation {
             .collect();
         let days = self.fill_days(txn, names, &keys).await?;
         for &level in &aggregate.levels {
-            recompute(txn, names, aggregate, level, None).await?;
+            if aggregate.rolled_up_from(level).is_some() {
+                let buckets = keys
+                    .iter()
+                    .map(|k| self.calendar.bucket(level, *k))
+                    .collect();
+                recompute(txn, names, aggregate, level, Some(&buckets)).await?;
+            } else {
+                recompute(txn, names, aggregate, level, None).await?;
+            }
         }
         self.filled(days);
         Ok(())
@@ -391,6 +399,24 @@ async fn old_values(
     identities.sort();
     identities.dedup();
     let mut found = Vec::new();
+    let select = |condition: Expr| {
+        let mut select = Query::select();
+        select.distinct().from(names.table(&facts.table.name));
+        for column in columns {
+            select.expr(read_column(names, facts.table, None, column));
+        }
+        select.and_where(condition);
+        select
+    };
+    if let ([column], true) = (identity.as_slice(), txn.is_postgres()) {
+        let cells = identities.iter().map(|values| &values[0]);
+        let condition = postgres::any_of(
+            Expr::col(names.column(column)),
+            cells,
+            types[0].is_integer(),
+        );
+        return txn.query(&select(condition)).await;
+    }
     for chunk in identities.chunks(CHUNK) {
         let condition = match identity.as_slice() {
             [column] => Expr::col(names.column(column))
@@ -407,13 +433,7 @@ async fn old_values(
                 }),
             ),
         };
-        let mut select = Query::select();
-        select.distinct().from(names.table(&facts.table.name));
-        for column in columns {
-            select.expr(read_column(names, facts.table, None, column));
-        }
-        select.and_where(condition);
-        found.extend(txn.query(&select).await?);
+        found.extend(txn.query(&select(condition)).await?);
     }
     Ok(found)
 }
@@ -432,8 +452,21 @@ async fn fact_keys(
         .filter(|tuple| tuple.iter().all(|v| !v.is_null()))
         .collect();
     let mut keys = Vec::new();
-    for chunk in values.chunks(CHUNK) {
+    let chunk_size = if txn.is_postgres() && columns.len() == 1 {
+        values.len().max(1)
+    } else {
+        CHUNK
+    };
+    for chunk in values.chunks(chunk_size) {
         let condition = match columns {
+            [column] if txn.is_postgres() => {
+                let integer = chunk.first().is_some_and(|t| matches!(t[0], Cell::Int(_)));
+                postgres::any_of(
+                    Expr::col(names.column(column)),
+                    chunk.iter().map(|t| &t[0]),
+                    integer,
+                )
+            }
             [column] => Expr::col(names.column(column)).is_in(chunk.iter().map(|t| plain(&t[0]))),
             _ => Expr::tuple(columns.iter().map(|c| Expr::col(names.column(c)))).in_tuples(
                 chunk.iter().map(|tuple| {
@@ -600,6 +633,19 @@ async fn recompute(
                 .await?;
         }
     }
+    if let (Some(finer), Some(buckets)) = (aggregate.rolled_up_from(level), buckets) {
+        for &(start, end) in buckets {
+            let mut insert = Query::insert();
+            insert
+                .into_table(table.clone())
+                .columns(columns(names, aggregate));
+            insert
+                .select_from(roll_up(names, aggregate, finer, start, end))
+                .map_err(|error| DbErr::Custom(error.to_string()))?;
+            txn.execute(&insert).await?;
+        }
+        return Ok(());
+    }
     let chunks: Vec<Option<&[(i64, i64)]>> = match &ranges {
         Some(ranges) => ranges.chunks(CHUNK).map(Some).collect(),
         None => vec![None],
@@ -607,18 +653,62 @@ async fn recompute(
     for chunk in chunks {
         let select = aggregation_query(names, aggregate, level, chunk);
         let mut insert = Query::insert();
-        insert.into_table(table.clone()).columns(
-            std::iter::once(TIME_COLUMN)
-                .chain(aggregate.group_by.iter().map(|g| g.name.as_str()))
-                .chain(aggregate.measures.iter().map(|m| m.name.as_str()))
-                .map(|c| names.column(c)),
-        );
+        insert
+            .into_table(table.clone())
+            .columns(columns(names, aggregate));
         insert
             .select_from(select)
             .map_err(|error| DbErr::Custom(error.to_string()))?;
         txn.execute(&insert).await?;
     }
     Ok(())
+}
+
+/// The columns of a level table, in order.
+fn columns(names: Names, aggregate: &Aggregate) -> Vec<Alias> {
+    std::iter::once(TIME_COLUMN)
+        .chain(aggregate.group_by.iter().map(|g| g.name.as_str()))
+        .chain(aggregate.measures.iter().map(|m| m.name.as_str()))
+        .map(|c| names.column(c))
+        .collect()
+}
+
+/// One bucket `[start, end)` of a level summed from the finer level's
+/// rows: counts and sums add up, minima and maxima of minima and maxima.
+fn roll_up(
+    names: Names,
+    aggregate: &Aggregate,
+    finer: Level,
+    start: i64,
+    end: i64,
+) -> SelectStatement {
+    let mut select = Query::select();
+    select.expr(Expr::val(start));
+    for group in &aggregate.group_by {
+        select.expr(Expr::col(names.column(&group.name)));
+    }
+    for measure in &aggregate.measures {
+        let column = Expr::col(names.column(&measure.name));
+        select.expr(match measure.kind {
+            MeasureKind::Min(_) => Func::min(column),
+            MeasureKind::Max(_) => Func::max(column),
+            _ => Func::sum(column),
+        });
+    }
+    let key = || Expr::col(names.column(TIME_COLUMN));
+    select
+        .from(names.table(&aggregate.table_name(finer)))
+        .and_where(key().gte(start))
+        .and_where(key().lt(end))
+        .add_group_by(
+            aggregate
+                .group_by
+                .iter()
+                .map(|g| Expr::col(names.column(&g.name))),
+        )
+        // Without group-by columns, an empty range would still yield a row.
+        .and_having(Func::count(Expr::col(Asterisk)).gt(0));
+    select
 }
 
 /// Adjacent or overlapping buckets as one range.
@@ -633,8 +723,13 @@ fn merged(buckets: &BTreeSet<(i64, i64)>) -> Vec<(i64, i64)> {
     ranges
 }
 
-/// `SELECT bucket, groups, measures FROM (rows with flags and row numbers)
-/// GROUP BY bucket, groups`, over the facts whose time key is in `ranges`.
+/// `SELECT bucket, groups, measures … GROUP BY bucket, groups` over the
+/// facts whose time key is in `ranges`, in three steps: `x`, each fact row
+/// (joined) with its bucket, groups, filter flags (1/0), values and the
+/// columns of each distinct tuple; `y`, per tuple (partitioned by bucket,
+/// groups and tuple: one window, so one sort, shared by every measure over
+/// that tuple) the row number and whether any row of the tuple passes each
+/// measure's filter; then the sums of the first rows.
 fn aggregation_query(
     names: Names,
     aggregate: &Aggregate,
@@ -642,62 +737,83 @@ fn aggregation_query(
     ranges: Option<&[(i64, i64)]>,
 ) -> SelectStatement {
     let fact_col = |column: &str| Expr::col((Alias::new(FACT), names.column(column)));
-    let bucket = Expr::col((Alias::new(CALENDAR), names.column(level.column())));
-    let groups: Vec<Expr> = aggregate
-        .group_by
-        .iter()
-        .map(|g| column_expr(names, aggregate, &g.source))
+    let x = |name: &str| Expr::col((Alias::new("x"), Alias::new(name)));
+    let y = |name: &str| Expr::col((Alias::new("y"), Alias::new(name)));
+    let groups: Vec<String> = (0..aggregate.group_by.len())
+        .map(|at| format!("g{at}"))
         .collect();
 
-    let mut inner = Query::select();
-    inner.expr_as(bucket.clone(), Alias::new("b"));
-    for (at, group) in groups.iter().enumerate() {
-        inner.expr_as(group.clone(), Alias::new(format!("g{at}")));
+    // The distinct tuples, and each measure's.
+    let mut tuples: Vec<&[ColumnRef]> = Vec::new();
+    let tuple_of: Vec<Option<usize>> = aggregate
+        .measures
+        .iter()
+        .map(|measure| {
+            let columns: &[ColumnRef] = match &measure.kind {
+                MeasureKind::CountDistinct(columns) => columns,
+                _ => &measure.once_per,
+            };
+            if columns.is_empty() {
+                return None;
+            }
+            Some(
+                tuples
+                    .iter()
+                    .position(|t| *t == columns)
+                    .unwrap_or_else(|| {
+                        tuples.push(columns);
+                        tuples.len() - 1
+                    }),
+            )
+        })
+        .collect();
+
+    // x: one row per (joined) fact row.
+    // Intervals are the facts' own keys; coarser buckets come from DATE_TIME.
+    let bucket = match level {
+        Level::Subhr => fact_col(&aggregate.time_key),
+        _ => Expr::col((Alias::new(CALENDAR), names.column(level.column()))),
+    };
+    let mut rows = Query::select();
+    rows.expr_as(bucket, Alias::new("b"));
+    for (group, name) in aggregate.group_by.iter().zip(&groups) {
+        rows.expr_as(
+            column_expr(names, aggregate, &group.source),
+            Alias::new(name),
+        );
     }
     for (at, measure) in aggregate.measures.iter().enumerate() {
         let mut condition = Cond::all();
         for filter in &measure.filters {
             condition = condition.add(filter_expr(names, aggregate, filter));
         }
-        let distinct: Vec<&ColumnRef> = match &measure.kind {
-            MeasureKind::CountDistinct(columns) => columns.iter().collect(),
-            _ => measure.once_per.iter().collect(),
-        };
         if let MeasureKind::CountDistinct(columns) = &measure.kind {
             for column in columns {
                 condition = condition.add(column_expr(names, aggregate, column).is_not_null());
             }
         }
-        let flag: Expr = Expr::case(condition, 1).finally(0).into();
-        inner.expr_as(flag.clone(), Alias::new(format!("w{at}")));
-        match &measure.kind {
-            MeasureKind::Sum(operand) | MeasureKind::Min(operand) | MeasureKind::Max(operand) => {
-                inner.expr_as(
-                    operand_expr(names, aggregate, operand),
-                    Alias::new(format!("v{at}")),
-                );
-            }
-            _ => {}
-        }
-        if !distinct.is_empty() {
-            let mut window = WindowStatement::new();
-            window.add_partition_by(bucket.clone());
-            for group in &groups {
-                window.add_partition_by(group.clone());
-            }
-            for column in &distinct {
-                window.add_partition_by(column_expr(names, aggregate, column));
-            }
-            window.add_partition_by(flag);
-            inner.expr_window_as(
-                Expr::cust("ROW_NUMBER()"),
-                window,
-                Alias::new(format!("r{at}")),
+        rows.expr_as(
+            Expr::case(condition, 1).finally(0),
+            Alias::new(format!("w{at}")),
+        );
+        if let MeasureKind::Sum(operand) | MeasureKind::Min(operand) | MeasureKind::Max(operand) =
+            &measure.kind
+        {
+            rows.expr_as(
+                operand_expr(names, aggregate, operand),
+                Alias::new(format!("v{at}")),
             );
         }
     }
-    inner
-        .from_as(names.table(&aggregate.fact), Alias::new(FACT))
+    for (k, tuple) in tuples.iter().enumerate() {
+        for (j, column) in tuple.iter().enumerate() {
+            rows.expr_as(
+                column_expr(names, aggregate, column),
+                Alias::new(format!("t{k}_{j}")),
+            );
+        }
+    }
+    rows.from_as(names.table(&aggregate.fact), Alias::new(FACT))
         .join_as(
             JoinType::InnerJoin,
             names.table(calendar::TABLE),
@@ -714,7 +830,7 @@ fn aggregation_query(
                     .equals((Alias::new(FACT), names.column(fact))),
             );
         }
-        inner.join_as(JoinType::LeftJoin, names.table(&join.table), alias, on);
+        rows.join_as(JoinType::LeftJoin, names.table(&join.table), alias, on);
     }
     if let Some(ranges) = ranges {
         let mut any = Cond::any();
@@ -722,39 +838,83 @@ fn aggregation_query(
             let key = fact_col(&aggregate.time_key);
             any = any.add(key.clone().gte(start).and(key.lt(end)));
         }
-        inner.cond_where(any);
+        rows.cond_where(any);
     }
 
-    let x = |name: String| Expr::col((Alias::new("x"), Alias::new(name)));
+    // y: x with, per tuple, its row number and per measure over it whether
+    // any of its rows passes the filter (and the value of one that does).
+    let mut windowed = Query::select();
+    windowed.expr(x("b"));
+    for name in &groups {
+        windowed.expr(x(name));
+    }
+    let window = |k: usize| {
+        let mut window = WindowStatement::new();
+        window.add_partition_by(x("b"));
+        for name in &groups {
+            window.add_partition_by(x(name));
+        }
+        for j in 0..tuples[k].len() {
+            window.add_partition_by(x(&format!("t{k}_{j}")));
+        }
+        window
+    };
+    for (at, measure) in aggregate.measures.iter().enumerate() {
+        let (w, v) = (format!("w{at}"), format!("v{at}"));
+        let valued = !matches!(
+            measure.kind,
+            MeasureKind::Count | MeasureKind::CountDistinct(_)
+        );
+        match tuple_of[at] {
+            None => {
+                windowed.expr(x(&w));
+                if valued {
+                    windowed.expr(x(&v));
+                }
+            }
+            Some(k) => {
+                windowed.expr_window_as(Func::max(x(&w)), window(k), Alias::new(w.clone()));
+                if valued {
+                    let passing = Expr::case(x(&w).eq(1), x(&v));
+                    windowed.expr_window_as(Func::max(passing), window(k), Alias::new(v));
+                }
+            }
+        }
+    }
+    for k in 0..tuples.len() {
+        windowed.expr_window_as(
+            Expr::cust("ROW_NUMBER()"),
+            window(k),
+            Alias::new(format!("r{k}")),
+        );
+    }
+    windowed.from_subquery(rows, Alias::new("x"));
+
+    // The sums per bucket and groups, of each tuple's first row.
     let mut outer = Query::select();
-    outer.expr(x("b".into()));
-    for at in 0..groups.len() {
-        outer.expr(x(format!("g{at}")));
+    outer.expr(y("b"));
+    for name in &groups {
+        outer.expr(y(name));
     }
     for (at, measure) in aggregate.measures.iter().enumerate() {
-        let mut taken = Cond::all().add(x(format!("w{at}")).eq(1));
-        let once =
-            matches!(measure.kind, MeasureKind::CountDistinct(_)) || !measure.once_per.is_empty();
-        if once {
-            taken = taken.add(x(format!("r{at}")).eq(1));
+        let (w, v) = (format!("w{at}"), format!("v{at}"));
+        let mut taken = Cond::all().add(y(&w).eq(1));
+        if let Some(k) = tuple_of[at] {
+            taken = taken.add(y(&format!("r{k}")).eq(1));
         }
         let expr: Expr = match &measure.kind {
             MeasureKind::Count | MeasureKind::CountDistinct(_) => {
                 Func::sum(Expr::case(taken, 1).finally(0)).into()
             }
-            MeasureKind::Sum(_) => Func::coalesce([
-                Func::sum(Expr::case(taken, x(format!("v{at}")))).into(),
-                Expr::val(0),
-            ])
-            .into(),
-            MeasureKind::Min(_) => Func::min(Expr::case(taken, x(format!("v{at}")))).into(),
-            MeasureKind::Max(_) => Func::max(Expr::case(taken, x(format!("v{at}")))).into(),
+            MeasureKind::Sum(_) => {
+                Func::coalesce([Func::sum(Expr::case(taken, y(&v))).into(), Expr::val(0)]).into()
+            }
+            MeasureKind::Min(_) => Func::min(Expr::case(taken, y(&v))).into(),
+            MeasureKind::Max(_) => Func::max(Expr::case(taken, y(&v))).into(),
         };
         outer.expr(expr);
     }
-    outer.from_subquery(inner, Alias::new("x"));
-    outer.add_group_by(
-        std::iter::once(x("b".into())).chain((0..groups.len()).map(|at| x(format!("g{at}")))),
-    );
+    outer.from_subquery(windowed, Alias::new("y"));
+    outer.add_group_by(std::iter::once(y("b")).chain(groups.iter().map(|name| y(name))));
     outer
 }

@@ -204,6 +204,34 @@ async fn delete_replaced(
     Ok(())
 }
 
+/// `column = ANY($1)` with the cells as one bound array (bigint[] or
+/// text[]): one statement and one parameter however many values.
+pub(super) fn any_of<'c>(
+    column: Expr,
+    cells: impl Iterator<Item = &'c Cell>,
+    integer: bool,
+) -> Expr {
+    let (ty, sql_type, values): (ArrayType, &str, Vec<Value>) = if integer {
+        let values = cells
+            .map(|cell| match cell {
+                Cell::Int(number) => Value::BigInt(Some(*number)),
+                _ => Value::BigInt(None),
+            })
+            .collect();
+        (ArrayType::BigInt, "bigint[]", values)
+    } else {
+        let values = cells
+            .map(|cell| match cell {
+                Cell::Null => Value::String(None),
+                cell => Value::String(Some(Cell::to_text(cell))),
+            })
+            .collect();
+        (ArrayType::String, "text[]", values)
+    };
+    let array = Expr::val(Value::Array(ty, Some(Box::new(values)))).cast_as(Alias::new(sql_type));
+    Expr::cust_with_exprs("$1 = ANY($2)", [column, array])
+}
+
 /// The distinct `replace_by` values of the rows as PostgreSQL arrays, one
 /// bound parameter per column.
 fn replaced_arrays(facts: &Facts<'_>, rows: &[&Row]) -> ReplacedArrays {

@@ -53,6 +53,11 @@ impl Txn {
         }
     }
 
+    /// Whether this is PostgreSQL's transaction (arrays may be bound).
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Txn::Postgres(_))
+    }
+
     /// Runs a statement; returns the rows it affected.
     pub async fn execute<S: StatementBuilder>(&mut self, statement: &S) -> Result<u64, DbErr> {
         match self {
