@@ -502,3 +502,111 @@ fn a_killed_load_leaves_the_aggregates_exact() {
     ));
     assert_aggregates_exact(&url, "after resuming");
 }
+
+/// DATE_TIME holds the local days of the facts and every day from today to
+/// `date-time-max-days-ahead`, with 92, 96 or 100 intervals each; a
+/// calendar filled in one zone is not silently extended in another.
+#[test]
+fn the_calendar_holds_the_facts_days_and_the_days_ahead() {
+    let (dir, url) = sqlite_database();
+    let on = options_file(dir.path(), "on.ini", "enable-cobrowse");
+    assert_success(&martmap_load(
+        &url,
+        Some(&on),
+        "mappings/COBROWSE.yaml",
+        &["samples/cobrowse-sessions.jsonl"],
+    ));
+    let per_day: BTreeMap<String, i64> = query(
+        &url,
+        "SELECT cal_date, CAST(COUNT(*) AS TEXT) FROM date_time GROUP BY cal_date",
+    )
+    .into_iter()
+    .map(|row| (row[0].clone().unwrap(), int(&row[1]).unwrap()))
+    .collect();
+    assert_eq!(per_day.get("2026-03-02"), Some(&96), "a day of the sample");
+    let calendar = Calendar::new(ZONE.parse().unwrap());
+    let today = calendar.date(chrono::Utc::now().timestamp());
+    for ahead in 0..=366 {
+        let day = (today + chrono::Days::new(ahead))
+            .format("%Y-%m-%d")
+            .to_string();
+        let intervals = per_day.get(&day).copied();
+        assert!(
+            matches!(intervals, Some(92 | 96 | 100)),
+            "{day}: {intervals:?} intervals"
+        );
+    }
+    let counts: BTreeSet<i64> = per_day.values().copied().collect();
+    assert!(
+        counts.contains(&92) && counts.contains(&100),
+        "a year ahead in {ZONE} has both DST changes: {counts:?}"
+    );
+    let facts_without_interval = query(
+        &url,
+        "SELECT CAST(COUNT(*) AS TEXT) FROM cobrowse_fact f \
+         LEFT JOIN date_time d ON d.date_time_key = f.start_date_time_key WHERE d.date_time_key IS NULL",
+    );
+    assert_eq!(int(&facts_without_interval[0][0]), Some(0));
+
+    let paris = dir.path().join("paris.ini");
+    std::fs::write(&paris, "[date-time]\ndate-time-tz=Europe/Paris\n").unwrap();
+    let refused = martmap_load(
+        &url,
+        Some(paris.to_str().unwrap()),
+        "mappings/COBROWSE.yaml",
+        &["samples/cobrowse-sessions.jsonl"],
+    );
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("another time zone"), "{message}");
+}
+
+/// `martmap aggregate --rebuild` recomputes every bucket from the facts.
+#[test]
+fn aggregate_rebuild_recomputes_every_bucket() {
+    let (dir, url) = sqlite_database();
+    let on = options_file(dir.path(), "on.ini", "enable-cobrowse");
+    assert_success(&martmap_load(
+        &url,
+        Some(&on),
+        "mappings/IXN_AGENT.yaml",
+        &["samples/agent-handlings.jsonl"],
+    ));
+    assert_success(&martmap_load(
+        &url,
+        Some(&on),
+        "mappings/COBROWSE.yaml",
+        &["samples/cobrowse-sessions.jsonl"],
+    ));
+    block_on(async {
+        use sea_orm::ConnectionTrait;
+        let db = sea_orm::Database::connect(&url).await.expect("connect");
+        db.execute_unprepared("DELETE FROM AGT_COBROWSE_AGENT_DAY")
+            .await
+            .unwrap();
+        db.execute_unprepared("UPDATE AGT_COBROWSE_AGENT_SUBHR SET SESSIONS = 0")
+            .await
+            .unwrap();
+        db.close().await.unwrap();
+    });
+    assert_ne!(stored(&url, Level::Day), expected(&url, Level::Day));
+    let output = Command::new(env!("CARGO_BIN_EXE_martmap"))
+        .args([
+            "aggregate",
+            "--rebuild",
+            "--options",
+            &on,
+            "--database-url",
+            &url,
+        ])
+        .current_dir(repository())
+        .output()
+        .expect("martmap runs");
+    assert_success(&output);
+    let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        summary.contains("computed now: AGT_COBROWSE_AGENT"),
+        "{summary}"
+    );
+    assert_aggregates_exact(&url, "after aggregate --rebuild");
+}

@@ -40,6 +40,24 @@ fn cobrowse_rows_golden_cases() {
     });
 }
 
+/// The second shipped mapping, agent handlings: rows of full, partial and
+/// agent-less handlings, and the discards of bad ones.
+#[test]
+fn agent_handling_rows_golden_case() {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(repository().join("tests/cases/agent-rows"));
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_omit_expression(true);
+    let args = [
+        "test-mapping",
+        "--format",
+        "json",
+        "mappings/IXN_AGENT.yaml",
+        "tests/cases/agent-rows/events.jsonl",
+    ];
+    settings.bind(|| insta::assert_snapshot!("expected", martmap(&args)));
+}
+
 #[test]
 fn discard_corpus_names_every_problem() {
     let mut settings = insta::Settings::clone_current();
