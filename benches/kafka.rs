@@ -13,6 +13,9 @@
 //! over the committed sample on the broker of `scripts/test`
 //! (`MARTMAP_TEST_KAFKA_BOOTSTRAP`), into SQLite only.
 //!
+//! martmap runs twice per target: as is, and with `enable-cobrowse` in
+//! `[agg-feature]`, keeping `AGT_COBROWSE_AGENT_*` exact in every batch.
+//!
 //! Both sides join a consumer group and read every partition to its end,
 //! timed from start to finish: martmap as a whole process (start-up, catalog,
 //! database writes and commits included), the bare consumer in process.
@@ -60,18 +63,26 @@ fn main() {
         events.len() as f64 / 1e6
     );
 
-    let mut targets = vec![("SQLite", None)];
+    let mut targets = vec![("SQLite", None, false), ("SQLite, aggregates", None, true)];
     if let (true, Ok(prefix)) = (bench, std::env::var("MARTMAP_BENCH_POSTGRES_URL")) {
-        targets.push(("PostgreSQL", Some(prefix)));
+        targets.push(("PostgreSQL", Some(prefix.clone()), false));
+        targets.push(("PostgreSQL, aggregates", Some(prefix), true));
     }
     let mut bare = Vec::new();
     let mut martmap: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
     // Rounds alternate, so that a slow moment of the broker hits both sides.
     for round in 0..rounds {
         bare.push(bare_consumer(&bootstrap, &topic, lines.len(), round));
-        for (at, (_, postgres)) in targets.iter().enumerate() {
+        for (at, (_, postgres, aggregates)) in targets.iter().enumerate() {
             let group = format!("{topic}-martmap-{round}-{at}");
-            let seconds = martmap_run_once(&bootstrap, &topic, &group, lines.len(), postgres);
+            let seconds = martmap_run_once(
+                &bootstrap,
+                &topic,
+                &group,
+                lines.len(),
+                postgres,
+                *aggregates,
+            );
             martmap[at].push(seconds);
         }
     }
@@ -82,10 +93,10 @@ fn main() {
         "bare rdkafka consumer:          {:>8.0} messages/s (best of {rounds})",
         rate(bare_best)
     );
-    for ((name, _), times) in targets.iter().zip(&martmap) {
+    for ((name, _, _), times) in targets.iter().zip(&martmap) {
         let time = best(times);
         println!(
-            "martmap run --once into {name:<10} {:>8.0} messages/s  ratio {:.2}",
+            "martmap run --once into {name:<22} {:>8.0} messages/s  ratio {:.2}",
             rate(time),
             bare_best / time
         );
@@ -177,6 +188,7 @@ fn martmap_run_once(
     group: &str,
     expected: usize,
     postgres: &Option<String>,
+    aggregates: bool,
 ) -> f64 {
     let dir = tempfile::tempdir().expect("temporary directory");
     let database = match postgres {
@@ -196,7 +208,8 @@ fn martmap_run_once(
     std::fs::write(
         &options,
         format!(
-            "[kafka-bench]\nbootstrap.servers={bootstrap}\ngroup.id={group}\ng:topic:{topic}=COBROWSE\n"
+            "[kafka-bench]\nbootstrap.servers={bootstrap}\ngroup.id={group}\ng:topic:{topic}=COBROWSE\n{}",
+            if aggregates { "\n[agg-feature]\nenable-cobrowse\n" } else { "" }
         ),
     )
     .expect("options file");
@@ -208,6 +221,16 @@ fn martmap_run_once(
         .output()
         .expect("init-db runs");
     assert!(init.status.success(), "{init:?}");
+    // The calendar and the aggregate tables too, as an earlier cycle leaves
+    // them: the timing is of one cycle's loading.
+    let setup = Command::new(martmap)
+        .args(["aggregate", "--options"])
+        .arg(&options)
+        .args(["--database-url", &database])
+        .current_dir(root)
+        .output()
+        .expect("martmap aggregate runs");
+    assert!(setup.status.success(), "{setup:?}");
     let started = Instant::now();
     let output = Command::new(martmap)
         .args(["run", "--once", "--options"])

@@ -217,27 +217,68 @@ pub fn load(file: &SourceFile, catalog: &Catalog) -> Result<Aggregate, Vec<Probl
         .collect())
 }
 
-/// Every aggregate file (`*.yaml`) of a directory, sorted by name. A
+/// An aggregate file as read, with the feature it names (when it can be
+/// read that far): enough to tell which files an options file enables
+/// without checking the others against the catalog.
+#[derive(Debug, Clone)]
+pub struct AggregateFile {
+    pub file: SourceFile,
+    pub name: Option<String>,
+    pub feature: Option<String>,
+}
+
+/// The aggregate files (`*.yaml`) of a directory, sorted by name. A
 /// directory that does not exist holds none.
-pub fn load_dir(dir: &Path, catalog: &Catalog) -> Result<Vec<Aggregate>, Vec<Problem>> {
+pub fn files_in(dir: &Path) -> Result<Vec<AggregateFile>, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut found = Vec::new();
+    for path in files(dir, &mut problems) {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let (raw, _) = read(&text);
+                let name = raw
+                    .as_ref()
+                    .and_then(|r| r.name.as_ref())
+                    .map(|n| n.value.clone());
+                let feature = raw.and_then(|r| r.feature).map(|f| f.value);
+                let file = SourceFile::new(path.display().to_string(), text);
+                found.push(AggregateFile {
+                    file,
+                    name,
+                    feature,
+                });
+            }
+            Err(source) => problems.push(Problem::detached(AggregateError::Io {
+                path: path.display().to_string(),
+                source,
+            })),
+        }
+    }
+    if problems.is_empty() {
+        Ok(found)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Validates the files whose feature is enabled (and those whose feature
+/// cannot be read, which might be); every problem of every one of them.
+pub fn load_enabled(
+    files: &[AggregateFile],
+    features: &[String],
+    catalog: &Catalog,
+) -> Result<Vec<Aggregate>, Vec<Problem>> {
     let mut problems = Vec::new();
     let mut aggregates: Vec<Aggregate> = Vec::new();
-    for path in files(dir, &mut problems) {
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(source) => {
-                problems.push(Problem::detached(AggregateError::Io {
-                    path: path.display().to_string(),
-                    source,
-                }));
-                continue;
-            }
-        };
-        let file = SourceFile::new(path.display().to_string(), text);
-        match load(&file, catalog) {
+    for found in files {
+        let enabled = found.feature.as_ref().is_none_or(|f| features.contains(f));
+        if !enabled || features.is_empty() {
+            continue;
+        }
+        match load(&found.file, catalog) {
             Ok(aggregate) if aggregates.iter().any(|a| a.name == aggregate.name) => {
                 problems.push(Problem::new(
-                    &file,
+                    &found.file,
                     AggregateError::DuplicateName {
                         name: aggregate.name,
                         span: (0, 0).into(),
@@ -253,6 +294,16 @@ pub fn load_dir(dir: &Path, catalog: &Catalog) -> Result<Vec<Aggregate>, Vec<Pro
     } else {
         Err(problems)
     }
+}
+
+/// Every aggregate file of a directory, validated.
+pub fn load_dir(dir: &Path, catalog: &Catalog) -> Result<Vec<Aggregate>, Vec<Problem>> {
+    let files = files_in(dir)?;
+    let every: Vec<String> = files
+        .iter()
+        .map(|f| f.feature.clone().unwrap_or_default())
+        .collect();
+    load_enabled(&files, &every, catalog)
 }
 
 /// Whether a YAML text is an aggregate file rather than a mapping: it has

@@ -30,8 +30,8 @@ pub fn setup(
     rebuild: bool,
 ) -> Result<Option<AggregateSetup>, Box<dyn std::error::Error>> {
     let mut problems: Vec<Problem> = Vec::new();
-    let loaded = match martmap::aggregate::load_dir(&aggregates.aggregates, catalog) {
-        Ok(loaded) => loaded,
+    let files = match martmap::aggregate::files_in(&aggregates.aggregates) {
+        Ok(files) => files,
         Err(found) => {
             problems.extend(found);
             Vec::new()
@@ -52,10 +52,8 @@ pub fn setup(
                 let (date_time, mut errors) = parsed.date_time();
                 let (features, more) = parsed.features();
                 errors.extend(more);
-                if problems.is_empty() {
-                    let known: Vec<&str> = loaded.iter().map(|a| a.feature.as_str()).collect();
-                    errors.extend(options::check_features(&features, &known));
-                }
+                let known: Vec<&str> = files.iter().filter_map(|f| f.feature.as_deref()).collect();
+                errors.extend(options::check_features(&features, &known));
                 setup.date_time = date_time;
                 setup.features = features.into_iter().map(|(name, _)| name).collect();
                 problems.extend(errors.into_iter().map(|e| Problem::new(&file, e)));
@@ -63,11 +61,18 @@ pub fn setup(
             Err(errors) => problems.extend(errors.into_iter().map(|e| Problem::new(&file, e))),
         }
     }
+    // Only the enabled aggregates are checked against the catalog: another
+    // catalog's tables need not hold what a disabled one reads.
+    if problems.is_empty() {
+        match martmap::aggregate::load_enabled(&files, &setup.features, catalog) {
+            Ok(enabled) => setup.aggregates = enabled,
+            Err(found) => problems.extend(found),
+        }
+    }
     if !problems.is_empty() {
         eprint!("{}", render(problems, color.enabled()));
         return Ok(None);
     }
-    setup.aggregates = loaded;
     Ok(Some(setup))
 }
 

@@ -117,10 +117,8 @@ pub fn run(args: ValidateArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
                 errors.extend(options::check_mappings(&clusters, &known));
                 let (enabled, more) = parsed.features();
                 errors.extend(more);
-                if let Some(catalog) = &catalog
-                    && let Ok(found) = aggregate::load_dir(&args.aggregates, catalog)
-                {
-                    features.extend(found.into_iter().map(|a| a.feature));
+                if let Ok(found) = aggregate::files_in(&args.aggregates) {
+                    features.extend(found.into_iter().filter_map(|f| f.feature));
                 }
                 let features: Vec<&str> = features.iter().map(String::as_str).collect();
                 errors.extend(options::check_features(&enabled, &features));

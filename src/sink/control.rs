@@ -78,11 +78,13 @@ pub struct AggregateStates {
 #[derive(Debug, Clone)]
 pub struct Control {
     /// Their catalog names, for creating them.
-    pub tables: [&'static str; 4],
+    pub tables: Vec<&'static str>,
     pub audit: AuditLog,
     pub offsets: KafkaOffsets,
     pub discards: Discards,
-    pub aggregates: AggregateStates,
+    /// Needed only to maintain aggregates: a catalog from before them may
+    /// leave it out.
+    pub aggregates: Option<AggregateStates>,
 }
 
 /// What a control column must hold.
@@ -187,18 +189,24 @@ impl Control {
             discard_ts: r.column(DISCARDS, "DISCARD_TS", Integer),
             audit_key: r.column(DISCARDS, "AUDIT_KEY", Integer),
         };
-        let aggregates = AggregateStates {
-            table: r.table(AGGREGATES),
-            name: r.column(AGGREGATES, "AGGREGATE_NAME", Text),
-            feature: r.column(AGGREGATES, "FEATURE", Text),
-            content_hash: r.column(AGGREGATES, "CONTENT_HASH", Text),
-            built_ts: r.column(AGGREGATES, "BUILT_TS", Integer),
-        };
+        let aggregates = catalog
+            .table(AGGREGATES)
+            .is_some()
+            .then(|| AggregateStates {
+                table: r.table(AGGREGATES),
+                name: r.column(AGGREGATES, "AGGREGATE_NAME", Text),
+                feature: r.column(AGGREGATES, "FEATURE", Text),
+                content_hash: r.column(AGGREGATES, "CONTENT_HASH", Text),
+                built_ts: r.column(AGGREGATES, "BUILT_TS", Integer),
+            });
         if !r.problems.is_empty() {
             return Err(SinkError::Control(r.problems.join("; ")));
         }
         Ok(Control {
-            tables: [AUDIT, OFFSETS, DISCARDS, AGGREGATES],
+            tables: [AUDIT, OFFSETS, DISCARDS]
+                .into_iter()
+                .chain(aggregates.is_some().then_some(AGGREGATES))
+                .collect(),
             audit,
             offsets,
             discards,

@@ -32,6 +32,8 @@ pub struct Database {
 /// and every aggregate file.
 pub struct AggregateSetup {
     pub date_time: DateTimeOptions,
+    /// The aggregates to maintain: those whose feature is enabled. Any
+    /// other aggregate maintained so far is no longer.
     pub aggregates: Vec<Aggregate>,
     /// The `enable-<feature>` flags of `[agg-feature]`.
     pub features: Vec<String>,
@@ -215,7 +217,7 @@ impl Database {
     ) -> Result<Vec<&'c Table>, SinkError> {
         use sea_orm::TransactionTrait;
         let mut names: Vec<&str> = Vec::new();
-        for name in self.control.tables.into_iter().chain(tables) {
+        for name in self.control.tables.iter().copied().chain(tables) {
             if !names.contains(&name) {
                 names.push(name);
             }
@@ -266,10 +268,11 @@ impl Database {
         let mut report = AggregateReport::default();
         let calendar_table = catalog.table(calendar::TABLE).map(|t| t.name.as_str());
         self.create_tables(catalog, calendar_table).await?;
-        let (enabled, disabled): (Vec<Aggregate>, Vec<Aggregate>) = setup
+        let enabled: Vec<Aggregate> = setup
             .aggregates
             .into_iter()
-            .partition(|a| setup.features.contains(&a.feature));
+            .filter(|a| setup.features.contains(&a.feature))
+            .collect();
         let days = (
             setup.date_time.min_days_ahead,
             setup.date_time.max_days_ahead,
@@ -286,7 +289,16 @@ impl Database {
         report.calendar_intervals = aggregation.fill_ahead(&mut txn, self.names).await?;
         txn.commit().await?;
 
-        let states = &self.control.aggregates;
+        let Some(states) = &self.control.aggregates else {
+            if let Some(aggregate) = aggregation.aggregates.first() {
+                return Err(SinkError::Control(format!(
+                    "table `CTL_AGGREGATE` is not declared, and aggregate `{}` needs it",
+                    aggregate.name
+                )));
+            }
+            self.aggregation = Some(Arc::new(aggregation));
+            return Ok(report);
+        };
         let mut txn = txn::Txn::begin(&self.connection).await?;
         let recorded = states.recorded(&mut txn).await?;
         txn.commit().await?;
@@ -308,12 +320,12 @@ impl Database {
             report.built.push(name.clone());
             report.maintained.push(name.clone());
         }
-        for aggregate in disabled {
-            if recorded.iter().any(|(name, _)| *name == aggregate.name) {
+        for (name, _) in &recorded {
+            if !aggregation.aggregates.iter().any(|a| a.name == *name) {
                 let mut txn = txn::Txn::begin(&self.connection).await?;
-                states.forget(&mut txn, &aggregate.name).await?;
+                states.forget(&mut txn, name).await?;
                 txn.commit().await?;
-                report.dropped.push(aggregate.name);
+                report.dropped.push(name.clone());
             }
         }
         self.aggregation = Some(Arc::new(aggregation));

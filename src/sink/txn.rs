@@ -6,8 +6,8 @@
 
 use sea_orm::sea_query::{PostgresQueryBuilder, Value, Values};
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, StatementBuilder,
-    TransactionTrait,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    SqliteTransactionMode, StatementBuilder, TransactionOptions, TransactionTrait,
 };
 use sea_query_sqlx::SqlxValues;
 use sqlx::Row as _;
@@ -49,7 +49,17 @@ impl Txn {
                 let pool = connection.get_postgres_connection_pool();
                 Ok(Txn::Postgres(pool.begin().await.map_err(sqlx_error)?))
             }
-            _ => Ok(Txn::SeaOrm(connection.begin().await?)),
+            // Every transaction here writes. IMMEDIATE takes SQLite's write
+            // lock at BEGIN, waiting on the busy timeout; a deferred
+            // transaction that read first would instead fail at once to
+            // upgrade its lock when another process wrote meanwhile.
+            _ => {
+                let options = TransactionOptions {
+                    sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                    ..TransactionOptions::default()
+                };
+                Ok(Txn::SeaOrm(connection.begin_with_options(options).await?))
+            }
         }
     }
 
