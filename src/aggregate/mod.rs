@@ -48,6 +48,8 @@ pub struct Aggregate {
     pub content_hash: String,
     /// The aggregate table's column types, `DATE_TIME_KEY` first.
     columns: Vec<(String, Column)>,
+    /// The type of every column the aggregate reads.
+    read_types: Vec<(ColumnRef, Column)>,
 }
 
 /// `LEFT JOIN <table> AS <alias> ON <table>.<column> = fact.<column> ...`.
@@ -159,6 +161,14 @@ impl Aggregate {
             .iter()
             .copied()
             .find(|finer| self.levels.contains(finer))
+    }
+
+    /// The declared type of a column the aggregate reads.
+    pub fn column_type(&self, reference: &ColumnRef) -> Option<&Column> {
+        self.read_types
+            .iter()
+            .find(|(r, _)| r == reference)
+            .map(|(_, column)| column)
     }
 
     /// The tables this aggregate reads: its fact, then each joined table.

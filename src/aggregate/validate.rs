@@ -25,6 +25,7 @@ pub fn validate(
         errors: Vec::new(),
         fact: None,
         joins: Vec::new(),
+        read: Vec::new(),
     };
     let fact = raw
         .fact
@@ -190,7 +191,7 @@ pub fn validate(
         });
     }
 
-    let errors = v.errors;
+    let (errors, read_types) = (v.errors, v.read);
     match (raw.name.as_ref(), raw.feature.as_ref(), fact, time_key) {
         (Some(name), Some(feature), Some(fact), Some(time_key)) if errors.is_empty() => {
             Ok(Aggregate {
@@ -205,6 +206,7 @@ pub fn validate(
                 roll_up: raw.roll_up,
                 content_hash: hash,
                 columns,
+                read_types,
             })
         }
         _ if errors.is_empty() => Err(vec![AggregateError::Invalid {
@@ -229,6 +231,8 @@ struct Validator<'c> {
     fact: Option<&'c Table>,
     /// Each join's alias and table (None when the table is unknown).
     joins: Vec<(String, Option<&'c Table>)>,
+    /// Every column read, with its type.
+    read: Vec<(ColumnRef, Column)>,
 }
 
 impl<'c> Validator<'c> {
@@ -377,7 +381,12 @@ impl<'c> Validator<'c> {
             Some(at) => self.joins.get(at)?.1?,
         };
         match table.column(&reference.column) {
-            Some(spec) => Some(spec.clone()),
+            Some(spec) => {
+                if !self.read.iter().any(|(r, _)| r == reference) {
+                    self.read.push((reference.clone(), spec.clone()));
+                }
+                Some(spec.clone())
+            }
             None => {
                 self.errors
                     .push(AggregateError::from(MappingError::UnknownColumn {

@@ -723,6 +723,114 @@ fn merged(buckets: &BTreeSet<(i64, i64)>) -> Vec<(i64, i64)> {
     ranges
 }
 
+/// The distinct tuples of an aggregate's measures (`count_distinct`
+/// columns, or `once_per`), and each measure's, by index.
+pub(super) fn tuples(aggregate: &Aggregate) -> (Vec<&[ColumnRef]>, Vec<Option<usize>>) {
+    let mut tuples: Vec<&[ColumnRef]> = Vec::new();
+    let tuple_of = aggregate
+        .measures
+        .iter()
+        .map(|measure| {
+            let columns: &[ColumnRef] = match &measure.kind {
+                MeasureKind::CountDistinct(columns) => columns,
+                _ => &measure.once_per,
+            };
+            if columns.is_empty() {
+                return None;
+            }
+            Some(tuples.iter().position(|t| *t == columns).unwrap_or_else(|| {
+                tuples.push(columns);
+                tuples.len() - 1
+            }))
+        })
+        .collect();
+    (tuples, tuple_of)
+}
+
+/// One row per (joined) fact row, aliased `f` (joins `j0`, …): its
+/// `level` bucket `b`, groups `g0…`, per measure its filter flag `w0…`
+/// (1/0) and value `v0…`, and the columns `tK_J` of each tuple. With
+/// `typed`, every integer comes out as BIGINT, as they are read back.
+pub(super) fn fact_rows(
+    names: Names,
+    aggregate: &Aggregate,
+    level: Level,
+    tuples: &[&[ColumnRef]],
+    typed: bool,
+) -> SelectStatement {
+    let fact_col = |column: &str| Expr::col((Alias::new(FACT), names.column(column)));
+    let read = |expr: Expr, integer: bool| {
+        if typed && integer {
+            expr.cast_as("BIGINT")
+        } else {
+            expr
+        }
+    };
+    let integer = |reference: &ColumnRef| {
+        aggregate
+            .column_type(reference)
+            .is_some_and(|column| column.ty.is_integer())
+    };
+    // Intervals are the facts' own keys; coarser buckets come from DATE_TIME.
+    let bucket = match level {
+        Level::Subhr => fact_col(&aggregate.time_key),
+        _ => Expr::col((Alias::new(CALENDAR), names.column(level.column()))),
+    };
+    let mut rows = Query::select();
+    rows.expr_as(read(bucket, true), Alias::new("b"));
+    for (at, group) in aggregate.group_by.iter().enumerate() {
+        let expr = column_expr(names, aggregate, &group.source);
+        rows.expr_as(read(expr, integer(&group.source)), Alias::new(format!("g{at}")));
+    }
+    for (at, measure) in aggregate.measures.iter().enumerate() {
+        let mut condition = Cond::all();
+        for filter in &measure.filters {
+            condition = condition.add(filter_expr(names, aggregate, filter));
+        }
+        if let MeasureKind::CountDistinct(columns) = &measure.kind {
+            for column in columns {
+                condition = condition.add(column_expr(names, aggregate, column).is_not_null());
+            }
+        }
+        let flag: Expr = Expr::case(condition, 1).finally(0).into();
+        rows.expr_as(read(flag, true), Alias::new(format!("w{at}")));
+        if let MeasureKind::Sum(operand) | MeasureKind::Min(operand) | MeasureKind::Max(operand) =
+            &measure.kind
+        {
+            let expr = operand_expr(names, aggregate, operand);
+            rows.expr_as(read(expr, true), Alias::new(format!("v{at}")));
+        }
+    }
+    for (k, tuple) in tuples.iter().enumerate() {
+        for (j, column) in tuple.iter().enumerate() {
+            let expr = column_expr(names, aggregate, column);
+            rows.expr_as(read(expr, integer(column)), Alias::new(format!("t{k}_{j}")));
+        }
+    }
+    rows.from_as(names.table(&aggregate.fact), Alias::new(FACT));
+    if level != Level::Subhr {
+        rows.join_as(
+            JoinType::InnerJoin,
+            names.table(calendar::TABLE),
+            Alias::new(CALENDAR),
+            Expr::col((Alias::new(CALENDAR), names.column(Level::Subhr.column())))
+                .equals((Alias::new(FACT), names.column(&aggregate.time_key))),
+        );
+    }
+    for (at, join) in aggregate.joins.iter().enumerate() {
+        let alias = Alias::new(join_alias(at));
+        let mut on = Cond::all();
+        for (joined, fact) in &join.on {
+            on = on.add(
+                Expr::col((alias.clone(), names.column(joined)))
+                    .equals((Alias::new(FACT), names.column(fact))),
+            );
+        }
+        rows.join_as(JoinType::LeftJoin, names.table(&join.table), alias, on);
+    }
+    rows
+}
+
 /// `SELECT bucket, groups, measures … GROUP BY bucket, groups` over the
 /// facts whose time key is in `ranges`, in three steps: `x`, each fact row
 /// (joined) with its bucket, groups, filter flags (1/0), values and the
@@ -742,96 +850,8 @@ fn aggregation_query(
     let groups: Vec<String> = (0..aggregate.group_by.len())
         .map(|at| format!("g{at}"))
         .collect();
-
-    // The distinct tuples, and each measure's.
-    let mut tuples: Vec<&[ColumnRef]> = Vec::new();
-    let tuple_of: Vec<Option<usize>> = aggregate
-        .measures
-        .iter()
-        .map(|measure| {
-            let columns: &[ColumnRef] = match &measure.kind {
-                MeasureKind::CountDistinct(columns) => columns,
-                _ => &measure.once_per,
-            };
-            if columns.is_empty() {
-                return None;
-            }
-            Some(
-                tuples
-                    .iter()
-                    .position(|t| *t == columns)
-                    .unwrap_or_else(|| {
-                        tuples.push(columns);
-                        tuples.len() - 1
-                    }),
-            )
-        })
-        .collect();
-
-    // x: one row per (joined) fact row.
-    // Intervals are the facts' own keys; coarser buckets come from DATE_TIME.
-    let bucket = match level {
-        Level::Subhr => fact_col(&aggregate.time_key),
-        _ => Expr::col((Alias::new(CALENDAR), names.column(level.column()))),
-    };
-    let mut rows = Query::select();
-    rows.expr_as(bucket, Alias::new("b"));
-    for (group, name) in aggregate.group_by.iter().zip(&groups) {
-        rows.expr_as(
-            column_expr(names, aggregate, &group.source),
-            Alias::new(name),
-        );
-    }
-    for (at, measure) in aggregate.measures.iter().enumerate() {
-        let mut condition = Cond::all();
-        for filter in &measure.filters {
-            condition = condition.add(filter_expr(names, aggregate, filter));
-        }
-        if let MeasureKind::CountDistinct(columns) = &measure.kind {
-            for column in columns {
-                condition = condition.add(column_expr(names, aggregate, column).is_not_null());
-            }
-        }
-        rows.expr_as(
-            Expr::case(condition, 1).finally(0),
-            Alias::new(format!("w{at}")),
-        );
-        if let MeasureKind::Sum(operand) | MeasureKind::Min(operand) | MeasureKind::Max(operand) =
-            &measure.kind
-        {
-            rows.expr_as(
-                operand_expr(names, aggregate, operand),
-                Alias::new(format!("v{at}")),
-            );
-        }
-    }
-    for (k, tuple) in tuples.iter().enumerate() {
-        for (j, column) in tuple.iter().enumerate() {
-            rows.expr_as(
-                column_expr(names, aggregate, column),
-                Alias::new(format!("t{k}_{j}")),
-            );
-        }
-    }
-    rows.from_as(names.table(&aggregate.fact), Alias::new(FACT))
-        .join_as(
-            JoinType::InnerJoin,
-            names.table(calendar::TABLE),
-            Alias::new(CALENDAR),
-            Expr::col((Alias::new(CALENDAR), names.column(Level::Subhr.column())))
-                .equals((Alias::new(FACT), names.column(&aggregate.time_key))),
-        );
-    for (at, join) in aggregate.joins.iter().enumerate() {
-        let alias = Alias::new(join_alias(at));
-        let mut on = Cond::all();
-        for (joined, fact) in &join.on {
-            on = on.add(
-                Expr::col((alias.clone(), names.column(joined)))
-                    .equals((Alias::new(FACT), names.column(fact))),
-            );
-        }
-        rows.join_as(JoinType::LeftJoin, names.table(&join.table), alias, on);
-    }
+    let (tuples, tuple_of) = tuples(aggregate);
+    let mut rows = fact_rows(names, aggregate, level, &tuples, false);
     if let Some(ranges) = ranges {
         let mut any = Cond::any();
         for &(start, end) in ranges {
