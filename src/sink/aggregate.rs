@@ -11,7 +11,7 @@
 //! the rows of each tuple with `ROW_NUMBER()` and take the first. All of
 //! it is SeaQuery, the same statements on every backend.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Mutex;
 
 use chrono::NaiveDate;
@@ -21,6 +21,7 @@ use sea_orm::sea_query::{
 };
 use sea_orm::{ConnectionTrait, DbErr};
 
+use super::delta::{self, Contribution, DeltaPlan};
 use super::txn::{Scalar, Txn};
 use super::write::{CHUNK, Facts, value};
 use super::{Names, SinkError, ddl, postgres};
@@ -37,6 +38,10 @@ pub struct Aggregation {
     /// Extend the calendar when fewer days remain; fill this far ahead.
     pub days_ahead: (u64, u64),
     pub aggregates: Vec<Aggregate>,
+    /// Each aggregate's fact table, and how it is kept by deltas (None:
+    /// its touched buckets are recomputed).
+    facts: Vec<Table>,
+    deltas: Vec<Option<DeltaPlan>>,
     table: Option<Table>,
     filled: Mutex<BTreeSet<NaiveDate>>,
 }
@@ -50,11 +55,21 @@ enum Touch {
     Joined(Vec<usize>),
 }
 
-/// The buckets a batch touches, read before its facts are written.
+/// What a batch changes in one aggregate, read before its facts are written.
+enum Change {
+    /// The interval keys whose buckets are recomputed.
+    Buckets(BTreeSet<i64>),
+    /// The affected identities, and what their rows contributed before.
+    Delta {
+        identities: HashSet<Vec<Cell>>,
+        old: Contribution,
+    },
+}
+
+/// What a batch changes, per aggregate (index into `Aggregation::aggregates`).
 #[derive(Default)]
 pub(super) struct Touched {
-    /// Per aggregate (index into `Aggregation::aggregates`): interval keys.
-    keys: Vec<(usize, BTreeSet<i64>)>,
+    changes: Vec<(usize, Change)>,
 }
 
 impl Aggregation {
@@ -69,10 +84,26 @@ impl Aggregation {
             .values()
             .find(|t| t.role == Role::Calendar && t.name == calendar::TABLE)
             .cloned();
+        let facts: Vec<Table> = aggregates
+            .iter()
+            .map(|a| {
+                catalog
+                    .table(&a.fact)
+                    .cloned()
+                    .expect("validated against the catalog")
+            })
+            .collect();
+        let deltas = aggregates
+            .iter()
+            .zip(&facts)
+            .map(|(aggregate, fact)| DeltaPlan::of(aggregate, fact))
+            .collect();
         Aggregation {
             calendar,
             days_ahead,
             aggregates,
+            facts,
+            deltas,
             table,
             filled: Mutex::new(BTreeSet::new()),
         }
@@ -95,7 +126,9 @@ impl Aggregation {
             .collect()
     }
 
-    /// Reads the buckets the batch's rows will change, before they are written.
+    /// Reads what the batch's rows will change, before they are written:
+    /// the affected identities and their rows' contribution (deltas), or
+    /// the interval keys of the buckets to recompute.
     pub(super) async fn before(
         &self,
         txn: &mut Txn,
@@ -104,22 +137,29 @@ impl Aggregation {
         keys: &[Vec<i64>],
     ) -> Result<Touched, DbErr> {
         let mut touched = Touched::default();
+        let names = facts.names;
         for (at, touch) in self.touches(&facts.table.name) {
             let aggregate = &self.aggregates[at];
-            let names = facts.names;
-            let mut found = BTreeSet::new();
+            let fact = &self.facts[at];
+            // The fact columns whose values the batch changes: the time key
+            // (recompute) or the identity (deltas).
+            let selected: Vec<&str> = match &self.deltas[at] {
+                Some(delta) => delta.identity.iter().map(String::as_str).collect(),
+                None => vec![aggregate.time_key.as_str()],
+            };
+            let mut found: BTreeSet<Vec<Cell>> = BTreeSet::new();
             match touch {
                 Touch::Fact => {
-                    let column = [aggregate.time_key.as_str()];
-                    for old in old_values(txn, facts, rows, keys, &column).await? {
-                        if let [Scalar::Int(key)] = old.as_slice() {
-                            found.insert(*key);
-                        }
+                    for old in old_values(txn, facts, rows, keys, &selected).await? {
+                        found.insert(old.into_iter().map(scalar_cell).collect());
                     }
                     for (row, row_keys) in rows.iter().zip(keys) {
-                        if let Cell::Int(key) = cell(facts, row, row_keys, &aggregate.time_key) {
-                            found.insert(key);
-                        }
+                        found.insert(
+                            selected
+                                .iter()
+                                .map(|c| cell(facts, row, row_keys, c))
+                                .collect(),
+                        );
                     }
                 }
                 Touch::Joined(joins) => {
@@ -140,15 +180,44 @@ impl Aggregation {
                         }
                         let fact_columns: Vec<&str> =
                             join.on.iter().map(|(_, f)| f.as_str()).collect();
-                        found.extend(
-                            fact_keys(txn, names, aggregate, &fact_columns, &values).await?,
-                        );
+                        for found_row in
+                            fact_values(txn, names, fact, &fact_columns, &values, &selected).await?
+                        {
+                            found.insert(found_row.into_iter().map(scalar_cell).collect());
+                        }
                     }
                 }
             }
-            if !found.is_empty() {
-                touched.keys.push((at, found));
+            found.retain(|values| values.iter().all(|v| !v.is_null()));
+            if found.is_empty() {
+                continue;
             }
+            let change = match &self.deltas[at] {
+                Some(delta) => {
+                    let identities: HashSet<Vec<Cell>> = found.into_iter().collect();
+                    let old = delta::contribution(
+                        txn,
+                        names,
+                        &self.calendar,
+                        aggregate,
+                        fact,
+                        delta,
+                        &identities,
+                    )
+                    .await?;
+                    Change::Delta { identities, old }
+                }
+                None => Change::Buckets(
+                    found
+                        .into_iter()
+                        .filter_map(|values| match values.first() {
+                            Some(Cell::Int(key)) => Some(*key),
+                            _ => None,
+                        })
+                        .collect(),
+                ),
+            };
+            touched.changes.push((at, change));
         }
         Ok(touched)
     }
@@ -176,18 +245,39 @@ impl Aggregation {
                 }));
             }
         }
-        for (_, found) in &touched.keys {
-            keys.extend(found.iter().copied());
+        for (_, change) in &touched.changes {
+            if let Change::Buckets(found) = change {
+                keys.extend(found.iter().copied());
+            }
         }
         let days = self.fill_days(txn, names, &keys).await?;
-        for (at, found) in touched.keys {
+        for (at, change) in touched.changes {
             let aggregate = &self.aggregates[at];
-            for &level in &aggregate.levels {
-                let buckets: BTreeSet<(i64, i64)> = found
-                    .iter()
-                    .map(|key| self.calendar.bucket(level, *key))
-                    .collect();
-                recompute(txn, names, aggregate, level, Some(&buckets)).await?;
+            match change {
+                Change::Buckets(found) => {
+                    for &level in &aggregate.levels {
+                        let buckets: BTreeSet<(i64, i64)> = found
+                            .iter()
+                            .map(|key| self.calendar.bucket(level, *key))
+                            .collect();
+                        recompute(txn, names, aggregate, level, Some(&buckets)).await?;
+                    }
+                }
+                Change::Delta { identities, old } => {
+                    let (fact, delta) = (&self.facts[at], self.deltas[at].as_ref());
+                    let delta = delta.expect("a delta change has a delta plan");
+                    let new = delta::contribution(
+                        txn,
+                        names,
+                        &self.calendar,
+                        aggregate,
+                        fact,
+                        delta,
+                        &identities,
+                    )
+                    .await?;
+                    delta::apply(txn, names, aggregate, delta, old, new).await?;
+                }
             }
         }
         Ok(days)
@@ -438,15 +528,16 @@ async fn old_values(
     Ok(found)
 }
 
-/// The distinct time keys of the aggregate's facts whose `columns` hold
-/// one of `values`.
-async fn fact_keys(
+/// The distinct `selected` values of the facts whose `columns` hold one
+/// of `values`.
+async fn fact_values(
     txn: &mut Txn,
     names: Names,
-    aggregate: &Aggregate,
+    fact: &Table,
     columns: &[&str],
     values: &BTreeSet<Vec<Cell>>,
-) -> Result<Vec<i64>, DbErr> {
+    selected: &[&str],
+) -> Result<Vec<Vec<Scalar>>, DbErr> {
     let values: Vec<&Vec<Cell>> = values
         .iter()
         .filter(|tuple| tuple.iter().all(|v| !v.is_null()))
@@ -474,17 +565,13 @@ async fn fact_keys(
                 }),
             ),
         };
-        let select = Query::select()
-            .distinct()
-            .expr(Expr::col(names.column(&aggregate.time_key)).cast_as("BIGINT"))
-            .from(names.table(&aggregate.fact))
-            .and_where(condition)
-            .to_owned();
-        for row in txn.query(&select).await? {
-            if let Some(Scalar::Int(key)) = row.first() {
-                keys.push(*key);
-            }
+        let mut select = Query::select();
+        select.distinct().from(names.table(&fact.name));
+        for column in selected {
+            select.expr(read_column(names, fact, None, column));
         }
+        select.and_where(condition);
+        keys.extend(txn.query(&select).await?);
     }
     Ok(keys)
 }
@@ -738,10 +825,15 @@ pub(super) fn tuples(aggregate: &Aggregate) -> (Vec<&[ColumnRef]>, Vec<Option<us
             if columns.is_empty() {
                 return None;
             }
-            Some(tuples.iter().position(|t| *t == columns).unwrap_or_else(|| {
-                tuples.push(columns);
-                tuples.len() - 1
-            }))
+            Some(
+                tuples
+                    .iter()
+                    .position(|t| *t == columns)
+                    .unwrap_or_else(|| {
+                        tuples.push(columns);
+                        tuples.len() - 1
+                    }),
+            )
         })
         .collect();
     (tuples, tuple_of)
@@ -780,7 +872,10 @@ pub(super) fn fact_rows(
     rows.expr_as(read(bucket, true), Alias::new("b"));
     for (at, group) in aggregate.group_by.iter().enumerate() {
         let expr = column_expr(names, aggregate, &group.source);
-        rows.expr_as(read(expr, integer(&group.source)), Alias::new(format!("g{at}")));
+        rows.expr_as(
+            read(expr, integer(&group.source)),
+            Alias::new(format!("g{at}")),
+        );
     }
     for (at, measure) in aggregate.measures.iter().enumerate() {
         let mut condition = Cond::all();

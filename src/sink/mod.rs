@@ -12,6 +12,7 @@ mod aggregate;
 mod control;
 mod database;
 mod ddl;
+mod delta;
 mod postgres;
 mod sqlite;
 mod txn;

@@ -18,7 +18,7 @@ pub(super) enum Txn {
 }
 
 /// A value read back from a query: every id is cast to BIGINT in SQL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(super) enum Scalar {
     Null,
     Int(i64),

@@ -21,6 +21,15 @@ type Measures = [i64; 8];
 
 /// `AGT_COBROWSE_AGENT_<level>` computed from the facts as DESIGN §7 defines it.
 fn expected(url: &str, level: Level) -> BTreeMap<(i64, i64), Measures> {
+    summary(url, level)
+        .into_iter()
+        .map(|(key, (measures, _))| (key, measures))
+        .collect()
+}
+
+/// The summary per bucket and agent: the eight measures, and the longest
+/// page visit (of the test aggregate AGT_COBROWSE_CHECK).
+fn summary(url: &str, level: Level) -> BTreeMap<(i64, i64), (Measures, Option<i64>)> {
     let calendar = Calendar::new(ZONE.parse().unwrap());
     let mut agents: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     for row in query(
@@ -40,6 +49,7 @@ fn expected(url: &str, level: Level) -> BTreeMap<(i64, i64), Measures> {
         page_visits: i64,
         session_seconds: BTreeMap<String, i64>,
         page_seconds: i64,
+        longest_page: Option<i64>,
     }
     let mut buckets: BTreeMap<(i64, i64), Bucket> = BTreeMap::new();
     let facts = query(
@@ -80,6 +90,7 @@ fn expected(url: &str, level: Level) -> BTreeMap<(i64, i64), Measures> {
                 bucket.page_visits += 1;
                 if let (Some(start), Some(end)) = (int(&row[9]), int(&row[10])) {
                     bucket.page_seconds += end - start;
+                    bucket.longest_page = bucket.longest_page.max(Some(end - start));
                 }
             }
             if let (Some(start), Some(end)) = (int(&row[7]), int(&row[8])) {
@@ -100,13 +111,18 @@ fn expected(url: &str, level: Level) -> BTreeMap<(i64, i64), Measures> {
                 b.session_seconds.values().sum(),
                 b.page_seconds,
             ];
-            (key, measures)
+            (key, (measures, b.longest_page))
         })
         .collect()
 }
 
 /// The rows of `AGT_COBROWSE_AGENT_<level>` as stored.
 fn stored(url: &str, level: Level) -> BTreeMap<(i64, i64), Measures> {
+    stored_in(url, "agt_cobrowse_agent", level)
+}
+
+/// The eight measures of `<table>_<level>` as stored.
+fn stored_in(url: &str, table: &str, level: Level) -> BTreeMap<(i64, i64), Measures> {
     let columns = [
         "sessions",
         "first_sessions",
@@ -123,7 +139,7 @@ fn stored(url: &str, level: Level) -> BTreeMap<(i64, i64), Measures> {
         .map(|c| format!("CAST({c} AS TEXT)"))
         .collect();
     let sql = format!(
-        "SELECT {} FROM agt_cobrowse_agent_{}",
+        "SELECT {} FROM {table}_{}",
         select.join(", "),
         level.name().to_lowercase()
     );
@@ -166,10 +182,52 @@ fn assert_aggregates_exact(url: &str, when: &str) {
     }
 }
 
+/// The test aggregate AGT_COBROWSE_CHECK (a maximum: recomputed from the
+/// facts, never by deltas; WEEK too) equals the summary as well.
+fn assert_check_aggregate_exact(url: &str, when: &str) {
+    for level in [
+        Level::Subhr,
+        Level::Hour,
+        Level::Day,
+        Level::Week,
+        Level::Month,
+    ] {
+        let summary = summary(url, level);
+        let measures: BTreeMap<_, _> = summary.iter().map(|(k, (m, _))| (*k, *m)).collect();
+        assert_eq!(
+            stored_in(url, "agt_cobrowse_check", level),
+            measures,
+            "{when}: AGT_COBROWSE_CHECK_{}",
+            level.name()
+        );
+        let longest: BTreeMap<(i64, i64), Option<i64>> =
+            summary.iter().map(|(k, (_, l))| (*k, *l)).collect();
+        let stored: BTreeMap<(i64, i64), Option<i64>> = query(
+            url,
+            &format!(
+                "SELECT CAST(date_time_key AS TEXT), CAST(agent_key AS TEXT), CAST(longest_page AS TEXT) FROM agt_cobrowse_check_{}",
+                level.name().to_lowercase()
+            ),
+        )
+        .into_iter()
+        .map(|row| ((int(&row[0]).unwrap(), int(&row[1]).unwrap()), int(&row[2])))
+        .collect();
+        assert_eq!(
+            stored,
+            longest,
+            "{when}: AGT_COBROWSE_CHECK_{}.LONGEST_PAGE",
+            level.name()
+        );
+    }
+}
+
 /// `assert_aggregates_exact` from inside an async block.
 fn exact_outside_runtime(url: &str, when: &str) {
     std::thread::scope(|scope| {
-        let check = scope.spawn(|| assert_aggregates_exact(url, when));
+        let check = scope.spawn(|| {
+            assert_aggregates_exact(url, when);
+            assert_check_aggregate_exact(url, when);
+        });
         if let Err(panic) = check.join() {
             std::panic::resume_unwind(panic);
         }
@@ -279,8 +337,12 @@ fn aggregates_equal_the_group_by_after_every_batch_on_every_backend() {
         let text = std::fs::read_to_string(repository().join(file)).expect("mapping");
         mapping::load_plan(&SourceFile::new(file, text), &catalog).expect("valid mapping")
     };
-    let aggregates = martmap::aggregate::load_dir(&repository().join("aggregates"), &catalog)
+    let mut aggregates = martmap::aggregate::load_dir(&repository().join("aggregates"), &catalog)
         .expect("valid aggregates");
+    aggregates.extend(
+        martmap::aggregate::load_dir(&repository().join("tests/cases/aggregates"), &catalog)
+            .expect("valid test aggregates"),
+    );
     for seed in [7u64, 1234, 99_991] {
         for (dir, url) in backends(&format!("aggregate_property_{seed}")) {
             let mut rng = Rng(seed);
