@@ -41,6 +41,8 @@ pub struct Aggregation {
     /// Each aggregate's fact table, and how it is kept by deltas (None:
     /// its touched buckets are recomputed).
     facts: Vec<Table>,
+    /// Each aggregate's joined tables, in join order.
+    joined: Vec<Vec<Table>>,
     deltas: Vec<Option<DeltaPlan>>,
     table: Option<Table>,
     filled: Mutex<BTreeSet<NaiveDate>>,
@@ -63,6 +65,8 @@ enum Change {
     Delta {
         identities: HashSet<Vec<Cell>>,
         old: Contribution,
+        /// The after-state is the batch's own rows (no read back).
+        in_memory: bool,
     },
 }
 
@@ -93,6 +97,20 @@ impl Aggregation {
                     .expect("validated against the catalog")
             })
             .collect();
+        let joined = aggregates
+            .iter()
+            .map(|a| {
+                a.joins
+                    .iter()
+                    .map(|j| {
+                        catalog
+                            .table(&j.table)
+                            .cloned()
+                            .expect("validated against the catalog")
+                    })
+                    .collect()
+            })
+            .collect();
         let deltas = aggregates
             .iter()
             .zip(&facts)
@@ -103,6 +121,7 @@ impl Aggregation {
             days_ahead,
             aggregates,
             facts,
+            joined,
             deltas,
             table,
             filled: Mutex::new(BTreeSet::new()),
@@ -148,10 +167,20 @@ impl Aggregation {
                 None => vec![aggregate.time_key.as_str()],
             };
             let mut found: BTreeSet<Vec<Cell>> = BTreeSet::new();
+            // The batch's rows are the whole after-state of its identities
+            // when the delta identity is the mapping's own: then only the
+            // identities already stored are read before, and nothing after.
+            let in_memory = matches!(touch, Touch::Fact)
+                && self.deltas[at]
+                    .as_ref()
+                    .is_some_and(|delta| delta::covers_batch(delta, aggregate, facts));
+            let mut stored: HashSet<Vec<Cell>> = HashSet::new();
             match touch {
                 Touch::Fact => {
                     for old in old_values(txn, facts, rows, keys, &selected).await? {
-                        found.insert(old.into_iter().map(scalar_cell).collect());
+                        let old: Vec<Cell> = old.into_iter().map(scalar_cell).collect();
+                        stored.insert(old.clone());
+                        found.insert(old);
                     }
                     for (row, row_keys) in rows.iter().zip(keys) {
                         found.insert(
@@ -195,6 +224,7 @@ impl Aggregation {
             let change = match &self.deltas[at] {
                 Some(delta) => {
                     let identities: HashSet<Vec<Cell>> = found.into_iter().collect();
+                    let before = if in_memory { &stored } else { &identities };
                     let old = delta::contribution(
                         txn,
                         names,
@@ -202,10 +232,14 @@ impl Aggregation {
                         aggregate,
                         fact,
                         delta,
-                        &identities,
+                        before,
                     )
                     .await?;
-                    Change::Delta { identities, old }
+                    Change::Delta {
+                        identities,
+                        old,
+                        in_memory,
+                    }
                 }
                 None => Change::Buckets(
                     found
@@ -230,6 +264,7 @@ impl Aggregation {
         txn: &mut Txn,
         facts: &Facts<'_>,
         rows: &[&Row],
+        row_keys: &[Vec<i64>],
         touched: Touched,
     ) -> Result<Vec<NaiveDate>, DbErr> {
         let names = facts.names;
@@ -263,19 +298,41 @@ impl Aggregation {
                         recompute(txn, names, aggregate, level, Some(&buckets)).await?;
                     }
                 }
-                Change::Delta { identities, old } => {
+                Change::Delta {
+                    identities,
+                    old,
+                    in_memory,
+                } => {
                     let (fact, delta) = (&self.facts[at], self.deltas[at].as_ref());
                     let delta = delta.expect("a delta change has a delta plan");
-                    let new = delta::contribution(
-                        txn,
-                        names,
-                        &self.calendar,
-                        aggregate,
-                        fact,
-                        delta,
-                        &identities,
-                    )
-                    .await?;
+                    let new = if in_memory {
+                        let joined = &self.joined[at];
+                        let batch = delta::BatchRows {
+                            facts,
+                            rows,
+                            keys: row_keys,
+                        };
+                        delta::batch_contribution(
+                            txn,
+                            names,
+                            &self.calendar,
+                            aggregate,
+                            joined,
+                            &batch,
+                        )
+                        .await?
+                    } else {
+                        delta::contribution(
+                            txn,
+                            names,
+                            &self.calendar,
+                            aggregate,
+                            fact,
+                            delta,
+                            &identities,
+                        )
+                        .await?
+                    };
                     delta::apply(txn, names, aggregate, delta, old, new).await?;
                 }
             }
@@ -421,7 +478,7 @@ impl Aggregation {
 
 /// The value of a fact column in a batch row: a mapped column or a
 /// dimension key.
-fn cell(facts: &Facts<'_>, row: &Row, keys: &[i64], column: &str) -> Cell {
+pub(super) fn cell(facts: &Facts<'_>, row: &Row, keys: &[i64], column: &str) -> Cell {
     if let Some(at) = facts.plan.columns.iter().position(|(c, _)| c == column) {
         return row.values[at].clone();
     }
@@ -436,7 +493,7 @@ fn cell(facts: &Facts<'_>, row: &Row, keys: &[i64], column: &str) -> Cell {
     }
 }
 
-fn scalar_cell(scalar: Scalar) -> Cell {
+pub(super) fn scalar_cell(scalar: Scalar) -> Cell {
     match scalar {
         Scalar::Null => Cell::Null,
         Scalar::Int(n) => Cell::Int(n),
@@ -530,7 +587,7 @@ async fn old_values(
 
 /// The distinct `selected` values of the facts whose `columns` hold one
 /// of `values`.
-async fn fact_values(
+pub(super) async fn fact_values(
     txn: &mut Txn,
     names: Names,
     fact: &Table,

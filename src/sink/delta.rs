@@ -16,19 +16,23 @@
 //! batch, not the buckets: a backfill of unordered history is as cheap per
 //! batch as a stream in time order.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
+
+use foldhash::{HashMap, HashMapExt};
 
 use sea_orm::DbErr;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict, Query, Value};
 
-use super::aggregate::{fact_rows, tuples};
-use super::txn::{Scalar, Txn};
-use super::write::{CHUNK, value};
+use super::aggregate::scalar_cell;
+use super::aggregate::{cell, fact_rows, fact_values, tuples};
+use super::txn::Txn;
+use super::write::{CHUNK, Facts, value};
 use super::{Names, postgres};
-use crate::aggregate::{Aggregate, MeasureKind, TIME_COLUMN};
+use crate::aggregate::{Aggregate, ColumnRef, MeasureKind, Operand, TIME_COLUMN, Test};
 use crate::calendar::{Calendar, Level};
 use crate::catalog::{ColumnType, Table};
-use crate::plan::Cell;
+use crate::mapping::Constant;
+use crate::plan::{Cell, Row};
 
 /// How an aggregate is kept by deltas: the identity columns, and the
 /// measure whose zero means "no fact row in this group".
@@ -84,7 +88,7 @@ impl DeltaPlan {
 /// order), bucket and group.
 #[derive(Debug, Default)]
 pub(super) struct Contribution {
-    levels: Vec<HashMap<(i64, Vec<Scalar>), Vec<i64>>>,
+    levels: Vec<HashMap<(i64, Vec<Cell>), Vec<i64>>>,
 }
 
 /// Reads every fact row whose identity is one of `identities` (joined) and
@@ -98,7 +102,7 @@ pub(super) async fn contribution(
     plan: &DeltaPlan,
     identities: &HashSet<Vec<Cell>>,
 ) -> Result<Contribution, DbErr> {
-    let (tuples, tuple_of) = tuples(aggregate);
+    let (tuples, _) = tuples(aggregate);
     let identities: Vec<&Vec<Cell>> = identities.iter().collect();
     let fact_col = |column: &str| Expr::col((Alias::new("f"), names.column(column)));
     let types: Vec<ColumnType> = plan
@@ -106,7 +110,7 @@ pub(super) async fn contribution(
         .iter()
         .map(|c| fact.column(c).map_or(ColumnType::Text, |c| c.ty))
         .collect();
-    let mut rows: Vec<Vec<Scalar>> = Vec::new();
+    let mut rows: Vec<Vec<Cell>> = Vec::new();
     let chunk = if txn.is_postgres() && plan.identity.len() == 1 {
         identities.len().max(1)
     } else {
@@ -134,9 +138,347 @@ pub(super) async fn contribution(
         };
         let mut select = fact_rows(names, aggregate, Level::Subhr, &tuples, true);
         select.and_where(condition);
-        rows.extend(txn.query(&select).await?);
+        let found = txn.query(&select).await?;
+        rows.extend(
+            found
+                .into_iter()
+                .map(|row| row.into_iter().map(scalar_cell).collect()),
+        );
     }
 
+    Ok(accumulate(calendar, aggregate, &rows))
+}
+
+/// Whether a batch's rows are the whole after-state of the identities it
+/// affects, and every fact column the aggregate reads is one the batch
+/// carries (a mapped column or a dimension key): the delta identity is the
+/// mapping's `replace_by` (or, without one, its key).
+pub(super) fn covers_batch(plan: &DeltaPlan, aggregate: &Aggregate, facts: &Facts<'_>) -> bool {
+    let mapping: &[String] = if facts.plan.replace_by.is_empty() {
+        &facts.plan.key
+    } else {
+        &facts.plan.replace_by
+    };
+    let mut identity = plan.identity.clone();
+    let mut mapping = mapping.to_vec();
+    identity.sort();
+    mapping.sort();
+    let carried = |column: &str| {
+        facts.plan.columns.iter().any(|(c, _)| c == column)
+            || facts.plan.dimensions.iter().any(|d| d.key_column == column)
+    };
+    identity == mapping && fact_columns(aggregate).iter().all(|c| carried(c))
+}
+
+/// Every fact column an aggregate reads.
+fn fact_columns(aggregate: &Aggregate) -> Vec<&str> {
+    let mut columns: Vec<&str> = vec![aggregate.time_key.as_str()];
+    for join in &aggregate.joins {
+        columns.extend(join.on.iter().map(|(_, fact)| fact.as_str()));
+    }
+    columns.extend(
+        references(aggregate)
+            .into_iter()
+            .filter(|r| r.join.is_none())
+            .map(|r| r.column.as_str()),
+    );
+    columns
+}
+
+/// Every column reference of groups, filters, values and tuples.
+fn references(aggregate: &Aggregate) -> Vec<&ColumnRef> {
+    let mut found: Vec<&ColumnRef> = aggregate.group_by.iter().map(|g| &g.source).collect();
+    for measure in &aggregate.measures {
+        found.extend(measure.filters.iter().map(|f| &f.column));
+        found.extend(&measure.once_per);
+        match &measure.kind {
+            MeasureKind::CountDistinct(columns) => found.extend(columns),
+            MeasureKind::Sum(operand) | MeasureKind::Min(operand) | MeasureKind::Max(operand) => {
+                match operand {
+                    Operand::Column(column) => found.push(column),
+                    Operand::Difference(a, b) => found.extend([a, b]),
+                }
+            }
+            MeasureKind::Count => {}
+        }
+    }
+    found
+}
+
+/// A batch's rows as the sink writes them.
+pub(super) struct BatchRows<'a> {
+    pub facts: &'a Facts<'a>,
+    pub rows: &'a [&'a Row],
+    pub keys: &'a [Vec<i64>],
+}
+
+/// What the batch's own rows contribute, joined to the stored rows of the
+/// joined tables (read for the batch's join values only): the same rows,
+/// flags and values as [`fact_rows`] would select after the write.
+pub(super) async fn batch_contribution(
+    txn: &mut Txn,
+    names: Names,
+    calendar: &Calendar,
+    aggregate: &Aggregate,
+    joined: &[Table],
+    batch: &BatchRows<'_>,
+) -> Result<Contribution, DbErr> {
+    // Where each fact column is in a batch row: a mapped value or a
+    // dimension key (`covers_batch` checked that each is one).
+    let plan = &batch.facts.plan;
+    let mut sources: HashMap<&str, Source> = HashMap::new();
+    for column in fact_columns(aggregate) {
+        let source = match plan.columns.iter().position(|(c, _)| c == column) {
+            Some(at) => Source::Value(at),
+            None => match plan.dimensions.iter().position(|d| d.key_column == column) {
+                Some(at) => Source::Key(at),
+                None => Source::Absent,
+            },
+        };
+        sources.insert(column, source);
+    }
+    // Per join: its referenced columns, and the stored rows by join values.
+    let refs = references(aggregate);
+    let mut matches: Vec<(Vec<String>, HashMap<Vec<Cell>, Vec<Vec<Cell>>>)> = Vec::new();
+    for (j, join) in aggregate.joins.iter().enumerate() {
+        let mut used: Vec<String> = Vec::new();
+        for reference in refs.iter().filter(|r| r.join == Some(j)) {
+            if !used.contains(&reference.column) {
+                used.push(reference.column.clone());
+            }
+        }
+        let fact_side: Vec<&str> = join.on.iter().map(|(_, f)| f.as_str()).collect();
+        let joined_side: Vec<&str> = join.on.iter().map(|(c, _)| c.as_str()).collect();
+        let values: BTreeSet<Vec<Cell>> = (0..batch.rows.len())
+            .map(|row| {
+                fact_side
+                    .iter()
+                    .map(|c| cell(batch.facts, batch.rows[row], &batch.keys[row], c))
+                    .collect::<Vec<Cell>>()
+            })
+            .filter(|values| values.iter().all(|v| !v.is_null()))
+            .collect();
+        let selected: Vec<&str> = joined_side
+            .iter()
+            .copied()
+            .chain(used.iter().map(String::as_str))
+            .collect();
+        let mut by_values: HashMap<Vec<Cell>, Vec<Vec<Cell>>> = HashMap::new();
+        if !values.is_empty() {
+            for row in fact_values(txn, names, &joined[j], &joined_side, &values, &selected).await?
+            {
+                let row: Vec<Cell> = row.into_iter().map(scalar_cell).collect();
+                let (on, rest) = row.split_at(joined_side.len());
+                by_values
+                    .entry(on.to_vec())
+                    .or_default()
+                    .push(rest.to_vec());
+            }
+        }
+        matches.push((used, by_values));
+    }
+
+    // Every column reference resolved once: where its value is in a batch
+    // row or in a joined row, and its `no_match` value.
+    let resolve = |reference: &ColumnRef| -> Resolved {
+        match reference.join {
+            None => match sources.get(reference.column.as_str()) {
+                Some(Source::Value(at)) => Resolved::Value(*at),
+                Some(Source::Key(at)) => Resolved::Key(*at),
+                _ => Resolved::Null,
+            },
+            Some(j) => Resolved::Joined {
+                join: j,
+                at: matches[j]
+                    .0
+                    .iter()
+                    .position(|c| *c == reference.column)
+                    .unwrap_or(0),
+                no_match: aggregate.joins[j]
+                    .no_match(&reference.column)
+                    .map(|c| match c {
+                        Constant::Int(n) => Cell::Int(*n),
+                        Constant::Text(t) => Cell::Text(t.as_str().into()),
+                    }),
+            },
+        }
+    };
+    let (tuples, _) = tuples(aggregate);
+    let time = resolve(&ColumnRef {
+        join: None,
+        column: aggregate.time_key.clone(),
+    });
+    let groups: Vec<Resolved> = aggregate
+        .group_by
+        .iter()
+        .map(|g| resolve(&g.source))
+        .collect();
+    let measures: Vec<MeasureEval> = aggregate
+        .measures
+        .iter()
+        .map(|measure| MeasureEval {
+            filters: measure
+                .filters
+                .iter()
+                .map(|f| (resolve(&f.column), &f.test))
+                .collect(),
+            not_null: match &measure.kind {
+                MeasureKind::CountDistinct(columns) => columns.iter().map(&resolve).collect(),
+                _ => Vec::new(),
+            },
+            value: match &measure.kind {
+                MeasureKind::Sum(Operand::Column(c)) => Some((resolve(c), None)),
+                MeasureKind::Sum(Operand::Difference(a, b)) => Some((resolve(a), Some(resolve(b)))),
+                _ => None,
+            },
+        })
+        .collect();
+    let tuple_columns: Vec<Vec<Resolved>> = tuples
+        .iter()
+        .map(|tuple| tuple.iter().map(&resolve).collect())
+        .collect();
+    let on: Vec<Vec<Resolved>> = aggregate
+        .joins
+        .iter()
+        .map(|join| {
+            join.on
+                .iter()
+                .map(|(_, fact)| {
+                    resolve(&ColumnRef {
+                        join: None,
+                        column: fact.clone(),
+                    })
+                })
+                .collect()
+        })
+        .collect();
+
+    let mut rows: Vec<Vec<Cell>> = Vec::with_capacity(batch.rows.len());
+    let mut combo: Vec<Option<&Vec<Cell>>> = vec![None; aggregate.joins.len()];
+    for row in 0..batch.rows.len() {
+        let (values, keys) = (&batch.rows[row].values, &batch.keys[row]);
+        // Each join's matching rows (one absent row when none matches),
+        // combined as the SQL left joins would.
+        let found: Vec<Vec<Option<&Vec<Cell>>>> = on
+            .iter()
+            .enumerate()
+            .map(|(j, columns)| {
+                let key: Vec<Cell> = columns.iter().map(|r| r.eval(values, keys, &[])).collect();
+                match matches[j].1.get(&key) {
+                    Some(rows) if key.iter().all(|v| !v.is_null()) => {
+                        rows.iter().map(Some).collect()
+                    }
+                    _ => vec![None],
+                }
+            })
+            .collect();
+        let mut at = vec![0usize; found.len()];
+        loop {
+            for (j, choice) in at.iter().enumerate() {
+                combo[j] = found[j][*choice];
+            }
+            let get = |r: &Resolved| r.eval(values, keys, &combo);
+            let mut out: Vec<Cell> = Vec::with_capacity(rows.first().map_or(16, Vec::len));
+            out.push(get(&time));
+            out.extend(groups.iter().map(get));
+            for measure in &measures {
+                let pass =
+                    measure
+                        .filters
+                        .iter()
+                        .all(|(column, test)| match (test, &get(column)) {
+                            (Test::Equals(Constant::Int(n)), Cell::Int(v)) => v == n,
+                            (Test::Equals(Constant::Text(t)), Cell::Text(v)) => **v == **t,
+                            (Test::AtLeast(n), Cell::Int(v)) => v >= n,
+                            (Test::AtMost(n), Cell::Int(v)) => v <= n,
+                            _ => false,
+                        })
+                        && measure.not_null.iter().all(|c| !get(c).is_null());
+                out.push(Cell::Int(i64::from(pass)));
+                if let Some((a, b)) = &measure.value {
+                    out.push(match (get(a), b.as_ref().map(get)) {
+                        (value, None) => value,
+                        (Cell::Int(a), Some(Cell::Int(b))) => Cell::Int(a - b),
+                        _ => Cell::Null,
+                    });
+                }
+            }
+            for columns in &tuple_columns {
+                out.extend(columns.iter().map(get));
+            }
+            rows.push(out);
+            // The next combination of the joins' matches.
+            let mut j = found.len();
+            loop {
+                if j == 0 {
+                    break;
+                }
+                j -= 1;
+                at[j] += 1;
+                if at[j] < found[j].len() {
+                    break;
+                }
+                at[j] = 0;
+            }
+            if at.iter().all(|choice| *choice == 0) {
+                break;
+            }
+        }
+    }
+    Ok(accumulate(calendar, aggregate, &rows))
+}
+
+/// How one measure is evaluated on a batch row.
+struct MeasureEval<'a> {
+    filters: Vec<(Resolved, &'a Test)>,
+    /// Columns of a distinct count, none of which may be NULL.
+    not_null: Vec<Resolved>,
+    /// A sum's column, or the two columns of its difference.
+    value: Option<(Resolved, Option<Resolved>)>,
+}
+
+/// Where a column's value is, for a batch row joined to stored rows.
+#[derive(Debug, Clone)]
+enum Resolved {
+    Value(usize),
+    Key(usize),
+    Joined {
+        join: usize,
+        at: usize,
+        no_match: Option<Cell>,
+    },
+    Null,
+}
+
+impl Resolved {
+    fn eval(&self, values: &[Cell], keys: &[i64], combo: &[Option<&Vec<Cell>>]) -> Cell {
+        match self {
+            Resolved::Value(at) => values[*at].clone(),
+            Resolved::Key(at) => Cell::Int(keys[*at]),
+            Resolved::Joined { join, at, no_match } => {
+                let value = combo[*join].map_or(Cell::Null, |row| row[*at].clone());
+                match (value, no_match) {
+                    (Cell::Null, Some(no_match)) => no_match.clone(),
+                    (value, _) => value,
+                }
+            }
+            Resolved::Null => Cell::Null,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Value(usize),
+    Key(usize),
+    Absent,
+}
+
+/// Sums rows laid out as [`fact_rows`] selects them (`b`, groups, per
+/// measure its flag and, for sums, its value, then the tuples' columns)
+/// into each level's buckets and groups.
+fn accumulate(calendar: &Calendar, aggregate: &Aggregate, rows: &[Vec<Cell>]) -> Contribution {
+    let (tuples, tuple_of) = tuples(aggregate);
     // Column positions in each row: b, groups, then per measure w (and v),
     // then the tuples' columns.
     let groups = aggregate.group_by.len();
@@ -158,65 +500,72 @@ pub(super) async fn contribution(
 
     let measures = aggregate.measures.len();
     let mut level_keys: HashMap<i64, [i64; 7]> = HashMap::new();
-    // Per level, bucket and group: running sums, and per measure the
-    // distinct tuples seen (with their value, for once-per sums).
-    type Key = (i64, Vec<Scalar>);
-    let mut sums: Vec<HashMap<Key, Vec<i64>>> = vec![HashMap::new(); aggregate.levels.len()];
-    let mut seen: Vec<HashMap<(Key, usize), HashMap<Vec<Scalar>, i64>>> =
+    // Groups and tuples are interned: rows repeat them, and keys are then
+    // plain integers.
+    let mut group_ids: HashMap<&[Cell], usize> = HashMap::new();
+    let mut tuple_ids: Vec<HashMap<&[Cell], usize>> = vec![HashMap::new(); tuples.len()];
+    // Per level, bucket and group: running sums. A distinct tuple counts
+    // (or adds its value) the first time it is seen in its bucket, group
+    // and measure.
+    let mut sums: Vec<HashMap<(i64, usize), Vec<i64>>> =
         vec![HashMap::new(); aggregate.levels.len()];
-    for row in &rows {
-        let Scalar::Int(time_key) = row[0] else {
+    let mut seen: foldhash::HashSet<(usize, i64, usize, usize, usize)> = Default::default();
+    for row in rows {
+        let Cell::Int(time_key) = row[0] else {
             continue;
         };
         let keys = *level_keys
             .entry(time_key)
             .or_insert_with(|| calendar.interval(time_key).keys);
-        let group: Vec<Scalar> = row[1..1 + groups].to_vec();
+        let next = group_ids.len();
+        let group = *group_ids.entry(&row[1..1 + groups]).or_insert(next);
+        let mut row_tuples: Vec<usize> = Vec::with_capacity(tuples.len());
+        for (k, range) in tuple_at.iter().enumerate() {
+            let next = tuple_ids[k].len();
+            row_tuples.push(*tuple_ids[k].entry(&row[range.clone()]).or_insert(next));
+        }
         for (l, level) in aggregate.levels.iter().enumerate() {
-            let key = (keys[*level as usize], group.clone());
+            let bucket = keys[*level as usize];
             let totals = sums[l]
-                .entry(key.clone())
+                .entry((bucket, group))
                 .or_insert_with(|| vec![0; measures]);
             for (m, measure) in aggregate.measures.iter().enumerate() {
-                if row[flag[m]] != Scalar::Int(1) {
+                if row[flag[m]] != Cell::Int(1) {
                     continue;
                 }
                 let amount = match val[m].map(|v| &row[v]) {
-                    Some(Scalar::Int(amount)) => Some(*amount),
-                    Some(_) => None,
-                    None => Some(1),
+                    Some(Cell::Int(amount)) => *amount,
+                    Some(_) => continue,
+                    None => 1,
                 };
                 match tuple_of[m] {
-                    None => {
-                        if let (Some(amount), MeasureKind::Count | MeasureKind::Sum(_)) =
-                            (amount, &measure.kind)
-                        {
-                            totals[m] += amount;
-                        }
+                    None if matches!(measure.kind, MeasureKind::Count | MeasureKind::Sum(_)) => {
+                        totals[m] += amount;
                     }
+                    None => {}
                     Some(k) => {
-                        let tuple = row[tuple_at[k].clone()].to_vec();
-                        let distinct = seen[l].entry((key.clone(), m)).or_default();
-                        if let Some(amount) = amount {
-                            distinct.entry(tuple).or_insert(amount);
+                        if seen.insert((l, bucket, group, m, row_tuples[k])) {
+                            totals[m] += amount;
                         }
                     }
                 }
             }
         }
     }
-    for (l, per_measure) in seen.into_iter().enumerate() {
-        for ((key, m), distinct) in per_measure {
-            let total = match aggregate.measures[m].kind {
-                MeasureKind::CountDistinct(_) => distinct.len() as i64,
-                _ => distinct.values().sum(),
-            };
-            if let Some(totals) = sums[l].get_mut(&key) {
-                totals[m] += total;
-            }
-        }
+    let mut groups_by_id: Vec<Vec<Cell>> = vec![Vec::new(); group_ids.len()];
+    for (values, id) in group_ids {
+        groups_by_id[id] = values.to_vec();
     }
-    Ok(Contribution { levels: sums })
+    let levels = sums
+        .into_iter()
+        .map(|level| {
+            level
+                .into_iter()
+                .map(|((bucket, group), totals)| ((bucket, groups_by_id[group].clone()), totals))
+                .collect()
+        })
+        .collect();
+    Contribution { levels }
 }
 
 /// Adds `new − old` to each level table, and deletes the rows of the
@@ -234,7 +583,7 @@ pub(super) async fn apply(
         let table = aggregate.table(*level);
         let table_name = names.table(&table.name);
         let (old, new) = (&old.levels[l], &new.levels[l]);
-        let mut changed: Vec<(&(i64, Vec<Scalar>), Vec<i64>)> = Vec::new();
+        let mut changed: Vec<(&(i64, Vec<Cell>), Vec<i64>)> = Vec::new();
         for key in old
             .keys()
             .chain(new.keys().filter(|k| !old.contains_key(*k)))
@@ -275,11 +624,7 @@ pub(super) async fn apply(
                 .columns(columns.iter().map(|c| names.column(c)));
             for ((bucket, group), delta) in chunk {
                 let mut cells: Vec<Cell> = vec![Cell::Int(*bucket)];
-                cells.extend(group.iter().map(|g| match g {
-                    Scalar::Int(n) => Cell::Int(*n),
-                    Scalar::Text(text) => Cell::Text(text.as_str().into()),
-                    Scalar::Null => Cell::Null,
-                }));
+                cells.extend(group.iter().cloned());
                 cells.extend(delta.iter().map(|d| Cell::Int(*d)));
                 let values: Vec<Value> = cells
                     .iter()
@@ -291,7 +636,10 @@ pub(super) async fn apply(
             insert.on_conflict(add.clone());
             txn.execute(&insert).await?;
         }
-        // Groups left without rows.
+        // Groups left without rows: only where the presence fell.
+        if changed.iter().all(|(_, delta)| delta[plan.presence] >= 0) {
+            continue;
+        }
         let presence = names.column(&aggregate.measures[plan.presence].name);
         let buckets: Vec<i64> = {
             let mut buckets: Vec<i64> = changed.iter().map(|((b, _), _)| *b).collect();

@@ -138,7 +138,9 @@ impl Sink {
         }
         let days = match (&aggregation, touched) {
             (Some(aggregation), Some(touched)) => {
-                aggregation.after(&mut txn, &facts, &rows, touched).await?
+                aggregation
+                    .after(&mut txn, &facts, &rows, keys, touched)
+                    .await?
             }
             _ => Vec::new(),
         };
