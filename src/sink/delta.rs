@@ -84,11 +84,17 @@ impl DeltaPlan {
     }
 }
 
+/// A level's bucket key and a group's values.
+type Bucket = (i64, Vec<Cell>);
+
+/// A join's referenced columns, and its stored rows by join values.
+type Matches = (Vec<String>, HashMap<Vec<Cell>, Vec<Vec<Cell>>>);
+
 /// The measures of the affected rows, per level (in `aggregate.levels`
 /// order), bucket and group.
 #[derive(Debug, Default)]
 pub(super) struct Contribution {
-    levels: Vec<HashMap<(i64, Vec<Cell>), Vec<i64>>>,
+    levels: Vec<HashMap<Bucket, Vec<i64>>>,
 }
 
 /// Reads every fact row whose identity is one of `identities` (joined) and
@@ -239,7 +245,7 @@ pub(super) async fn batch_contribution(
     }
     // Per join: its referenced columns, and the stored rows by join values.
     let refs = references(aggregate);
-    let mut matches: Vec<(Vec<String>, HashMap<Vec<Cell>, Vec<Vec<Cell>>>)> = Vec::new();
+    let mut matches: Vec<Matches> = Vec::new();
     for (j, join) in aggregate.joins.iter().enumerate() {
         let mut used: Vec<String> = Vec::new();
         for reference in refs.iter().filter(|r| r.join == Some(j)) {
@@ -543,11 +549,10 @@ fn accumulate(calendar: &Calendar, aggregate: &Aggregate, rows: &[Vec<Cell>]) ->
                         totals[m] += amount;
                     }
                     None => {}
-                    Some(k) => {
-                        if seen.insert((l, bucket, group, m, row_tuples[k])) {
-                            totals[m] += amount;
-                        }
+                    Some(k) if seen.insert((l, bucket, group, m, row_tuples[k])) => {
+                        totals[m] += amount;
                     }
+                    Some(_) => {}
                 }
             }
         }
@@ -583,7 +588,7 @@ pub(super) async fn apply(
         let table = aggregate.table(*level);
         let table_name = names.table(&table.name);
         let (old, new) = (&old.levels[l], &new.levels[l]);
-        let mut changed: Vec<(&(i64, Vec<Cell>), Vec<i64>)> = Vec::new();
+        let mut changed: Vec<(&Bucket, Vec<i64>)> = Vec::new();
         for key in old
             .keys()
             .chain(new.keys().filter(|k| !old.contains_key(*k)))
