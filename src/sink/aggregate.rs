@@ -46,6 +46,8 @@ pub struct Aggregation {
     deltas: Vec<Option<DeltaPlan>>,
     table: Option<Table>,
     filled: Mutex<BTreeSet<NaiveDate>>,
+    /// The last day the calendar is known to be filled to, ahead of today.
+    ahead: Mutex<Option<NaiveDate>>,
 }
 
 /// How a batch of one fact table touches one aggregate.
@@ -125,6 +127,7 @@ impl Aggregation {
             deltas,
             table,
             filled: Mutex::new(BTreeSet::new()),
+            ahead: Mutex::new(None),
         }
     }
 
@@ -286,6 +289,7 @@ impl Aggregation {
             }
         }
         let days = self.fill_days(txn, names, &keys).await?;
+        self.fill_ahead(txn, names).await?;
         for (at, change) in touched.changes {
             let aggregate = &self.aggregates[at];
             match change {
@@ -368,25 +372,54 @@ impl Aggregation {
         Ok(missing)
     }
 
-    /// Fills the calendar from today to today + max days ahead, when fewer
-    /// than min days ahead are filled, in its own transaction.
-    pub(super) async fn fill_ahead(&self, txn: &mut Txn, names: Names) -> Result<usize, SinkError> {
+    /// Fills the calendar from today to today + max days ahead when any
+    /// interval of the next min days is missing: at start, and in a batch
+    /// on the first day a long run finds the calendar short. The check reads
+    /// the database at most once a day.
+    pub(super) async fn fill_ahead(&self, txn: &mut Txn, names: Names) -> Result<usize, DbErr> {
         let Some(table) = &self.table else {
             return Ok(0);
         };
         let (min, max) = self.days_ahead;
         let today = self.calendar.date(super::control::now());
-        let last = max_key(txn, names, table)
-            .await?
-            .map(|k| self.calendar.date(k));
-        if last.is_some_and(|last| last >= today + chrono::Days::new(min)) {
+        let needed = today + chrono::Days::new(min);
+        if self
+            .ahead
+            .lock()
+            .unwrap()
+            .is_some_and(|until| until >= needed)
+        {
             return Ok(0);
         }
-        let from = last.map_or(today, |last| last.max(today));
-        let to = today + chrono::Days::new(max);
-        let intervals: Vec<i64> = self.calendar.days(from, to).collect();
-        insert_intervals(txn, names, table, &self.calendar, &intervals).await?;
-        Ok(intervals.len())
+        let expected = self.calendar.days(today, needed).count() as i64;
+        let (start, end) = (
+            self.calendar.day_start(today),
+            self.calendar.day_start(needed + chrono::Days::new(1)),
+        );
+        let key = || Expr::col(names.column(Level::Subhr.column()));
+        let count = Query::select()
+            .expr(Func::count(Expr::col(Asterisk)).cast_as("BIGINT"))
+            .from(names.table(&table.name))
+            .and_where(key().gte(start))
+            .and_where(key().lt(end))
+            .to_owned();
+        let rows = txn.query(&count).await?;
+        let have = rows
+            .first()
+            .and_then(|row| row.first())
+            .map_or(Ok(0), Scalar::int)?;
+        let mut added = 0;
+        let until = if have < expected {
+            let to = today + chrono::Days::new(max);
+            let intervals: Vec<i64> = self.calendar.days(today, to).collect();
+            insert_intervals(txn, names, table, &self.calendar, &intervals).await?;
+            added = intervals.len();
+            to
+        } else {
+            needed
+        };
+        *self.ahead.lock().unwrap() = Some(until);
+        Ok(added)
     }
 
     /// Refuses a calendar filled in another time zone: its rows would

@@ -610,6 +610,31 @@ fn the_calendar_holds_the_facts_days_and_the_days_ahead() {
     );
     assert_eq!(int(&facts_without_interval[0][0]), Some(0));
 
+    // Fewer days ahead than the new minimum: the next start extends it.
+    let further = dir.path().join("further.ini");
+    std::fs::write(
+        &further,
+        format!("[date-time]\ndate-time-tz={ZONE}\ndate-time-min-days-ahead=400\ndate-time-max-days-ahead=500\n"),
+    )
+    .unwrap();
+    assert_success(&martmap_load(
+        &url,
+        Some(further.to_str().unwrap()),
+        "mappings/COBROWSE.yaml",
+        &["tests/cases/rows/nulls/event.json"],
+    ));
+    let last = (today + chrono::Days::new(500))
+        .format("%Y-%m-%d")
+        .to_string();
+    let rows = query(
+        &url,
+        &format!("SELECT CAST(COUNT(*) AS TEXT) FROM date_time WHERE cal_date = '{last}'"),
+    );
+    assert!(
+        matches!(int(&rows[0][0]), Some(92 | 96 | 100)),
+        "{last} filled: {rows:?}"
+    );
+
     let paris = dir.path().join("paris.ini");
     std::fs::write(&paris, "[date-time]\ndate-time-tz=Europe/Paris\n").unwrap();
     let refused = martmap_load(

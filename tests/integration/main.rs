@@ -2,6 +2,8 @@
 //! the built `martmap` binary against files under `tests/cases/`.
 //!
 //! Where new tests go:
+//! - `aggregates`: the calendar and the aggregates against SQLite and
+//!   PostgreSQL, checked against a GROUP BY computed in the test.
 //! - `architecture`: rules of the code's structure, checked on `src/`.
 //! - `kafka`: `martmap run` against the tansu broker `scripts/test` starts.
 //! - `faults`: `martmap run` losing its broker (a tansu of the test's own)
