@@ -160,7 +160,25 @@ impl Aggregation {
     ) -> Result<Touched, DbErr> {
         let mut touched = Touched::default();
         let names = facts.names;
-        for (at, touch) in self.touches(&facts.table.name) {
+        let touches = self.touches(&facts.table.name);
+        // Batches of an aggregate's fact and of its joined tables take
+        // turns on PostgreSQL, each reading what the other committed: one
+        // writing a session while another writes its interaction's agent
+        // would otherwise each miss the other's rows. (SQLite has one
+        // writer at a time already.) Always in the same order.
+        if txn.is_postgres() {
+            for (at, _) in &touches {
+                let key = format!("martmap:aggregate:{}", self.aggregates[*at].name);
+                let lock = Query::select()
+                    .expr(Expr::cust_with_values(
+                        "pg_advisory_xact_lock(hashtextextended($1, 0))",
+                        [key],
+                    ))
+                    .to_owned();
+                txn.execute(&lock).await?;
+            }
+        }
+        for (at, touch) in touches {
             let aggregate = &self.aggregates[at];
             let fact = &self.facts[at];
             // The fact columns whose values the batch changes: the time key

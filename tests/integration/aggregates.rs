@@ -697,3 +697,35 @@ fn aggregate_rebuild_recomputes_every_bucket() {
     );
     assert_aggregates_exact(&url, "after aggregate --rebuild");
 }
+
+/// Sessions and the agents of their interactions loaded at the same time by
+/// two processes into PostgreSQL, in small interleaved batches: each batch
+/// sees what the other committed, and the aggregates end exact.
+#[test]
+fn concurrent_loads_of_facts_and_agents_keep_the_aggregates_exact() {
+    let url = crate::database::postgres_database("aggregate_concurrent");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let on = options_file(dir.path(), "on.ini", "enable-cobrowse");
+    // Tables and aggregates first, so that both processes start loading.
+    let setup = Command::new(env!("CARGO_BIN_EXE_martmap"))
+        .args(["aggregate", "--options", &on, "--database-url", &url])
+        .current_dir(repository())
+        .output()
+        .expect("martmap runs");
+    assert_success(&setup);
+    let spawn = |mapping: &str, file: &str| {
+        Command::new(env!("CARGO_BIN_EXE_martmap"))
+            .args(["load", "--database-url", &url, "--options", &on])
+            .args(["--mapping", mapping, "--batch-size", "20", file])
+            .current_dir(repository())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("martmap starts")
+    };
+    let sessions = spawn("mappings/COBROWSE.yaml", "samples/cobrowse-sessions.jsonl");
+    let agents = spawn("mappings/IXN_AGENT.yaml", "samples/agent-handlings.jsonl");
+    assert_success(&sessions.wait_with_output().expect("sessions loaded"));
+    assert_success(&agents.wait_with_output().expect("agents loaded"));
+    assert_aggregates_exact(&url, "after concurrent loads");
+}
