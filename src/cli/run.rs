@@ -237,6 +237,12 @@ fn read_clusters(
         Ok(parsed) => {
             let (clusters, mut errors) = parsed.clusters();
             errors.extend(parsed.date_time().1);
+            let (features, more) = parsed.features();
+            errors.extend(more);
+            if let Ok(files) = martmap::aggregate::files_in(&args.aggregates.aggregates) {
+                let known: Vec<&str> = files.iter().filter_map(|f| f.feature.as_deref()).collect();
+                errors.extend(options::check_features(&features, &known));
+            }
             if let Some(known) = known {
                 errors.extend(options::check_mappings(&clusters, known));
             }

@@ -729,3 +729,60 @@ fn concurrent_loads_of_facts_and_agents_keep_the_aggregates_exact() {
     assert_success(&agents.wait_with_output().expect("agents loaded"));
     assert_aggregates_exact(&url, "after concurrent loads");
 }
+
+/// `run` and `load` report a misspelt feature, a flag with a value and a
+/// bad time zone as diagnostics with their lines, exit 1, before touching
+/// a database or a broker.
+#[test]
+fn run_and_load_report_calendar_and_feature_problems_as_diagnostics() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let options = dir.path().join("bad.ini");
+    std::fs::write(
+        &options,
+        "[kafka-cobrowse]\nbootstrap.servers=localhost:1\ng:topic:all-cobrowse-historical=COBROWSE\n\n\
+         [date-time]\ndate-time-tz=America/New_Yrok\n\n[agg-feature]\nenable-cobrowze\nenable-cobrowse=1\n",
+    )
+    .unwrap();
+    let options = options.display().to_string();
+    let database = format!("sqlite://{}", dir.path().join("never.db").display());
+    for args in [
+        vec![
+            "run",
+            "--once",
+            "--options",
+            &options,
+            "--database-url",
+            &database,
+        ],
+        vec![
+            "load",
+            "--options",
+            &options,
+            "--database-url",
+            &database,
+            "--mapping",
+            "mappings/COBROWSE.yaml",
+            "samples/cobrowse-sessions.jsonl",
+        ],
+    ] {
+        let output = crate::martmap(&args);
+        assert!(output.starts_with("exit code: 1\n"), "{args:?}: {output}");
+        for expected in [
+            "martmap::options::unknown_time_zone",
+            "did you mean `America/New_York`?",
+            "martmap::options::unknown_feature",
+            "did you mean `cobrowse`?",
+            "martmap::options::flag_with_value",
+            "bad.ini:9:1",
+        ] {
+            assert!(
+                output.contains(expected),
+                "{args:?}: no `{expected}` in\n{output}"
+            );
+        }
+    }
+    assert!(
+        !dir.path().join("never.db").exists(),
+        "no database was touched"
+    );
+}
