@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use chrono::NaiveDate;
 use sea_orm::sea_query::{
     Alias, Asterisk, Cond, Expr, ExprTrait, Func, Index, JoinType, OnConflict, OverStatement,
-    Query, SelectStatement, Value, WindowStatement,
+    Query, SelectStatement, WindowStatement,
 };
 use sea_orm::{ConnectionTrait, DbErr};
 
@@ -574,17 +574,12 @@ async fn old_values(
     keys: &[Vec<i64>],
     columns: &[&str],
 ) -> Result<Vec<Vec<Scalar>>, DbErr> {
-    let names = facts.names;
     let identity: Vec<&str> = if facts.plan.replace_by.is_empty() {
         facts.plan.key.iter().map(String::as_str).collect()
     } else {
         facts.plan.replace_by.iter().map(String::as_str).collect()
     };
-    let types: Vec<ColumnType> = identity
-        .iter()
-        .map(|c| facts.table.column(c).map_or(ColumnType::Text, |c| c.ty))
-        .collect();
-    let mut identities: Vec<Vec<Cell>> = rows
+    let identities: BTreeSet<Vec<Cell>> = rows
         .iter()
         .zip(keys)
         .map(|(row, row_keys)| {
@@ -594,46 +589,15 @@ async fn old_values(
                 .collect()
         })
         .collect();
-    identities.sort();
-    identities.dedup();
-    let mut found = Vec::new();
-    let select = |condition: Expr| {
-        let mut select = Query::select();
-        select.distinct().from(names.table(&facts.table.name));
-        for column in columns {
-            select.expr(read_column(names, facts.table, None, column));
-        }
-        select.and_where(condition);
-        select
-    };
-    if let ([column], true) = (identity.as_slice(), txn.is_postgres()) {
-        let cells = identities.iter().map(|values| &values[0]);
-        let condition = postgres::any_of(
-            Expr::col(names.column(column)),
-            cells,
-            types[0].is_integer(),
-        );
-        return txn.query(&select(condition)).await;
-    }
-    for chunk in identities.chunks(CHUNK) {
-        let condition = match identity.as_slice() {
-            [column] => Expr::col(names.column(column))
-                .is_in(chunk.iter().map(|values| value(&values[0], types[0]))),
-            _ => Expr::tuple(identity.iter().map(|c| Expr::col(names.column(c)))).in_tuples(
-                chunk.iter().map(|values| {
-                    sea_orm::sea_query::ValueTuple::Many(
-                        values
-                            .iter()
-                            .zip(&types)
-                            .map(|(v, ty)| value(v, *ty))
-                            .collect(),
-                    )
-                }),
-            ),
-        };
-        found.extend(txn.query(&select(condition)).await?);
-    }
-    Ok(found)
+    fact_values(
+        txn,
+        facts.names,
+        facts.table,
+        &identity,
+        &identities,
+        columns,
+    )
+    .await
 }
 
 /// The distinct `selected` values of the facts whose `columns` hold one
@@ -646,54 +610,29 @@ pub(super) async fn fact_values(
     values: &BTreeSet<Vec<Cell>>,
     selected: &[&str],
 ) -> Result<Vec<Vec<Scalar>>, DbErr> {
-    let values: Vec<&Vec<Cell>> = values
+    let values: Vec<&[Cell]> = values
         .iter()
         .filter(|tuple| tuple.iter().all(|v| !v.is_null()))
+        .map(Vec::as_slice)
         .collect();
-    let mut keys = Vec::new();
-    let chunk_size = if txn.is_postgres() && columns.len() == 1 {
-        values.len().max(1)
-    } else {
-        CHUNK
-    };
-    for chunk in values.chunks(chunk_size) {
-        let condition = match columns {
-            [column] if txn.is_postgres() => {
-                let integer = chunk.first().is_some_and(|t| matches!(t[0], Cell::Int(_)));
-                postgres::any_of(
-                    Expr::col(names.column(column)),
-                    chunk.iter().map(|t| &t[0]),
-                    integer,
-                )
-            }
-            [column] => Expr::col(names.column(column)).is_in(chunk.iter().map(|t| plain(&t[0]))),
-            _ => Expr::tuple(columns.iter().map(|c| Expr::col(names.column(c)))).in_tuples(
-                chunk.iter().map(|tuple| {
-                    sea_orm::sea_query::ValueTuple::Many(tuple.iter().map(plain).collect())
-                }),
-            ),
-        };
-        let mut select = Query::select();
-        select.distinct().from(names.table(&fact.name));
-        for column in selected {
-            select.expr(read_column(names, fact, None, column));
-        }
-        select.and_where(condition);
-        keys.extend(txn.query(&select).await?);
+    let types: Vec<ColumnType> = columns
+        .iter()
+        .map(|c| fact.column(c).map_or(ColumnType::Text, |c| c.ty))
+        .collect();
+    let exprs: Vec<Expr> = columns.iter().map(|c| Expr::col(names.column(c))).collect();
+    let mut select = Query::select();
+    select.distinct().from(names.table(&fact.name));
+    for column in selected {
+        select.expr(read_column(names, fact, None, column));
     }
-    Ok(keys)
-}
-
-/// A cell as a value whose SQL type follows the cell (joined columns are
-/// compared with fact columns of the same kind; validation checks it).
-fn plain(cell: &Cell) -> Value {
-    value(
-        cell,
-        match cell {
-            Cell::Int(_) => ColumnType::BigInt,
-            _ => ColumnType::Text,
-        },
-    )
+    let mut found = Vec::new();
+    for condition in membership(txn.is_postgres(), &exprs, &types, &values) {
+        found.extend(
+            txn.query(&select.clone().and_where(condition).to_owned())
+                .await?,
+        );
+    }
+    Ok(found)
 }
 
 async fn max_key(txn: &mut Txn, names: Names, table: &Table) -> Result<Option<i64>, DbErr> {
@@ -755,6 +694,43 @@ async fn insert_intervals(
         txn.execute(&insert).await?;
     }
     Ok(())
+}
+
+/// `(columns) IN values` as conditions, one per statement: on PostgreSQL
+/// one array parameter for a single column, elsewhere chunks of bound
+/// values (a row-value IN for several columns). Values are bound as their
+/// columns' declared types.
+pub(super) fn membership(
+    postgres: bool,
+    columns: &[Expr],
+    types: &[ColumnType],
+    values: &[&[Cell]],
+) -> Vec<Expr> {
+    if let ([column], true) = (columns, postgres) {
+        let cells = values.iter().map(|tuple| &tuple[0]);
+        return vec![postgres::any_of(
+            column.clone(),
+            cells,
+            types[0].is_integer(),
+        )];
+    }
+    values
+        .chunks(CHUNK)
+        .map(|chunk| match columns {
+            [column] => column
+                .clone()
+                .is_in(chunk.iter().map(|tuple| value(&tuple[0], types[0]))),
+            _ => Expr::tuple(columns.iter().cloned()).in_tuples(chunk.iter().map(|tuple| {
+                sea_orm::sea_query::ValueTuple::Many(
+                    tuple
+                        .iter()
+                        .zip(types)
+                        .map(|(v, ty)| value(v, *ty))
+                        .collect(),
+                )
+            })),
+        })
+        .collect()
 }
 
 /// The fact's alias in the aggregation query, and each join's.

@@ -23,11 +23,11 @@ use foldhash::{HashMap, HashMapExt};
 use sea_orm::DbErr;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict, Query, Value};
 
+use super::Names;
 use super::aggregate::scalar_cell;
-use super::aggregate::{cell, fact_rows, fact_values, tuples};
+use super::aggregate::{cell, fact_rows, fact_values, membership, tuples};
 use super::txn::Txn;
 use super::write::{CHUNK, Facts, value};
-use super::{Names, postgres};
 use crate::aggregate::{Aggregate, ColumnRef, MeasureKind, Operand, TIME_COLUMN, Test};
 use crate::calendar::{Calendar, Level};
 use crate::catalog::{ColumnType, Table};
@@ -116,32 +116,10 @@ pub(super) async fn contribution(
         .iter()
         .map(|c| fact.column(c).map_or(ColumnType::Text, |c| c.ty))
         .collect();
+    let columns: Vec<Expr> = plan.identity.iter().map(|c| fact_col(c)).collect();
+    let tuples_of: Vec<&[Cell]> = identities.iter().map(|v| v.as_slice()).collect();
     let mut rows: Vec<Vec<Cell>> = Vec::new();
-    let chunk = if txn.is_postgres() && plan.identity.len() == 1 {
-        identities.len().max(1)
-    } else {
-        CHUNK
-    };
-    for part in identities.chunks(chunk) {
-        let condition = match plan.identity.as_slice() {
-            [column] if txn.is_postgres() => postgres::any_of(
-                fact_col(column),
-                part.iter().map(|values| &values[0]),
-                types[0].is_integer(),
-            ),
-            [column] => fact_col(column).is_in(part.iter().map(|v| value(&v[0], types[0]))),
-            columns => Expr::tuple(columns.iter().map(|c| fact_col(c))).in_tuples(part.iter().map(
-                |values| {
-                    sea_orm::sea_query::ValueTuple::Many(
-                        values
-                            .iter()
-                            .zip(&types)
-                            .map(|(v, ty)| value(v, *ty))
-                            .collect(),
-                    )
-                },
-            )),
-        };
+    for condition in membership(txn.is_postgres(), &columns, &types, &tuples_of) {
         let mut select = fact_rows(names, aggregate, Level::Subhr, &tuples, true);
         select.and_where(condition);
         let found = txn.query(&select).await?;
@@ -151,7 +129,6 @@ pub(super) async fn contribution(
                 .map(|row| row.into_iter().map(scalar_cell).collect()),
         );
     }
-
     Ok(accumulate(calendar, aggregate, &rows))
 }
 

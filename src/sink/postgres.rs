@@ -211,6 +211,11 @@ pub(super) fn any_of<'c>(
     cells: impl Iterator<Item = &'c Cell>,
     integer: bool,
 ) -> Expr {
+    Expr::cust_with_exprs("$1 = ANY($2)", [column, array(cells, integer)])
+}
+
+/// The cells as one bound array, cast to bigint[] or text[].
+fn array<'c>(cells: impl Iterator<Item = &'c Cell>, integer: bool) -> Expr {
     let (ty, sql_type, values): (ArrayType, &str, Vec<Value>) = if integer {
         let values = cells
             .map(|cell| match cell {
@@ -228,8 +233,7 @@ pub(super) fn any_of<'c>(
             .collect();
         (ArrayType::String, "text[]", values)
     };
-    let array = Expr::val(Value::Array(ty, Some(Box::new(values)))).cast_as(Alias::new(sql_type));
-    Expr::cust_with_exprs("$1 = ANY($2)", [column, array])
+    Expr::val(Value::Array(ty, Some(Box::new(values)))).cast_as(Alias::new(sql_type))
 }
 
 /// The distinct `replace_by` values of the rows as PostgreSQL arrays, one
@@ -242,26 +246,7 @@ fn replaced_arrays(facts: &Facts<'_>, rows: &[&Row]) -> ReplacedArrays {
     for (at, name) in facts.plan.replace_by.iter().enumerate() {
         let integer = facts.table.column(name).is_some_and(|c| c.ty.is_integer());
         let cells = identities.iter().map(|identity| identity[at]);
-        let (ty, sql_type, values): (ArrayType, &str, Vec<Value>) = if integer {
-            let values = cells
-                .map(|cell| match cell {
-                    Cell::Int(number) => Value::BigInt(Some(*number)),
-                    _ => Value::BigInt(None),
-                })
-                .collect();
-            (ArrayType::BigInt, "bigint[]", values)
-        } else {
-            let values = cells
-                .map(|cell| match cell {
-                    Cell::Null => Value::String(None),
-                    cell => Value::String(Some(Cell::to_text(cell))),
-                })
-                .collect();
-            (ArrayType::String, "text[]", values)
-        };
-        arrays.push(
-            Expr::val(Value::Array(ty, Some(Box::new(values)))).cast_as(Alias::new(sql_type)),
-        );
+        arrays.push(array(cells, integer));
         matches.push(format!("{} = r.c{at}", names.quoted(name)));
     }
     ReplacedArrays {
