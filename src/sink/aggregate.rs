@@ -1,34 +1,32 @@
-//! The calendar and the aggregates, kept exact in each batch's transaction.
+//! The calendar and the aggregates, kept exact in each batch's transaction:
+//! the orchestration. `Aggregation` holds what one database aggregates;
+//! `Database::aggregate` sets it up (tables, backfill, the calendar ahead)
+//! and every batch calls `before` and `after` around its fact writes.
 //!
-//! Before a batch writes its facts, the buckets it will change are read:
-//! the time keys of the rows it replaces (by `replace_by`, else by key) and
-//! of its new rows, and, for a batch of a table an aggregate joins, the
-//! time keys of the facts joined to the old and new join values. After the
-//! facts are written, the DATE_TIME days those keys fall in are filled, and
-//! each touched bucket of each level is recomputed from the facts: deleted,
-//! then inserted again by one `INSERT … SELECT … GROUP BY` whose ranges on
-//! the time key use its index. Distinct counts and once-per values number
-//! the rows of each tuple with `ROW_NUMBER()` and take the first. All of
-//! it is SeaQuery, the same statements on every backend.
+//! Before a batch writes its facts (with the aggregate's turn taken on
+//! PostgreSQL), what it will change is read: the identities it affects and
+//! their rows' contribution (`delta.rs`), or, for an aggregate deltas cannot
+//! keep, the time keys of the rows it replaces and adds and of the facts
+//! joined to the join values it changes (`recompute.rs`). After the writes,
+//! the calendar days of the batch's keys are filled (`date_time.rs`) and
+//! the change is applied: the contributions' difference added, or the
+//! touched buckets recomputed.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Mutex;
 
 use chrono::NaiveDate;
-use sea_orm::sea_query::{
-    Alias, Asterisk, Cond, Expr, ExprTrait, Func, Index, JoinType, OnConflict, OverStatement,
-    Query, SelectStatement, WindowStatement,
-};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Index, Query};
 use sea_orm::{ConnectionTrait, DbErr};
 
 use super::delta::{self, Contribution, DeltaPlan};
+use super::recompute::recompute;
 use super::txn::{Scalar, Txn};
 use super::write::{CHUNK, Facts, value};
-use super::{Names, SinkError, ddl, postgres};
-use crate::aggregate::{Aggregate, ColumnRef, Filter, MeasureKind, Operand, TIME_COLUMN, Test};
-use crate::calendar::{self, Attribute, Calendar, INTERVAL, Level};
+use super::{Names, ddl, postgres};
+use crate::aggregate::Aggregate;
+use crate::calendar::{self, Calendar, INTERVAL};
 use crate::catalog::{Catalog, ColumnType, Role, Table};
-use crate::mapping::Constant;
 use crate::plan::{Cell, Conversion, Row};
 
 /// What is aggregated in one database: the calendar, the enabled
@@ -44,10 +42,12 @@ pub struct Aggregation {
     /// Each aggregate's joined tables, in join order.
     joined: Vec<Vec<Table>>,
     deltas: Vec<Option<DeltaPlan>>,
-    table: Option<Table>,
-    filled: Mutex<BTreeSet<NaiveDate>>,
+    /// DATE_TIME, when the catalog declares it.
+    pub(super) table: Option<Table>,
+    /// The local days known to be filled.
+    pub(super) filled: Mutex<BTreeSet<NaiveDate>>,
     /// The last day the calendar is known to be filled to, ahead of today.
-    ahead: Mutex<Option<NaiveDate>>,
+    pub(super) ahead: Mutex<Option<NaiveDate>>,
 }
 
 /// How a batch of one fact table touches one aggregate.
@@ -367,105 +367,6 @@ impl Aggregation {
         self.filled.lock().unwrap().extend(days);
     }
 
-    /// Inserts the DATE_TIME rows of the local days of `keys` that are not
-    /// known to be filled; returns those days.
-    async fn fill_days(
-        &self,
-        txn: &mut Txn,
-        names: Names,
-        keys: &BTreeSet<i64>,
-    ) -> Result<Vec<NaiveDate>, DbErr> {
-        let Some(table) = &self.table else {
-            return Ok(Vec::new());
-        };
-        let days: BTreeSet<NaiveDate> = keys.iter().map(|k| self.calendar.date(*k)).collect();
-        let missing: Vec<NaiveDate> = {
-            let filled = self.filled.lock().unwrap();
-            days.into_iter().filter(|d| !filled.contains(d)).collect()
-        };
-        for day in &missing {
-            let intervals: Vec<i64> = self.calendar.days(*day, *day).collect();
-            insert_intervals(txn, names, table, &self.calendar, &intervals).await?;
-        }
-        Ok(missing)
-    }
-
-    /// Fills the calendar from today to today + max days ahead when any
-    /// interval of the next min days is missing: at start, and in a batch
-    /// on the first day a long run finds the calendar short. The check reads
-    /// the database at most once a day.
-    pub(super) async fn fill_ahead(&self, txn: &mut Txn, names: Names) -> Result<usize, DbErr> {
-        let Some(table) = &self.table else {
-            return Ok(0);
-        };
-        let (min, max) = self.days_ahead;
-        let today = self.calendar.date(super::control::now());
-        let needed = today + chrono::Days::new(min);
-        if self
-            .ahead
-            .lock()
-            .unwrap()
-            .is_some_and(|until| until >= needed)
-        {
-            return Ok(0);
-        }
-        let expected = self.calendar.days(today, needed).count() as i64;
-        let (start, end) = (
-            self.calendar.day_start(today),
-            self.calendar.day_start(needed + chrono::Days::new(1)),
-        );
-        let key = || Expr::col(names.column(Level::Subhr.column()));
-        let count = Query::select()
-            .expr(Func::count(Expr::col(Asterisk)).cast_as("BIGINT"))
-            .from(names.table(&table.name))
-            .and_where(key().gte(start))
-            .and_where(key().lt(end))
-            .to_owned();
-        let rows = txn.query(&count).await?;
-        let have = rows
-            .first()
-            .and_then(|row| row.first())
-            .map_or(Ok(0), Scalar::int)?;
-        let mut added = 0;
-        let until = if have < expected {
-            let to = today + chrono::Days::new(max);
-            let intervals: Vec<i64> = self.calendar.days(today, to).collect();
-            insert_intervals(txn, names, table, &self.calendar, &intervals).await?;
-            added = intervals.len();
-            to
-        } else {
-            needed
-        };
-        *self.ahead.lock().unwrap() = Some(until);
-        Ok(added)
-    }
-
-    /// Refuses a calendar filled in another time zone: its rows would
-    /// disagree with the ones added now.
-    pub(super) async fn check_zone(&self, txn: &mut Txn, names: Names) -> Result<(), SinkError> {
-        let Some(table) = &self.table else {
-            return Ok(());
-        };
-        let Some(key) = max_key(txn, names, table).await? else {
-            return Ok(());
-        };
-        let day = Level::Day.column();
-        let select = Query::select()
-            .expr(Expr::col(names.column(day)).cast_as("BIGINT"))
-            .from(names.table(&table.name))
-            .and_where(Expr::col(names.column(calendar::Level::Subhr.column())).eq(key))
-            .to_owned();
-        let rows = txn.query(&select).await?;
-        let stored = rows.first().and_then(|row| row.first()).map(Scalar::int);
-        let expected = self.calendar.level_key(Level::Day, key);
-        match stored {
-            Some(Ok(stored)) if stored != expected => Err(SinkError::CalendarZone {
-                zone: self.calendar.zone.name().to_owned(),
-            }),
-            _ => Ok(()),
-        }
-    }
-
     /// Creates an aggregate's level tables and the indexes its upkeep reads.
     pub(super) async fn create(
         db: &impl ConnectionTrait,
@@ -635,67 +536,6 @@ pub(super) async fn fact_values(
     Ok(found)
 }
 
-async fn max_key(txn: &mut Txn, names: Names, table: &Table) -> Result<Option<i64>, DbErr> {
-    let select = Query::select()
-        .expr(Func::max(Expr::col(names.column(Level::Subhr.column()))).cast_as("BIGINT"))
-        .from(names.table(&table.name))
-        .to_owned();
-    let rows = txn.query(&select).await?;
-    Ok(rows
-        .first()
-        .and_then(|row| row.first())
-        .and_then(|k| k.int().ok()))
-}
-
-/// Inserts DATE_TIME rows, skipping those that exist.
-async fn insert_intervals(
-    txn: &mut Txn,
-    names: Names,
-    table: &Table,
-    calendar: &Calendar,
-    keys: &[i64],
-) -> Result<(), DbErr> {
-    for chunk in keys.chunks(CHUNK / 2) {
-        let rows: Vec<Vec<(&str, Attribute)>> = chunk
-            .iter()
-            .map(|key| calendar.interval(*key).attributes())
-            .collect();
-        let Some(first) = rows.first() else {
-            continue;
-        };
-        let columns: Vec<&str> = first
-            .iter()
-            .map(|(c, _)| *c)
-            .filter(|c| table.column(c).is_some())
-            .collect();
-        let mut insert = Query::insert();
-        insert
-            .into_table(names.table(&table.name))
-            .columns(columns.iter().map(|c| names.column(c)));
-        for row in &rows {
-            let values = row
-                .iter()
-                .filter(|(c, _)| columns.contains(c))
-                .map(|(c, attribute)| {
-                    let ty = table.column(c).map_or(ColumnType::BigInt, |c| c.ty);
-                    let cell = match attribute {
-                        Attribute::Int(n) => Cell::Int(*n),
-                        Attribute::Text(text) => Cell::Text(text.as_str().into()),
-                    };
-                    value(&cell, ty).into()
-                });
-            insert.values_panic(values);
-        }
-        insert.on_conflict(
-            OnConflict::column(names.column(Level::Subhr.column()))
-                .do_nothing()
-                .to_owned(),
-        );
-        txn.execute(&insert).await?;
-    }
-    Ok(())
-}
-
 /// `(columns) IN values` as conditions, one per statement: on PostgreSQL
 /// one array parameter for a single column, elsewhere chunks of bound
 /// values (a row-value IN for several columns). Values are bound as their
@@ -731,389 +571,4 @@ pub(super) fn membership(
             })),
         })
         .collect()
-}
-
-/// The fact's alias in the aggregation query, and each join's.
-const FACT: &str = "f";
-const CALENDAR: &str = "d";
-fn join_alias(at: usize) -> String {
-    format!("j{at}")
-}
-
-fn column_expr(names: Names, aggregate: &Aggregate, reference: &ColumnRef) -> Expr {
-    let alias = reference.join.map_or_else(|| FACT.to_owned(), join_alias);
-    let col = Expr::col((Alias::new(alias), names.column(&reference.column)));
-    match reference
-        .join
-        .and_then(|at| aggregate.joins[at].no_match(&reference.column))
-    {
-        Some(no_match) => Func::coalesce([col, constant(no_match)]).into(),
-        None => col,
-    }
-}
-
-fn constant(value: &Constant) -> Expr {
-    match value {
-        Constant::Int(n) => Expr::val(*n),
-        Constant::Text(text) => Expr::val(text.clone()),
-    }
-}
-
-fn filter_expr(names: Names, aggregate: &Aggregate, filter: &Filter) -> Expr {
-    let column = column_expr(names, aggregate, &filter.column);
-    match &filter.test {
-        Test::Equals(value) => column.eq(constant(value)),
-        Test::AtLeast(n) => column.gte(*n),
-        Test::AtMost(n) => column.lte(*n),
-    }
-}
-
-fn operand_expr(names: Names, aggregate: &Aggregate, operand: &Operand) -> Expr {
-    match operand {
-        Operand::Column(column) => column_expr(names, aggregate, column),
-        Operand::Difference(a, b) => {
-            column_expr(names, aggregate, a).sub(column_expr(names, aggregate, b))
-        }
-    }
-}
-
-/// Deletes the level's rows of the buckets (all rows when `None`) and
-/// inserts them again from the facts.
-async fn recompute(
-    txn: &mut Txn,
-    names: Names,
-    aggregate: &Aggregate,
-    level: Level,
-    buckets: Option<&BTreeSet<(i64, i64)>>,
-) -> Result<(), DbErr> {
-    let table = names.table(&aggregate.table_name(level));
-    let ranges = buckets.map(merged);
-    match buckets {
-        Some(buckets) => {
-            let starts: Vec<i64> = buckets.iter().map(|(start, _)| *start).collect();
-            for chunk in starts.chunks(CHUNK) {
-                let delete = Query::delete()
-                    .from_table(table.clone())
-                    .and_where(Expr::col(names.column(TIME_COLUMN)).is_in(chunk.iter().copied()))
-                    .to_owned();
-                txn.execute(&delete).await?;
-            }
-        }
-        None => {
-            txn.execute(&Query::delete().from_table(table.clone()).to_owned())
-                .await?;
-        }
-    }
-    if let (Some(finer), Some(buckets)) = (aggregate.rolled_up_from(level), buckets) {
-        for &(start, end) in buckets {
-            let mut insert = Query::insert();
-            insert
-                .into_table(table.clone())
-                .columns(columns(names, aggregate));
-            insert
-                .select_from(roll_up(names, aggregate, finer, start, end))
-                .map_err(|error| DbErr::Custom(error.to_string()))?;
-            txn.execute(&insert).await?;
-        }
-        return Ok(());
-    }
-    let chunks: Vec<Option<&[(i64, i64)]>> = match &ranges {
-        Some(ranges) => ranges.chunks(CHUNK).map(Some).collect(),
-        None => vec![None],
-    };
-    for chunk in chunks {
-        let select = aggregation_query(names, aggregate, level, chunk);
-        let mut insert = Query::insert();
-        insert
-            .into_table(table.clone())
-            .columns(columns(names, aggregate));
-        insert
-            .select_from(select)
-            .map_err(|error| DbErr::Custom(error.to_string()))?;
-        txn.execute(&insert).await?;
-    }
-    Ok(())
-}
-
-/// The columns of a level table, in order.
-fn columns(names: Names, aggregate: &Aggregate) -> Vec<Alias> {
-    std::iter::once(TIME_COLUMN)
-        .chain(aggregate.group_by.iter().map(|g| g.name.as_str()))
-        .chain(aggregate.measures.iter().map(|m| m.name.as_str()))
-        .map(|c| names.column(c))
-        .collect()
-}
-
-/// One bucket `[start, end)` of a level summed from the finer level's
-/// rows: counts and sums add up, minima and maxima of minima and maxima.
-fn roll_up(
-    names: Names,
-    aggregate: &Aggregate,
-    finer: Level,
-    start: i64,
-    end: i64,
-) -> SelectStatement {
-    let mut select = Query::select();
-    select.expr(Expr::val(start));
-    for group in &aggregate.group_by {
-        select.expr(Expr::col(names.column(&group.name)));
-    }
-    for measure in &aggregate.measures {
-        let column = Expr::col(names.column(&measure.name));
-        select.expr(match measure.kind {
-            MeasureKind::Min(_) => Func::min(column),
-            MeasureKind::Max(_) => Func::max(column),
-            _ => Func::sum(column),
-        });
-    }
-    let key = || Expr::col(names.column(TIME_COLUMN));
-    select
-        .from(names.table(&aggregate.table_name(finer)))
-        .and_where(key().gte(start))
-        .and_where(key().lt(end))
-        .add_group_by(
-            aggregate
-                .group_by
-                .iter()
-                .map(|g| Expr::col(names.column(&g.name))),
-        )
-        // Without group-by columns, an empty range would still yield a row.
-        .and_having(Func::count(Expr::col(Asterisk)).gt(0));
-    select
-}
-
-/// Adjacent or overlapping buckets as one range.
-fn merged(buckets: &BTreeSet<(i64, i64)>) -> Vec<(i64, i64)> {
-    let mut ranges: Vec<(i64, i64)> = Vec::new();
-    for &(start, end) in buckets {
-        match ranges.last_mut() {
-            Some(last) if start <= last.1 => last.1 = Ord::max(last.1, end),
-            _ => ranges.push((start, end)),
-        }
-    }
-    ranges
-}
-
-/// The distinct tuples of an aggregate's measures (`count_distinct`
-/// columns, or `once_per`), and each measure's, by index.
-pub(super) fn tuples(aggregate: &Aggregate) -> (Vec<&[ColumnRef]>, Vec<Option<usize>>) {
-    let mut tuples: Vec<&[ColumnRef]> = Vec::new();
-    let tuple_of = aggregate
-        .measures
-        .iter()
-        .map(|measure| {
-            let columns: &[ColumnRef] = match &measure.kind {
-                MeasureKind::CountDistinct(columns) => columns,
-                _ => &measure.once_per,
-            };
-            if columns.is_empty() {
-                return None;
-            }
-            Some(
-                tuples
-                    .iter()
-                    .position(|t| *t == columns)
-                    .unwrap_or_else(|| {
-                        tuples.push(columns);
-                        tuples.len() - 1
-                    }),
-            )
-        })
-        .collect();
-    (tuples, tuple_of)
-}
-
-/// One row per (joined) fact row, aliased `f` (joins `j0`, …): its
-/// `level` bucket `b`, groups `g0…`, per measure its filter flag `w0…`
-/// (1/0) and value `v0…`, and the columns `tK_J` of each tuple. With
-/// `typed`, every integer comes out as BIGINT, as they are read back.
-pub(super) fn fact_rows(
-    names: Names,
-    aggregate: &Aggregate,
-    level: Level,
-    tuples: &[&[ColumnRef]],
-    typed: bool,
-) -> SelectStatement {
-    let fact_col = |column: &str| Expr::col((Alias::new(FACT), names.column(column)));
-    let read = |expr: Expr, integer: bool| {
-        if typed && integer {
-            expr.cast_as("BIGINT")
-        } else {
-            expr
-        }
-    };
-    let integer = |reference: &ColumnRef| {
-        aggregate
-            .column_type(reference)
-            .is_some_and(|column| column.ty.is_integer())
-    };
-    // Intervals are the facts' own keys; coarser buckets come from DATE_TIME.
-    let bucket = match level {
-        Level::Subhr => fact_col(&aggregate.time_key),
-        _ => Expr::col((Alias::new(CALENDAR), names.column(level.column()))),
-    };
-    let mut rows = Query::select();
-    rows.expr_as(read(bucket, true), Alias::new("b"));
-    for (at, group) in aggregate.group_by.iter().enumerate() {
-        let expr = column_expr(names, aggregate, &group.source);
-        rows.expr_as(
-            read(expr, integer(&group.source)),
-            Alias::new(format!("g{at}")),
-        );
-    }
-    for (at, measure) in aggregate.measures.iter().enumerate() {
-        let mut condition = Cond::all();
-        for filter in &measure.filters {
-            condition = condition.add(filter_expr(names, aggregate, filter));
-        }
-        if let MeasureKind::CountDistinct(columns) = &measure.kind {
-            for column in columns {
-                condition = condition.add(column_expr(names, aggregate, column).is_not_null());
-            }
-        }
-        let flag: Expr = Expr::case(condition, 1).finally(0).into();
-        rows.expr_as(read(flag, true), Alias::new(format!("w{at}")));
-        if let MeasureKind::Sum(operand) | MeasureKind::Min(operand) | MeasureKind::Max(operand) =
-            &measure.kind
-        {
-            let expr = operand_expr(names, aggregate, operand);
-            rows.expr_as(read(expr, true), Alias::new(format!("v{at}")));
-        }
-    }
-    for (k, tuple) in tuples.iter().enumerate() {
-        for (j, column) in tuple.iter().enumerate() {
-            let expr = column_expr(names, aggregate, column);
-            rows.expr_as(read(expr, integer(column)), Alias::new(format!("t{k}_{j}")));
-        }
-    }
-    rows.from_as(names.table(&aggregate.fact), Alias::new(FACT));
-    if level != Level::Subhr {
-        rows.join_as(
-            JoinType::InnerJoin,
-            names.table(calendar::TABLE),
-            Alias::new(CALENDAR),
-            Expr::col((Alias::new(CALENDAR), names.column(Level::Subhr.column())))
-                .equals((Alias::new(FACT), names.column(&aggregate.time_key))),
-        );
-    }
-    for (at, join) in aggregate.joins.iter().enumerate() {
-        let alias = Alias::new(join_alias(at));
-        let mut on = Cond::all();
-        for (joined, fact) in &join.on {
-            on = on.add(
-                Expr::col((alias.clone(), names.column(joined)))
-                    .equals((Alias::new(FACT), names.column(fact))),
-            );
-        }
-        rows.join_as(JoinType::LeftJoin, names.table(&join.table), alias, on);
-    }
-    rows
-}
-
-/// `SELECT bucket, groups, measures … GROUP BY bucket, groups` over the
-/// facts whose time key is in `ranges`, in three steps: `x`, each fact row
-/// (joined) with its bucket, groups, filter flags (1/0), values and the
-/// columns of each distinct tuple; `y`, per tuple (partitioned by bucket,
-/// groups and tuple: one window, so one sort, shared by every measure over
-/// that tuple) the row number and whether any row of the tuple passes each
-/// measure's filter; then the sums of the first rows.
-fn aggregation_query(
-    names: Names,
-    aggregate: &Aggregate,
-    level: Level,
-    ranges: Option<&[(i64, i64)]>,
-) -> SelectStatement {
-    let fact_col = |column: &str| Expr::col((Alias::new(FACT), names.column(column)));
-    let x = |name: &str| Expr::col((Alias::new("x"), Alias::new(name)));
-    let y = |name: &str| Expr::col((Alias::new("y"), Alias::new(name)));
-    let groups: Vec<String> = (0..aggregate.group_by.len())
-        .map(|at| format!("g{at}"))
-        .collect();
-    let (tuples, tuple_of) = tuples(aggregate);
-    let mut rows = fact_rows(names, aggregate, level, &tuples, false);
-    if let Some(ranges) = ranges {
-        let mut any = Cond::any();
-        for &(start, end) in ranges {
-            let key = fact_col(&aggregate.time_key);
-            any = any.add(key.clone().gte(start).and(key.lt(end)));
-        }
-        rows.cond_where(any);
-    }
-
-    // y: x with, per tuple, its row number and per measure over it whether
-    // any of its rows passes the filter (and the value of one that does).
-    let mut windowed = Query::select();
-    windowed.expr(x("b"));
-    for name in &groups {
-        windowed.expr(x(name));
-    }
-    let window = |k: usize| {
-        let mut window = WindowStatement::new();
-        window.add_partition_by(x("b"));
-        for name in &groups {
-            window.add_partition_by(x(name));
-        }
-        for j in 0..tuples[k].len() {
-            window.add_partition_by(x(&format!("t{k}_{j}")));
-        }
-        window
-    };
-    for (at, measure) in aggregate.measures.iter().enumerate() {
-        let (w, v) = (format!("w{at}"), format!("v{at}"));
-        let valued = !matches!(
-            measure.kind,
-            MeasureKind::Count | MeasureKind::CountDistinct(_)
-        );
-        match tuple_of[at] {
-            None => {
-                windowed.expr(x(&w));
-                if valued {
-                    windowed.expr(x(&v));
-                }
-            }
-            Some(k) => {
-                windowed.expr_window_as(Func::max(x(&w)), window(k), Alias::new(w.clone()));
-                if valued {
-                    let passing = Expr::case(x(&w).eq(1), x(&v));
-                    windowed.expr_window_as(Func::max(passing), window(k), Alias::new(v));
-                }
-            }
-        }
-    }
-    for k in 0..tuples.len() {
-        windowed.expr_window_as(
-            Expr::cust("ROW_NUMBER()"),
-            window(k),
-            Alias::new(format!("r{k}")),
-        );
-    }
-    windowed.from_subquery(rows, Alias::new("x"));
-
-    // The sums per bucket and groups, of each tuple's first row.
-    let mut outer = Query::select();
-    outer.expr(y("b"));
-    for name in &groups {
-        outer.expr(y(name));
-    }
-    for (at, measure) in aggregate.measures.iter().enumerate() {
-        let (w, v) = (format!("w{at}"), format!("v{at}"));
-        let mut taken = Cond::all().add(y(&w).eq(1));
-        if let Some(k) = tuple_of[at] {
-            taken = taken.add(y(&format!("r{k}")).eq(1));
-        }
-        let expr: Expr = match &measure.kind {
-            MeasureKind::Count | MeasureKind::CountDistinct(_) => {
-                Func::sum(Expr::case(taken, 1).finally(0)).into()
-            }
-            MeasureKind::Sum(_) => {
-                Func::coalesce([Func::sum(Expr::case(taken, y(&v))).into(), Expr::val(0)]).into()
-            }
-            MeasureKind::Min(_) => Func::min(Expr::case(taken, y(&v))).into(),
-            MeasureKind::Max(_) => Func::max(Expr::case(taken, y(&v))).into(),
-        };
-        outer.expr(expr);
-    }
-    outer.from_subquery(windowed, Alias::new("y"));
-    outer.add_group_by(std::iter::once(y("b")).chain(groups.iter().map(|name| y(name))));
-    outer
 }

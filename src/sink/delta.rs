@@ -25,7 +25,8 @@ use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict, Query, Value};
 
 use super::Names;
 use super::aggregate::scalar_cell;
-use super::aggregate::{cell, fact_rows, fact_values, membership, tuples};
+use super::aggregate::{cell, fact_values, membership};
+use super::recompute::{fact_rows, tuples};
 use super::txn::Txn;
 use super::write::{CHUNK, Facts, value};
 use crate::aggregate::{Aggregate, ColumnRef, MeasureKind, Operand, TIME_COLUMN, Test};

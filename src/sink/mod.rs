@@ -11,9 +11,11 @@
 mod aggregate;
 mod control;
 mod database;
+mod date_time;
 mod ddl;
 mod delta;
 mod postgres;
+mod recompute;
 mod sqlite;
 mod txn;
 mod write;
