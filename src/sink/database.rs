@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use sea_orm::sea_query::{Func, PostgresQueryBuilder, Query};
+use sea_orm::sea_query::{Func, PostgresQueryBuilder, Query, Table as DdlTable};
 use sea_orm::{ConnectOptions, ConnectionTrait, DatabaseConnection, DbBackend, DbErr};
 
 use super::aggregate::Aggregation;
@@ -279,8 +279,46 @@ impl Database {
         );
         let aggregation =
             Aggregation::new(Calendar::new(setup.date_time.zone), days, enabled, catalog);
-        for aggregate in &aggregation.aggregates {
+        let recorded = match &self.control.aggregates {
+            Some(states) => {
+                let mut txn = txn::Txn::begin(&self.connection).await?;
+                let recorded = states.recorded(&mut txn).await?;
+                txn.commit().await?;
+                recorded
+            }
+            None => Vec::new(),
+        };
+        if self.control.aggregates.is_none()
+            && let Some(aggregate) = aggregation.aggregates.first()
+        {
+            return Err(SinkError::Control(format!(
+                "table `CTL_AGGREGATE` is not declared, and aggregate `{}` needs it",
+                aggregate.name
+            )));
+        }
+        // An aggregate computed now (new, changed, or asked for) gets its
+        // tables anew: a changed file may have changed their columns.
+        let stale: Vec<bool> = aggregation
+            .aggregates
+            .iter()
+            .map(|aggregate| {
+                setup.rebuild
+                    || !recorded.iter().any(|(name, hash)| {
+                        *name == aggregate.name && *hash == aggregate.content_hash
+                    })
+            })
+            .collect();
+        for (aggregate, stale) in aggregation.aggregates.iter().zip(&stale) {
             self.create_tables(catalog, aggregate.reads()).await?;
+            if *stale {
+                for level in calendar::Level::ALL {
+                    let drop = DdlTable::drop()
+                        .table(self.names.table(&aggregate.table_name(level)))
+                        .if_exists()
+                        .to_owned();
+                    self.connection.execute(&drop).await?;
+                }
+            }
             Aggregation::create(&self.connection, self.names, aggregate).await?;
         }
 
@@ -290,23 +328,11 @@ impl Database {
         txn.commit().await?;
 
         let Some(states) = &self.control.aggregates else {
-            if let Some(aggregate) = aggregation.aggregates.first() {
-                return Err(SinkError::Control(format!(
-                    "table `CTL_AGGREGATE` is not declared, and aggregate `{}` needs it",
-                    aggregate.name
-                )));
-            }
             self.aggregation = Some(Arc::new(aggregation));
             return Ok(report);
         };
-        let mut txn = txn::Txn::begin(&self.connection).await?;
-        let recorded = states.recorded(&mut txn).await?;
-        txn.commit().await?;
-        for aggregate in &aggregation.aggregates {
-            let current = recorded
-                .iter()
-                .any(|(name, hash)| *name == aggregate.name && *hash == aggregate.content_hash);
-            if current && !setup.rebuild {
+        for (aggregate, stale) in aggregation.aggregates.iter().zip(stale) {
+            if !stale {
                 report.maintained.push(aggregate.name.clone());
                 continue;
             }

@@ -786,3 +786,55 @@ fn run_and_load_report_calendar_and_feature_problems_as_diagnostics() {
         "no database was touched"
     );
 }
+
+/// A changed aggregate file is computed again at the next start, into
+/// tables of its new shape (here: one more measure).
+#[test]
+fn a_changed_aggregate_is_rebuilt_in_tables_of_its_new_shape() {
+    let (dir, url) = sqlite_database();
+    let on = options_file(dir.path(), "on.ini", "enable-cobrowse");
+    let aggregates = dir.path().join("aggregates");
+    std::fs::create_dir(&aggregates).unwrap();
+    let file = aggregates.join("AGT_COBROWSE_AGENT.yaml");
+    let shipped =
+        std::fs::read_to_string(repository().join("aggregates/AGT_COBROWSE_AGENT.yaml")).unwrap();
+    std::fs::write(&file, &shipped).unwrap();
+    let load = |files: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_martmap"))
+            .args(["load", "--database-url", &url, "--options", &on])
+            .arg("--aggregates")
+            .arg(&aggregates)
+            .args(["--mapping", "mappings/COBROWSE.yaml"])
+            .args(files)
+            .current_dir(repository())
+            .output()
+            .expect("martmap runs")
+    };
+    assert_success(&load(&["samples/cobrowse-sessions.jsonl"]));
+    assert_aggregates_exact(&url, "first definition");
+
+    std::fs::write(&file, format!("{shipped}  ROWS: {{count: rows}}\n")).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_martmap"))
+        .args(["aggregate", "--options", &on, "--database-url", &url])
+        .arg("--aggregates")
+        .arg(&aggregates)
+        .current_dir(repository())
+        .output()
+        .expect("martmap runs");
+    assert_success(&output);
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("computed now: AGT_COBROWSE_AGENT"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert_aggregates_exact(&url, "second definition");
+    let rows = query(
+        &url,
+        "SELECT CAST(SUM(rows) AS TEXT) FROM agt_cobrowse_agent_month",
+    );
+    let facts = query(&url, "SELECT CAST(COUNT(*) AS TEXT) FROM cobrowse_fact");
+    assert_eq!(
+        rows, facts,
+        "no agents are loaded: one group row per fact row"
+    );
+}
