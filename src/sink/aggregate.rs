@@ -23,7 +23,7 @@ use super::delta::{self, Contribution, DeltaPlan};
 use super::recompute::recompute;
 use super::txn::{Scalar, Txn};
 use super::write::{CHUNK, Facts, value};
-use super::{Names, ddl, postgres};
+use super::{Names, SinkError, ddl, postgres};
 use crate::aggregate::Aggregate;
 use crate::calendar::{self, Calendar, INTERVAL};
 use crate::catalog::{Catalog, ColumnType, Role, Table};
@@ -84,51 +84,43 @@ impl Aggregation {
         days_ahead: (u64, u64),
         aggregates: Vec<Aggregate>,
         catalog: &Catalog,
-    ) -> Aggregation {
-        let table = catalog
+    ) -> Result<Aggregation, SinkError> {
+        let calendar_table = catalog
             .tables
             .values()
             .find(|t| t.role == Role::Calendar && t.name == calendar::TABLE)
             .cloned();
+        // Validated against a catalog: this one must hold the same tables.
+        let table = |name: &str| {
+            catalog
+                .table(name)
+                .cloned()
+                .ok_or_else(|| SinkError::MissingTable(name.to_owned()))
+        };
         let facts: Vec<Table> = aggregates
             .iter()
-            .map(|a| {
-                catalog
-                    .table(&a.fact)
-                    .cloned()
-                    .expect("validated against the catalog")
-            })
-            .collect();
+            .map(|a| table(&a.fact))
+            .collect::<Result<_, _>>()?;
         let joined = aggregates
             .iter()
-            .map(|a| {
-                a.joins
-                    .iter()
-                    .map(|j| {
-                        catalog
-                            .table(&j.table)
-                            .cloned()
-                            .expect("validated against the catalog")
-                    })
-                    .collect()
-            })
-            .collect();
+            .map(|a| a.joins.iter().map(|j| table(&j.table)).collect())
+            .collect::<Result<_, _>>()?;
         let deltas = aggregates
             .iter()
             .zip(&facts)
             .map(|(aggregate, fact)| DeltaPlan::of(aggregate, fact))
             .collect();
-        Aggregation {
+        Ok(Aggregation {
             calendar,
             days_ahead,
             aggregates,
             facts,
             joined,
             deltas,
-            table,
+            table: calendar_table,
             filled: Mutex::new(BTreeSet::new()),
             ahead: Mutex::new(None),
-        }
+        })
     }
 
     fn touches(&self, fact: &str) -> Vec<(usize, Touch)> {

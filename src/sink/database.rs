@@ -278,7 +278,7 @@ impl Database {
             setup.date_time.max_days_ahead,
         );
         let aggregation =
-            Aggregation::new(Calendar::new(setup.date_time.zone), days, enabled, catalog);
+            Aggregation::new(Calendar::new(setup.date_time.zone), days, enabled, catalog)?;
         let recorded = match &self.control.aggregates {
             Some(states) => {
                 let mut txn = txn::Txn::begin(&self.connection).await?;
