@@ -93,13 +93,16 @@ pub fn run(args: LoadArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
         let stop = super::stop_on_signal(None);
         let started = Instant::now();
         let mut database = Database::connect(&args.database.url(), &catalog).await?;
-        match database.aggregate(&catalog, setup).await {
-            Ok(report) => super::aggregate::log(&report),
+        let maintained = match database.aggregate(&catalog, setup).await {
+            Ok(report) => {
+                super::aggregate::log(&report);
+                report.maintained
+            }
             Err(error) => {
                 database.close().await;
                 return Err(error.into());
             }
-        }
+        };
         let progress = Progress::new();
         let fact = plan.fact.clone();
         let loaded = match Sink::open(database.clone(), &catalog, plan).await {
@@ -129,6 +132,9 @@ pub fn run(args: LoadArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
         );
         if totals.discards > 0 {
             println!("discarded events are in CTL_DISCARD with their payload and the reason");
+        }
+        if !maintained.is_empty() {
+            println!("aggregates kept exact with every batch: {}", maintained.join(", "));
         }
         Ok(Outcome::Success)
     })
