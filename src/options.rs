@@ -341,24 +341,6 @@ pub struct TopicBinding {
     pub mapping_span: SourceSpan,
 }
 
-/// Each enabled feature that no aggregate declares.
-pub fn check_features(features: &[(String, SourceSpan)], known: &[&str]) -> Vec<OptionsError> {
-    features
-        .iter()
-        .filter(|(feature, _)| !known.contains(&feature.as_str()))
-        .map(|(feature, span)| OptionsError::UnknownFeature {
-            feature: feature.clone(),
-            span: *span,
-            help: suggest(feature, known.iter().copied()).or_else(|| {
-                Some(
-                    "aggregate files (aggregates/*.yaml) name their `feature`; none is loaded"
-                        .into(),
-                )
-            }),
-        })
-        .collect()
-}
-
 impl OptionsFile {
     /// Parses the whole file, reporting every malformed line.
     pub fn parse(text: &str) -> Result<OptionsFile, Vec<OptionsError>> {
@@ -432,9 +414,11 @@ impl OptionsFile {
         }
     }
 
-    /// The `enable-<feature>` flags of `[agg-feature]`, each with its span,
-    /// and every malformed line there.
-    pub fn features(&self) -> (Vec<(String, SourceSpan)>, Vec<OptionsError>) {
+    /// The features `[agg-feature]` enables (`enable-<feature>`), and every
+    /// problem there: a line that is not such a flag, a flag with a value,
+    /// and, when the `known` features are given (those aggregate files
+    /// declare), a feature no aggregate has.
+    pub fn features(&self, known: Option<&[&str]>) -> (Vec<String>, Vec<OptionsError>) {
         let mut features = Vec::new();
         let mut errors = Vec::new();
         for section in self.sections.iter().filter(|s| s.name == "agg-feature") {
@@ -454,7 +438,22 @@ impl OptionsFile {
                     });
                     continue;
                 }
-                features.push((feature.to_owned(), entry.key_span));
+                if let Some(known) = known
+                    && !known.contains(&feature)
+                {
+                    errors.push(OptionsError::UnknownFeature {
+                        feature: feature.to_owned(),
+                        span: entry.key_span,
+                        help: suggest(feature, known.iter().copied()).or_else(|| {
+                            Some(
+                                "aggregate files (aggregates/*.yaml) name their `feature`; none is loaded"
+                                    .into(),
+                            )
+                        }),
+                    });
+                    continue;
+                }
+                features.push(feature.to_owned());
             }
         }
         (features, errors)

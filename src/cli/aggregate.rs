@@ -50,12 +50,11 @@ pub fn setup(
         match OptionsFile::parse(&file.text) {
             Ok(parsed) => {
                 let (date_time, mut errors) = parsed.date_time();
-                let (features, more) = parsed.features();
-                errors.extend(more);
                 let known: Vec<&str> = files.iter().filter_map(|f| f.feature.as_deref()).collect();
-                errors.extend(options::check_features(&features, &known));
+                let (features, more) = parsed.features(Some(&known));
+                errors.extend(more);
                 setup.date_time = date_time;
-                setup.features = features.into_iter().map(|(name, _)| name).collect();
+                setup.features = features;
                 problems.extend(errors.into_iter().map(|e| Problem::new(&file, e)));
             }
             Err(errors) => problems.extend(errors.into_iter().map(|e| Problem::new(&file, e))),

@@ -237,12 +237,11 @@ fn read_clusters(
         Ok(parsed) => {
             let (clusters, mut errors) = parsed.clusters();
             errors.extend(parsed.date_time().1);
-            let (features, more) = parsed.features();
-            errors.extend(more);
-            if let Ok(files) = martmap::aggregate::files_in(&args.aggregates.aggregates) {
-                let known: Vec<&str> = files.iter().filter_map(|f| f.feature.as_deref()).collect();
-                errors.extend(options::check_features(&features, &known));
-            }
+            let files = martmap::aggregate::files_in(&args.aggregates.aggregates).ok();
+            let features: Option<Vec<&str>> = files
+                .as_ref()
+                .map(|files| files.iter().filter_map(|f| f.feature.as_deref()).collect());
+            errors.extend(parsed.features(features.as_deref()).1);
             if let Some(known) = known {
                 errors.extend(options::check_mappings(&clusters, known));
             }

@@ -115,13 +115,11 @@ pub fn run(args: ValidateArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
                 let (clusters, mut errors) = parsed.clusters();
                 errors.extend(parsed.date_time().1);
                 errors.extend(options::check_mappings(&clusters, &known));
-                let (enabled, more) = parsed.features();
-                errors.extend(more);
                 if let Ok(found) = aggregate::files_in(&args.aggregates) {
                     features.extend(found.into_iter().filter_map(|f| f.feature));
                 }
                 let features: Vec<&str> = features.iter().map(String::as_str).collect();
-                errors.extend(options::check_features(&enabled, &features));
+                errors.extend(parsed.features(Some(&features)).1);
                 if errors.is_empty() {
                     let bindings: Vec<String> = clusters
                         .iter()
