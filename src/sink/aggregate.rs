@@ -12,7 +12,7 @@
 //! the change is applied: the contributions' difference added, or the
 //! touched buckets recomputed.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::sync::Mutex;
 
 use chrono::NaiveDate;
@@ -65,7 +65,7 @@ enum Change {
     Buckets(BTreeSet<i64>),
     /// The affected identities, and what their rows contributed before.
     Delta {
-        identities: HashSet<Vec<Cell>>,
+        identities: BTreeSet<Vec<Cell>>,
         old: Contribution,
         /// The after-state is the batch's own rows (no read back).
         in_memory: bool,
@@ -179,7 +179,6 @@ impl Aggregation {
                 Some(delta) => delta.identity.iter().map(String::as_str).collect(),
                 None => vec![aggregate.time_key.as_str()],
             };
-            let mut found: BTreeSet<Vec<Cell>> = BTreeSet::new();
             // The batch's rows are the whole after-state of its identities
             // when the delta identity is the mapping's own: then only the
             // identities already stored are read before, and nothing after.
@@ -187,39 +186,14 @@ impl Aggregation {
                 && self.deltas[at]
                     .as_ref()
                     .is_some_and(|delta| delta::covers_batch(delta, aggregate, facts));
-            let mut stored: HashSet<Vec<Cell>> = HashSet::new();
-            match touch {
-                Touch::Fact => {
-                    for old in old_values(txn, facts, rows, keys, &selected).await? {
-                        let old: Vec<Cell> = old.into_iter().map(scalar_cell).collect();
-                        stored.insert(old.clone());
-                        found.insert(old);
-                    }
-                    for (row, row_keys) in rows.iter().zip(keys) {
-                        found.insert(
-                            selected
-                                .iter()
-                                .map(|c| cell(facts, row, row_keys, c))
-                                .collect(),
-                        );
-                    }
-                }
+            let (stored, mut found) = match touch {
+                Touch::Fact => changed(txn, facts, rows, keys, &selected).await?,
                 Touch::Joined(joins) => {
+                    let mut found = BTreeSet::new();
                     for j in joins {
                         let join = &aggregate.joins[j];
                         let joined: Vec<&str> = join.on.iter().map(|(c, _)| c.as_str()).collect();
-                        let mut values: BTreeSet<Vec<Cell>> = BTreeSet::new();
-                        for old in old_values(txn, facts, rows, keys, &joined).await? {
-                            values.insert(old.into_iter().map(scalar_cell).collect());
-                        }
-                        for (row, row_keys) in rows.iter().zip(keys) {
-                            values.insert(
-                                joined
-                                    .iter()
-                                    .map(|c| cell(facts, row, row_keys, c))
-                                    .collect(),
-                            );
-                        }
+                        let (_, values) = changed(txn, facts, rows, keys, &joined).await?;
                         let fact_columns: Vec<&str> =
                             join.on.iter().map(|(_, f)| f.as_str()).collect();
                         for found_row in
@@ -228,15 +202,16 @@ impl Aggregation {
                             found.insert(found_row.into_iter().map(scalar_cell).collect());
                         }
                     }
+                    (BTreeSet::new(), found)
                 }
-            }
+            };
             found.retain(|values| values.iter().all(|v| !v.is_null()));
             if found.is_empty() {
                 continue;
             }
             let change = match &self.deltas[at] {
                 Some(delta) => {
-                    let identities: HashSet<Vec<Cell>> = found.into_iter().collect();
+                    let identities = found;
                     let before = if in_memory { &stored } else { &identities };
                     let old = delta::contribution(
                         txn,
@@ -460,6 +435,32 @@ fn read_column(names: Names, table: &Table, alias: Option<&str>, column: &str) -
 
 /// The distinct values of `columns` in the stored rows this batch replaces
 /// or updates: those sharing its `replace_by` identities, else its keys.
+/// The values of `columns` a batch changes: those of the stored rows it
+/// replaces or updates (also returned on their own), and those of its rows.
+async fn changed(
+    txn: &mut Txn,
+    facts: &Facts<'_>,
+    rows: &[&Row],
+    keys: &[Vec<i64>],
+    columns: &[&str],
+) -> Result<(BTreeSet<Vec<Cell>>, BTreeSet<Vec<Cell>>), DbErr> {
+    let stored: BTreeSet<Vec<Cell>> = old_values(txn, facts, rows, keys, columns)
+        .await?
+        .into_iter()
+        .map(|old| old.into_iter().map(scalar_cell).collect())
+        .collect();
+    let mut all = stored.clone();
+    for (row, row_keys) in rows.iter().zip(keys) {
+        all.insert(
+            columns
+                .iter()
+                .map(|c| cell(facts, row, row_keys, c))
+                .collect(),
+        );
+    }
+    Ok((stored, all))
+}
+
 async fn old_values(
     txn: &mut Txn,
     facts: &Facts<'_>,

@@ -16,7 +16,7 @@
 //! batch, not the buckets: a backfill of unordered history is as cheap per
 //! batch as a stream in time order.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 
 use foldhash::{HashMap, HashMapExt};
 
@@ -107,7 +107,7 @@ pub(super) async fn contribution(
     aggregate: &Aggregate,
     fact: &Table,
     plan: &DeltaPlan,
-    identities: &HashSet<Vec<Cell>>,
+    identities: &BTreeSet<Vec<Cell>>,
 ) -> Result<Contribution, DbErr> {
     let (tuples, _) = tuples(aggregate);
     let identities: Vec<&Vec<Cell>> = identities.iter().collect();
