@@ -11,11 +11,16 @@ use sea_orm::sea_query::{Asterisk, Expr, ExprTrait, Func, OnConflict, Query};
 
 use super::aggregate::Aggregation;
 use super::txn::{Scalar, Txn};
-use super::write::{CHUNK, value};
+use super::write::value;
 use super::{Names, SinkError};
 use crate::calendar::{Attribute, Calendar, Level};
 use crate::catalog::{ColumnType, Table};
 use crate::plan::Cell;
+
+/// DATE_TIME rows per INSERT: its 19 columns make 19,000 bound parameters,
+/// under both SQLite's (32,766) and PostgreSQL's (65,535) limits; a year
+/// ahead is then 36 statements.
+const CALENDAR_ROWS_PER_INSERT: usize = 1000;
 
 impl Aggregation {
     /// Inserts the DATE_TIME rows of the local days of `keys` that are not
@@ -138,7 +143,7 @@ async fn insert_intervals(
     calendar: &Calendar,
     keys: &[i64],
 ) -> Result<(), DbErr> {
-    for chunk in keys.chunks(CHUNK / 2) {
+    for chunk in keys.chunks(CALENDAR_ROWS_PER_INSERT) {
         let rows: Vec<Vec<(&str, Attribute)>> = chunk
             .iter()
             .map(|key| calendar.interval(*key).attributes())
