@@ -308,7 +308,7 @@ impl Database {
                     })
             })
             .collect();
-        for (aggregate, stale) in aggregation.aggregates.iter().zip(&stale) {
+        for (at, (aggregate, stale)) in aggregation.aggregates.iter().zip(&stale).enumerate() {
             self.create_tables(catalog, aggregate.reads()).await?;
             if *stale {
                 for level in calendar::Level::ALL {
@@ -319,7 +319,7 @@ impl Database {
                     self.connection.execute(&drop).await?;
                 }
             }
-            Aggregation::create(&self.connection, self.names, aggregate).await?;
+            aggregation.create(&self.connection, self.names, at).await?;
         }
 
         let mut txn = txn::Txn::begin(&self.connection).await?;

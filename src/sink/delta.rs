@@ -21,14 +21,14 @@ use std::collections::BTreeSet;
 use foldhash::{HashMap, HashMapExt};
 
 use sea_orm::DbErr;
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict, Query, Value};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Func, OnConflict, Query, Value};
 
-use super::Names;
 use super::aggregate::scalar_cell;
 use super::aggregate::{cell, fact_values, membership};
 use super::recompute::{fact_rows, tuples};
 use super::txn::Txn;
 use super::write::{CHUNK, Facts, value};
+use super::{Names, postgres};
 use crate::aggregate::{Aggregate, ColumnRef, MeasureKind, Operand, TIME_COLUMN, Test};
 use crate::calendar::{Calendar, Level};
 use crate::catalog::{ColumnType, Table};
@@ -483,6 +483,20 @@ fn accumulate(calendar: &Calendar, aggregate: &Aggregate, rows: &[Vec<Cell>]) ->
     }
 
     let measures = aggregate.measures.len();
+    // A level that rolls up is summed from the finest level it nests in
+    // that is computed from the rows (the author vouches that each
+    // distinct tuple falls in one interval).
+    let source: Vec<Option<usize>> = aggregate
+        .levels
+        .iter()
+        .map(|&level| {
+            let mut from = aggregate.rolled_up_from(level)?;
+            while let Some(finer) = aggregate.rolled_up_from(from) {
+                from = finer;
+            }
+            aggregate.levels.iter().position(|l| *l == from)
+        })
+        .collect();
     let mut level_keys: HashMap<i64, [i64; 7]> = HashMap::new();
     // Groups and tuples are interned: rows repeat them, and keys are then
     // plain integers.
@@ -509,6 +523,9 @@ fn accumulate(calendar: &Calendar, aggregate: &Aggregate, rows: &[Vec<Cell>]) ->
             row_tuples.push(*tuple_ids[k].entry(&row[range.clone()]).or_insert(next));
         }
         for (l, level) in aggregate.levels.iter().enumerate() {
+            if source[l].is_some() {
+                continue;
+            }
             let bucket = keys[*level as usize];
             let totals = sums[l]
                 .entry((bucket, group))
@@ -534,6 +551,22 @@ fn accumulate(calendar: &Calendar, aggregate: &Aggregate, rows: &[Vec<Cell>]) ->
                 }
             }
         }
+    }
+    for (l, level) in aggregate.levels.iter().enumerate() {
+        let Some(from) = source[l] else { continue };
+        let mut rolled: HashMap<(i64, usize), Vec<i64>> = HashMap::new();
+        for ((bucket, group), totals) in &sums[from] {
+            let keys = *level_keys
+                .entry(*bucket)
+                .or_insert_with(|| calendar.interval(*bucket).keys);
+            let into = rolled
+                .entry((keys[*level as usize], *group))
+                .or_insert_with(|| vec![0; measures]);
+            for (sum, total) in into.iter_mut().zip(totals) {
+                *sum += total;
+            }
+        }
+        sums[l] = rolled;
     }
     let mut groups_by_id: Vec<Vec<Cell>> = vec![Vec::new(); group_ids.len()];
     for (values, id) in group_ids {
@@ -600,24 +633,54 @@ pub(super) async fn apply(
                 )
             }))
             .to_owned();
-        for chunk in changed.chunks(CHUNK / 2) {
+        if txn.is_postgres() {
+            // One statement per level: each column's values as one array
+            // parameter, expanded by unnest.
+            let arrays: Vec<Expr> = (0..columns.len())
+                .map(|c| {
+                    let cells: Vec<Cell> = changed
+                        .iter()
+                        .map(|((bucket, group), delta)| match c {
+                            0 => Cell::Int(*bucket),
+                            c if c < key_columns => group[c - 1].clone(),
+                            c => Cell::Int(delta[c - key_columns]),
+                        })
+                        .collect();
+                    postgres::array(cells.iter(), types[c].is_integer())
+                })
+                .collect();
+            // Set-returning functions in one select list advance in step.
+            let select = Query::select()
+                .exprs(arrays.into_iter().map(|a| Func::cust("unnest").arg(a)))
+                .to_owned();
             let mut insert = Query::insert();
             insert
                 .into_table(table_name.clone())
-                .columns(columns.iter().map(|c| names.column(c)));
-            for ((bucket, group), delta) in chunk {
-                let mut cells: Vec<Cell> = vec![Cell::Int(*bucket)];
-                cells.extend(group.iter().cloned());
-                cells.extend(delta.iter().map(|d| Cell::Int(*d)));
-                let values: Vec<Value> = cells
-                    .iter()
-                    .zip(&types)
-                    .map(|(c, t)| value(c, *t))
-                    .collect();
-                insert.values_panic(values.into_iter().map(Into::into));
-            }
-            insert.on_conflict(add.clone());
+                .columns(columns.iter().map(|c| names.column(c)))
+                .select_from(select)
+                .map_err(|e| DbErr::Custom(e.to_string()))?
+                .on_conflict(add.clone());
             txn.execute(&insert).await?;
+        } else {
+            for chunk in changed.chunks(CHUNK / 2) {
+                let mut insert = Query::insert();
+                insert
+                    .into_table(table_name.clone())
+                    .columns(columns.iter().map(|c| names.column(c)));
+                for ((bucket, group), delta) in chunk {
+                    let mut cells: Vec<Cell> = vec![Cell::Int(*bucket)];
+                    cells.extend(group.iter().cloned());
+                    cells.extend(delta.iter().map(|d| Cell::Int(*d)));
+                    let values: Vec<Value> = cells
+                        .iter()
+                        .zip(&types)
+                        .map(|(c, t)| value(c, *t))
+                        .collect();
+                    insert.values_panic(values.into_iter().map(Into::into));
+                }
+                insert.on_conflict(add.clone());
+                txn.execute(&insert).await?;
+            }
         }
         // Groups left without rows: only where the presence fell.
         if changed.iter().all(|(_, delta)| delta[plan.presence] >= 0) {
@@ -629,10 +692,13 @@ pub(super) async fn apply(
             buckets.dedup();
             buckets
         };
-        for chunk in buckets.chunks(CHUNK) {
+        let time = Expr::col(names.column(TIME_COLUMN));
+        let cells: Vec<Cell> = buckets.iter().map(|b| Cell::Int(*b)).collect();
+        let tuples: Vec<&[Cell]> = cells.iter().map(std::slice::from_ref).collect();
+        for condition in membership(txn.is_postgres(), &[time], &[ColumnType::BigInt], &tuples) {
             let delete = Query::delete()
                 .from_table(table_name.clone())
-                .and_where(Expr::col(names.column(TIME_COLUMN)).is_in(chunk.iter().copied()))
+                .and_where(condition)
                 .and_where(Expr::col(presence.clone()).lte(0))
                 .to_owned();
             txn.execute(&delete).await?;

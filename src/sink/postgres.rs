@@ -215,7 +215,7 @@ pub(super) fn any_of<'c>(
 }
 
 /// The cells as one bound array, cast to bigint[] or text[].
-fn array<'c>(cells: impl Iterator<Item = &'c Cell>, integer: bool) -> Expr {
+pub(super) fn array<'c>(cells: impl Iterator<Item = &'c Cell>, integer: bool) -> Expr {
     let (ty, sql_type, values): (ArrayType, &str, Vec<Value>) = if integer {
         let values = cells
             .map(|cell| match cell {
