@@ -418,20 +418,33 @@ impl Aggregation {
     }
 }
 
-/// The value of a fact column in a batch row: a mapped column or a
-/// dimension key.
-pub(super) fn cell(facts: &Facts<'_>, row: &Row, keys: &[i64], column: &str) -> Cell {
-    if let Some(at) = facts.plan.columns.iter().position(|(c, _)| c == column) {
-        return row.values[at].clone();
+/// Where a fact column's value is in a batch row: a mapped value, a
+/// dimension key, or neither.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Place {
+    Value(usize),
+    Key(usize),
+    Absent,
+}
+
+impl Place {
+    pub fn of(facts: &Facts<'_>, column: &str) -> Place {
+        let plan = facts.plan;
+        match plan.columns.iter().position(|(c, _)| c == column) {
+            Some(at) => Place::Value(at),
+            None => match plan.dimensions.iter().position(|d| d.key_column == column) {
+                Some(at) => Place::Key(at),
+                None => Place::Absent,
+            },
+        }
     }
-    match facts
-        .plan
-        .dimensions
-        .iter()
-        .position(|d| d.key_column == column)
-    {
-        Some(d) => Cell::Int(keys[d]),
-        None => Cell::Null,
+
+    pub fn cell(self, row: &Row, keys: &[i64]) -> Cell {
+        match self {
+            Place::Value(at) => row.values[at].clone(),
+            Place::Key(at) => Cell::Int(keys[at]),
+            Place::Absent => Cell::Null,
+        }
     }
 }
 
@@ -479,15 +492,18 @@ fn batch_values(
     keys: &[Vec<i64>],
     columns: &[&str],
 ) -> BTreeSet<Vec<Cell>> {
-    rows.iter()
-        .zip(keys)
-        .map(|(row, row_keys)| {
-            columns
-                .iter()
-                .map(|c| cell(facts, row, row_keys, c))
-                .collect()
-        })
-        .collect()
+    let places: Vec<Place> = columns.iter().map(|c| Place::of(facts, c)).collect();
+    let mut values = BTreeSet::new();
+    let mut last: Vec<Cell> = Vec::new();
+    for (row, row_keys) in rows.iter().zip(keys) {
+        // An event's rows are adjacent and mostly share these values.
+        let tuple: Vec<Cell> = places.iter().map(|p| p.cell(row, row_keys)).collect();
+        if tuple != last {
+            values.insert(tuple.clone());
+        }
+        last = tuple;
+    }
+    values
 }
 
 async fn old_values(
@@ -502,16 +518,7 @@ async fn old_values(
     } else {
         facts.plan.replace_by.iter().map(String::as_str).collect()
     };
-    let identities: BTreeSet<Vec<Cell>> = rows
-        .iter()
-        .zip(keys)
-        .map(|(row, row_keys)| {
-            identity
-                .iter()
-                .map(|c| cell(facts, row, row_keys, c))
-                .collect()
-        })
-        .collect();
+    let identities = batch_values(facts, rows, keys, &identity);
     fact_values(
         txn,
         facts.names,

@@ -16,7 +16,9 @@
 //! batch, not the buckets: a backfill of unordered history is as cheap per
 //! batch as a stream in time order.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
+use std::ops::Range;
 
 use foldhash::{HashMap, HashMapExt};
 
@@ -24,7 +26,7 @@ use sea_orm::DbErr;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Func, OnConflict, Query, Value};
 
 use super::aggregate::scalar_cell;
-use super::aggregate::{cell, fact_values, membership};
+use super::aggregate::{Place, fact_values, membership};
 use super::recompute::{fact_rows, tuples};
 use super::txn::Txn;
 use super::write::{CHUNK, Facts, value};
@@ -119,18 +121,18 @@ pub(super) async fn contribution(
         .collect();
     let columns: Vec<Expr> = plan.identity.iter().map(|c| fact_col(c)).collect();
     let tuples_of: Vec<&[Cell]> = identities.iter().map(|v| v.as_slice()).collect();
-    let mut rows: Vec<Vec<Cell>> = Vec::new();
+    let mut sums = Accumulator::new(calendar, aggregate);
+    let mut cells: Vec<Cell> = Vec::new();
     for condition in membership(txn.is_postgres(), &columns, &types, &tuples_of) {
         let mut select = fact_rows(names, aggregate, Level::Subhr, &tuples, true);
         select.and_where(condition);
-        let found = txn.query(&select).await?;
-        rows.extend(
-            found
-                .into_iter()
-                .map(|row| row.into_iter().map(scalar_cell).collect()),
-        );
+        for row in txn.query(&select).await? {
+            cells.clear();
+            cells.extend(row.into_iter().map(scalar_cell));
+            sums.add(&cells);
+        }
     }
-    Ok(accumulate(calendar, aggregate, &rows))
+    Ok(sums.finish())
 }
 
 /// Whether a batch's rows are the whole after-state of the identities it
@@ -147,10 +149,7 @@ pub(super) fn covers_batch(plan: &DeltaPlan, aggregate: &Aggregate, facts: &Fact
     let mut mapping = mapping.to_vec();
     identity.sort();
     mapping.sort();
-    let carried = |column: &str| {
-        facts.plan.columns.iter().any(|(c, _)| c == column)
-            || facts.plan.dimensions.iter().any(|d| d.key_column == column)
-    };
+    let carried = |column: &str| !matches!(Place::of(facts, column), Place::Absent);
     identity == mapping && fact_columns(aggregate).iter().all(|c| carried(c))
 }
 
@@ -209,18 +208,15 @@ pub(super) async fn batch_contribution(
 ) -> Result<Contribution, DbErr> {
     // Where each fact column is in a batch row: a mapped value or a
     // dimension key (`covers_batch` checked that each is one).
-    let plan = &batch.facts.plan;
-    let mut sources: HashMap<&str, Source> = HashMap::new();
+    let mut sources: HashMap<&str, Place> = HashMap::new();
     for column in fact_columns(aggregate) {
-        let source = match plan.columns.iter().position(|(c, _)| c == column) {
-            Some(at) => Source::Value(at),
-            None => match plan.dimensions.iter().position(|d| d.key_column == column) {
-                Some(at) => Source::Key(at),
-                None => Source::Absent,
-            },
-        };
-        sources.insert(column, source);
+        sources.insert(column, Place::of(batch.facts, column));
     }
+    let fact_source = |column: &str| match sources.get(column) {
+        Some(Place::Value(at)) => Resolved::Value(*at),
+        Some(Place::Key(at)) => Resolved::Key(*at),
+        _ => Resolved::Null,
+    };
     // Per join: its referenced columns, and the stored rows by join values.
     let refs = references(aggregate);
     let mut matches: Vec<Matches> = Vec::new();
@@ -233,15 +229,19 @@ pub(super) async fn batch_contribution(
         }
         let fact_side: Vec<&str> = join.on.iter().map(|(_, f)| f.as_str()).collect();
         let joined_side: Vec<&str> = join.on.iter().map(|(c, _)| c.as_str()).collect();
-        let values: BTreeSet<Vec<Cell>> = (0..batch.rows.len())
-            .map(|row| {
-                fact_side
-                    .iter()
-                    .map(|c| cell(batch.facts, batch.rows[row], &batch.keys[row], c))
-                    .collect::<Vec<Cell>>()
-            })
-            .filter(|values| values.iter().all(|v| !v.is_null()))
-            .collect();
+        let fact_side: Vec<Resolved> = fact_side.iter().map(|c| fact_source(c)).collect();
+        let mut values: BTreeSet<Vec<Cell>> = BTreeSet::new();
+        let mut last: Vec<Cell> = Vec::new();
+        for (row, keys) in batch.rows.iter().zip(batch.keys) {
+            // An event's rows are adjacent and mostly share their values.
+            let tuple: Vec<Cell> = (fact_side.iter())
+                .map(|r| r.eval(&row.values, keys, &[]).into_owned())
+                .collect();
+            if tuple != last && tuple.iter().all(|v| !v.is_null()) {
+                values.insert(tuple.clone());
+            }
+            last = tuple;
+        }
         let selected: Vec<&str> = joined_side
             .iter()
             .copied()
@@ -266,11 +266,7 @@ pub(super) async fn batch_contribution(
     // row or in a joined row, and its `no_match` value.
     let resolve = |reference: &ColumnRef| -> Resolved {
         match reference.join {
-            None => match sources.get(reference.column.as_str()) {
-                Some(Source::Value(at)) => Resolved::Value(*at),
-                Some(Source::Key(at)) => Resolved::Key(*at),
-                _ => Resolved::Null,
-            },
+            None => fact_source(&reference.column),
             Some(j) => Resolved::Joined {
                 join: j,
                 at: matches[j]
@@ -337,66 +333,65 @@ pub(super) async fn batch_contribution(
         })
         .collect();
 
-    let mut rows: Vec<Vec<Cell>> = Vec::with_capacity(batch.rows.len());
-    let mut combo: Vec<Option<&Vec<Cell>>> = vec![None; aggregate.joins.len()];
-    for row in 0..batch.rows.len() {
-        let (values, keys) = (&batch.rows[row].values, &batch.keys[row]);
-        // Each join's matching rows (one absent row when none matches),
-        // combined as the SQL left joins would.
-        let found: Vec<Vec<Option<&Vec<Cell>>>> = on
-            .iter()
-            .enumerate()
-            .map(|(j, columns)| {
-                let key: Vec<Cell> = columns.iter().map(|r| r.eval(values, keys, &[])).collect();
-                match matches[j].1.get(&key) {
-                    Some(rows) if key.iter().all(|v| !v.is_null()) => {
-                        rows.iter().map(Some).collect()
-                    }
-                    _ => vec![None],
-                }
-            })
-            .collect();
-        let mut at = vec![0usize; found.len()];
+    let mut sums = Accumulator::new(calendar, aggregate);
+    let mut out: Vec<Cell> = Vec::new();
+    let mut key: Vec<Cell> = Vec::new();
+    // Each join's matching rows (one absent row when none matches),
+    // combined as the SQL left joins would.
+    let mut found: Vec<&[Vec<Cell>]> = vec![&[]; on.len()];
+    let mut combo: Vec<Option<&Vec<Cell>>> = vec![None; on.len()];
+    let mut at = vec![0usize; on.len()];
+    for (row, keys) in batch.rows.iter().zip(batch.keys) {
+        let values = &row.values;
+        for (j, columns) in on.iter().enumerate() {
+            key.clear();
+            key.extend(
+                columns
+                    .iter()
+                    .map(|r| r.eval(values, keys, &[]).into_owned()),
+            );
+            found[j] = match matches[j].1.get(key.as_slice()) {
+                Some(rows) if key.iter().all(|v| !v.is_null()) => rows,
+                _ => &[],
+            };
+        }
+        at.fill(0);
         loop {
             for (j, choice) in at.iter().enumerate() {
-                combo[j] = found[j][*choice];
+                combo[j] = found[j].get(*choice);
             }
-            let get = |r: &Resolved| r.eval(values, keys, &combo);
-            let mut out: Vec<Cell> = Vec::with_capacity(rows.first().map_or(16, Vec::len));
-            out.push(get(&time));
-            out.extend(groups.iter().map(get));
+            let get = |r| Resolved::eval(r, values, keys, &combo);
+            out.clear();
+            out.push(get(&time).into_owned());
+            out.extend(groups.iter().map(|g| get(g).into_owned()));
             for measure in &measures {
-                let pass =
-                    measure
-                        .filters
-                        .iter()
-                        .all(|(column, test)| match (test, &get(column)) {
-                            (Test::Equals(Constant::Int(n)), Cell::Int(v)) => v == n,
-                            (Test::Equals(Constant::Text(t)), Cell::Text(v)) => **v == **t,
-                            (Test::AtLeast(n), Cell::Int(v)) => v >= n,
-                            (Test::AtMost(n), Cell::Int(v)) => v <= n,
-                            _ => false,
-                        })
-                        && measure.not_null.iter().all(|c| !get(c).is_null());
+                let pass = measure.filters.iter().all(|(column, test)| {
+                    match (test, get(column).as_ref()) {
+                        (Test::Equals(Constant::Int(n)), Cell::Int(v)) => v == n,
+                        (Test::Equals(Constant::Text(t)), Cell::Text(v)) => **v == **t,
+                        (Test::AtLeast(n), Cell::Int(v)) => v >= n,
+                        (Test::AtMost(n), Cell::Int(v)) => v <= n,
+                        _ => false,
+                    }
+                }) && measure.not_null.iter().all(|c| !get(c).is_null());
                 out.push(Cell::Int(i64::from(pass)));
                 if let Some((a, b)) = &measure.value {
                     out.push(match (get(a), b.as_ref().map(get)) {
-                        (value, None) => value,
-                        (Cell::Int(a), Some(Cell::Int(b))) => Cell::Int(a - b),
-                        _ => Cell::Null,
+                        (value, None) => value.into_owned(),
+                        (a, Some(b)) => match (a.as_ref(), b.as_ref()) {
+                            (Cell::Int(a), Cell::Int(b)) => Cell::Int(a - b),
+                            _ => Cell::Null,
+                        },
                     });
                 }
             }
             for columns in &tuple_columns {
-                out.extend(columns.iter().map(get));
+                out.extend(columns.iter().map(|c| get(c).into_owned()));
             }
-            rows.push(out);
+            sums.add(&out);
             // The next combination of the joins' matches.
-            let mut j = found.len();
-            loop {
-                if j == 0 {
-                    break;
-                }
+            let mut j = at.len();
+            while j > 0 {
                 j -= 1;
                 at[j] += 1;
                 if at[j] < found[j].len() {
@@ -409,7 +404,7 @@ pub(super) async fn batch_contribution(
             }
         }
     }
-    Ok(accumulate(calendar, aggregate, &rows))
+    Ok(sums.finish())
 }
 
 /// How one measure is evaluated on a batch row.
@@ -435,116 +430,148 @@ enum Resolved {
 }
 
 impl Resolved {
-    fn eval(&self, values: &[Cell], keys: &[i64], combo: &[Option<&Vec<Cell>>]) -> Cell {
+    fn eval<'a>(
+        &'a self,
+        values: &'a [Cell],
+        keys: &[i64],
+        combo: &[Option<&'a Vec<Cell>>],
+    ) -> Cow<'a, Cell> {
         match self {
-            Resolved::Value(at) => values[*at].clone(),
-            Resolved::Key(at) => Cell::Int(keys[*at]),
+            Resolved::Value(at) => Cow::Borrowed(&values[*at]),
+            Resolved::Key(at) => Cow::Owned(Cell::Int(keys[*at])),
             Resolved::Joined { join, at, no_match } => {
-                let value = combo[*join].map_or(Cell::Null, |row| row[*at].clone());
-                match (value, no_match) {
-                    (Cell::Null, Some(no_match)) => no_match.clone(),
-                    (value, _) => value,
+                match (combo[*join].map(|row| &row[*at]), no_match) {
+                    (None | Some(Cell::Null), Some(no_match)) => Cow::Borrowed(no_match),
+                    (None, None) => Cow::Owned(Cell::Null),
+                    (Some(value), _) => Cow::Borrowed(value),
                 }
             }
-            Resolved::Null => Cell::Null,
+            Resolved::Null => Cow::Owned(Cell::Null),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Source {
-    Value(usize),
-    Key(usize),
-    Absent,
 }
 
 /// Sums rows laid out as [`fact_rows`] selects them (`b`, groups, per
 /// measure its flag and, for sums, its value, then the tuples' columns)
-/// into each level's buckets and groups.
-fn accumulate(calendar: &Calendar, aggregate: &Aggregate, rows: &[Vec<Cell>]) -> Contribution {
-    let (tuples, tuple_of) = tuples(aggregate);
-    // Column positions in each row: b, groups, then per measure w (and v),
-    // then the tuples' columns.
-    let groups = aggregate.group_by.len();
-    let mut at = 1 + groups;
-    let mut flag = Vec::new();
-    let mut val = Vec::new();
-    for measure in &aggregate.measures {
-        flag.push(at);
-        at += 1;
-        let valued = matches!(measure.kind, MeasureKind::Sum(_));
-        val.push(valued.then_some(at));
-        at += usize::from(valued);
-    }
-    let mut tuple_at = Vec::new();
-    for tuple in &tuples {
-        tuple_at.push(at..at + tuple.len());
-        at += tuple.len();
+/// into each level's buckets and groups, one row at a time.
+struct Accumulator<'a> {
+    calendar: &'a Calendar,
+    aggregate: &'a Aggregate,
+    /// Positions in a row: each measure's flag and value; each tuple.
+    flag: Vec<usize>,
+    val: Vec<Option<usize>>,
+    tuple_at: Vec<Range<usize>>,
+    /// The tuple each measure counts once, if any.
+    tuple_of: Vec<Option<usize>>,
+    /// Per level, the level it is summed from when it rolls up.
+    source: Vec<Option<usize>>,
+    level_keys: HashMap<i64, [i64; 7]>,
+    /// Groups and tuples are interned: rows repeat them, and keys are then
+    /// plain integers.
+    group_ids: HashMap<Vec<Cell>, usize>,
+    tuple_ids: Vec<HashMap<Vec<Cell>, usize>>,
+    row_tuples: Vec<usize>,
+    /// Per level, bucket and group: running sums.
+    sums: Vec<HashMap<(i64, usize), Vec<i64>>>,
+    /// A distinct tuple counts (or adds its value) the first time it is
+    /// seen in its level, bucket, group and measure.
+    seen: foldhash::HashSet<(usize, i64, usize, usize, usize)>,
+}
+
+impl<'a> Accumulator<'a> {
+    fn new(calendar: &'a Calendar, aggregate: &'a Aggregate) -> Self {
+        let (tuples, tuple_of) = tuples(aggregate);
+        let mut at = 1 + aggregate.group_by.len();
+        let (mut flag, mut val) = (Vec::new(), Vec::new());
+        for measure in &aggregate.measures {
+            flag.push(at);
+            at += 1;
+            let valued = matches!(measure.kind, MeasureKind::Sum(_));
+            val.push(valued.then_some(at));
+            at += usize::from(valued);
+        }
+        let mut tuple_at = Vec::new();
+        for tuple in &tuples {
+            tuple_at.push(at..at + tuple.len());
+            at += tuple.len();
+        }
+        // A level that rolls up is summed from the finest level it nests
+        // in that is computed from the rows (the author vouches that each
+        // distinct tuple falls in one interval).
+        let source = aggregate
+            .levels
+            .iter()
+            .map(|&level| {
+                let mut from = aggregate.rolled_up_from(level)?;
+                while let Some(finer) = aggregate.rolled_up_from(from) {
+                    from = finer;
+                }
+                aggregate.levels.iter().position(|l| *l == from)
+            })
+            .collect();
+        Accumulator {
+            calendar,
+            aggregate,
+            flag,
+            val,
+            tuple_ids: vec![HashMap::new(); tuple_at.len()],
+            tuple_at,
+            tuple_of,
+            source,
+            level_keys: HashMap::new(),
+            group_ids: HashMap::new(),
+            row_tuples: Vec::new(),
+            sums: vec![HashMap::new(); aggregate.levels.len()],
+            seen: Default::default(),
+        }
     }
 
-    let measures = aggregate.measures.len();
-    // A level that rolls up is summed from the finest level it nests in
-    // that is computed from the rows (the author vouches that each
-    // distinct tuple falls in one interval).
-    let source: Vec<Option<usize>> = aggregate
-        .levels
-        .iter()
-        .map(|&level| {
-            let mut from = aggregate.rolled_up_from(level)?;
-            while let Some(finer) = aggregate.rolled_up_from(from) {
-                from = finer;
-            }
-            aggregate.levels.iter().position(|l| *l == from)
-        })
-        .collect();
-    let mut level_keys: HashMap<i64, [i64; 7]> = HashMap::new();
-    // Groups and tuples are interned: rows repeat them, and keys are then
-    // plain integers.
-    let mut group_ids: HashMap<&[Cell], usize> = HashMap::new();
-    let mut tuple_ids: Vec<HashMap<&[Cell], usize>> = vec![HashMap::new(); tuples.len()];
-    // Per level, bucket and group: running sums. A distinct tuple counts
-    // (or adds its value) the first time it is seen in its bucket, group
-    // and measure.
-    let mut sums: Vec<HashMap<(i64, usize), Vec<i64>>> =
-        vec![HashMap::new(); aggregate.levels.len()];
-    let mut seen: foldhash::HashSet<(usize, i64, usize, usize, usize)> = Default::default();
-    for row in rows {
+    fn keys(&mut self, key: i64) -> [i64; 7] {
+        let calendar = self.calendar;
+        *self
+            .level_keys
+            .entry(key)
+            .or_insert_with(|| calendar.interval(key).keys)
+    }
+
+    fn add(&mut self, row: &[Cell]) {
         let Cell::Int(time_key) = row[0] else {
-            continue;
+            return;
         };
-        let keys = *level_keys
-            .entry(time_key)
-            .or_insert_with(|| calendar.interval(time_key).keys);
-        let next = group_ids.len();
-        let group = *group_ids.entry(&row[1..1 + groups]).or_insert(next);
-        let mut row_tuples: Vec<usize> = Vec::with_capacity(tuples.len());
-        for (k, range) in tuple_at.iter().enumerate() {
-            let next = tuple_ids[k].len();
-            row_tuples.push(*tuple_ids[k].entry(&row[range.clone()]).or_insert(next));
+        let keys = self.keys(time_key);
+        let group = intern(
+            &mut self.group_ids,
+            &row[1..1 + self.aggregate.group_by.len()],
+        );
+        self.row_tuples.clear();
+        for (k, range) in self.tuple_at.iter().enumerate() {
+            let id = intern(&mut self.tuple_ids[k], &row[range.clone()]);
+            self.row_tuples.push(id);
         }
-        for (l, level) in aggregate.levels.iter().enumerate() {
-            if source[l].is_some() {
+        let measures = &self.aggregate.measures;
+        for (l, level) in self.aggregate.levels.iter().enumerate() {
+            if self.source[l].is_some() {
                 continue;
             }
             let bucket = keys[*level as usize];
-            let totals = sums[l]
+            let totals = self.sums[l]
                 .entry((bucket, group))
-                .or_insert_with(|| vec![0; measures]);
-            for (m, measure) in aggregate.measures.iter().enumerate() {
-                if row[flag[m]] != Cell::Int(1) {
+                .or_insert_with(|| vec![0; measures.len()]);
+            for (m, measure) in measures.iter().enumerate() {
+                if row[self.flag[m]] != Cell::Int(1) {
                     continue;
                 }
-                let amount = match val[m].map(|v| &row[v]) {
+                let amount = match self.val[m].map(|v| &row[v]) {
                     Some(Cell::Int(amount)) => *amount,
                     Some(_) => continue,
                     None => 1,
                 };
-                match tuple_of[m] {
+                match self.tuple_of[m] {
                     None if matches!(measure.kind, MeasureKind::Count | MeasureKind::Sum(_)) => {
                         totals[m] += amount;
                     }
                     None => {}
-                    Some(k) if seen.insert((l, bucket, group, m, row_tuples[k])) => {
+                    Some(k) if self.seen.insert((l, bucket, group, m, self.row_tuples[k])) => {
                         totals[m] += amount;
                     }
                     Some(_) => {}
@@ -552,36 +579,62 @@ fn accumulate(calendar: &Calendar, aggregate: &Aggregate, rows: &[Vec<Cell>]) ->
             }
         }
     }
-    for (l, level) in aggregate.levels.iter().enumerate() {
-        let Some(from) = source[l] else { continue };
-        let mut rolled: HashMap<(i64, usize), Vec<i64>> = HashMap::new();
-        for ((bucket, group), totals) in &sums[from] {
-            let keys = *level_keys
-                .entry(*bucket)
-                .or_insert_with(|| calendar.interval(*bucket).keys);
-            let into = rolled
-                .entry((keys[*level as usize], *group))
-                .or_insert_with(|| vec![0; measures]);
-            for (sum, total) in into.iter_mut().zip(totals) {
-                *sum += total;
+
+    /// The sums, with the levels that roll up summed from their source.
+    fn finish(self) -> Contribution {
+        let Accumulator {
+            calendar,
+            aggregate,
+            source,
+            mut level_keys,
+            group_ids,
+            mut sums,
+            ..
+        } = self;
+        let measures = aggregate.measures.len();
+        for (l, level) in aggregate.levels.iter().enumerate() {
+            let Some(from) = source[l] else { continue };
+            let mut rolled: HashMap<(i64, usize), Vec<i64>> = HashMap::new();
+            for ((bucket, group), totals) in &sums[from] {
+                let keys = level_keys
+                    .entry(*bucket)
+                    .or_insert_with(|| calendar.interval(*bucket).keys);
+                let into = rolled
+                    .entry((keys[*level as usize], *group))
+                    .or_insert_with(|| vec![0; measures]);
+                for (sum, total) in into.iter_mut().zip(totals) {
+                    *sum += total;
+                }
             }
+            sums[l] = rolled;
         }
-        sums[l] = rolled;
+        let mut groups_by_id: Vec<Vec<Cell>> = vec![Vec::new(); group_ids.len()];
+        for (values, id) in group_ids {
+            groups_by_id[id] = values;
+        }
+        let levels = sums
+            .into_iter()
+            .map(|level| {
+                level
+                    .into_iter()
+                    .map(|((bucket, group), totals)| {
+                        ((bucket, groups_by_id[group].clone()), totals)
+                    })
+                    .collect()
+            })
+            .collect();
+        Contribution { levels }
     }
-    let mut groups_by_id: Vec<Vec<Cell>> = vec![Vec::new(); group_ids.len()];
-    for (values, id) in group_ids {
-        groups_by_id[id] = values.to_vec();
+}
+
+/// The id of `values`, given the next free one when new.
+fn intern(ids: &mut HashMap<Vec<Cell>, usize>, values: &[Cell]) -> usize {
+    if let Some(id) = ids.get(values) {
+        return *id;
     }
-    let levels = sums
-        .into_iter()
-        .map(|level| {
-            level
-                .into_iter()
-                .map(|((bucket, group), totals)| ((bucket, groups_by_id[group].clone()), totals))
-                .collect()
-        })
-        .collect();
-    Contribution { levels }
+    let id = ids.len();
+    ids.insert(values.to_vec(), id);
+    id
 }
 
 /// Adds `new − old` to each level table, and deletes the rows of the
