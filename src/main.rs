@@ -33,7 +33,11 @@ fn main() -> ExitCode {
         Ok(cli::Outcome::Invalid) => ExitCode::from(1),
         Err(error) => {
             eprintln!("martmap: {error:#}");
-            ExitCode::from(2)
+            // A schema change refused is the input's problem, not a failure.
+            match error.downcast_ref::<martmap::sink::SinkError>() {
+                Some(martmap::sink::SinkError::SchemaRefused(_)) => ExitCode::from(1),
+                _ => ExitCode::from(2),
+            }
         }
     }
 }

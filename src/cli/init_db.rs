@@ -4,20 +4,36 @@
 use std::path::PathBuf;
 
 use martmap::catalog::Catalog;
-use martmap::sink::{Database, plan_tables};
+use martmap::sink::{Database, SchemaPlan, SinkError, plan_tables};
 
 use super::{CatalogArgs, Color, DatabaseArgs, Outcome, load_plans};
 
-/// Create the tables of every mapping in a directory, the control tables,
-/// and the static dimension members. Existing tables are left as they are;
-/// running it again is harmless.
+/// Create or update the tables of every mapping in a directory, the
+/// control tables, and the static dimension members, so the database
+/// follows the catalog. Running it again is harmless.
 ///
-/// Example: martmap init-db --database-url postgres://infomart@db/infomart
+/// Tables that exist are compared with the catalog, and what is safe is
+/// applied in one transaction: new tables, new nullable columns, wider
+/// types (a larger integer, a longer varchar, text), a dropped NOT NULL,
+/// missing indexes and static members. A change that could lose or break
+/// data (a narrower or other type, a column the catalog no longer
+/// declares, a new NOT NULL column, NOT NULL on a nullable column, another
+/// primary key) is refused before anything changes: exit 1, naming table,
+/// column, what differs and what to do. `load` and `run` do the same for
+/// the tables they use.
+///
+/// Examples:
+///   martmap init-db --database-url postgres://infomart@db/infomart
+///   martmap init-db --dry-run     # print the plan as SQL, change nothing
 #[derive(Debug, clap::Args)]
 pub struct InitDbArgs {
     /// Directory of mapping files (`*.yaml`).
     #[arg(long, default_value = "mappings", value_name = "DIR")]
     mappings: PathBuf,
+
+    /// Print what would change, as SQL, and change nothing.
+    #[arg(long)]
+    dry_run: bool,
 
     #[command(flatten)]
     database: DatabaseArgs,
@@ -40,6 +56,13 @@ pub fn run(args: InitDbArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
         .build()?;
     runtime.block_on(async {
         let database = Database::connect(&args.database.url(), &catalog).await?;
+        if args.dry_run {
+            let planned = database
+                .schema_plan(&catalog, plans.iter().flat_map(plan_tables))
+                .await;
+            database.close().await;
+            return dry_run(planned?);
+        }
         let created = database
             .create_tables(&catalog, plans.iter().flat_map(plan_tables))
             .await;
@@ -54,4 +77,23 @@ pub fn run(args: InitDbArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
         );
         Ok::<_, Box<dyn std::error::Error>>(Outcome::Success)
     })
+}
+
+/// Prints the plan: each change in words, refusals, then the SQL that
+/// applying it would run (refused plans run nothing).
+fn dry_run((plan, sql): (SchemaPlan, Vec<String>)) -> Result<Outcome, Box<dyn std::error::Error>> {
+    let changes = plan.describe();
+    if changes.is_empty() && plan.refusals.is_empty() {
+        println!("-- the database follows the catalog: no change");
+    }
+    for change in &changes {
+        println!("-- {change}");
+    }
+    if !plan.refusals.is_empty() {
+        return Err(Box::new(SinkError::SchemaRefused(plan.refusals)));
+    }
+    for statement in sql {
+        println!("{statement};");
+    }
+    Ok(Outcome::Success)
 }

@@ -6,10 +6,14 @@
 use std::sync::Arc;
 
 use sea_orm::sea_query::{Func, PostgresQueryBuilder, Query, Table as DdlTable};
-use sea_orm::{ConnectOptions, ConnectionTrait, DatabaseConnection, DbBackend, DbErr};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, SqliteTransactionMode,
+    TransactionOptions, TransactionTrait,
+};
 
 use super::aggregate::Aggregation;
-use super::{Names, SinkError, control, ddl, txn};
+use super::evolve::SchemaPlan;
+use super::{Names, SinkError, control, txn};
 use crate::aggregate::Aggregate;
 use crate::calendar::{self, Calendar};
 use crate::catalog::{Catalog, Table};
@@ -209,48 +213,81 @@ impl Database {
         }
     }
 
-    /// Creates the named tables (and the control tables) that do not exist.
+    /// Makes the named tables (and the control tables) follow the catalog:
+    /// creates those that do not exist and applies the safe changes to
+    /// those that do (see `evolve`), in one transaction; refuses, before
+    /// any change, when one could lose or break data.
     pub async fn create_tables<'c>(
         &self,
         catalog: &'c Catalog,
         tables: impl IntoIterator<Item = &'c str>,
     ) -> Result<Vec<&'c Table>, SinkError> {
-        use sea_orm::TransactionTrait;
+        let tables = self.tables(catalog, tables)?;
+        // PostgreSQL: processes starting at once take turns (`CREATE TABLE
+        // IF NOT EXISTS` fails when another session creates the same table
+        // at that instant). SQLite: the write lock is taken at BEGIN; a
+        // deferred transaction would fail to upgrade its read lock when
+        // another process wrote meanwhile.
+        let options = TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..TransactionOptions::default()
+        };
+        let txn = self.connection.begin_with_options(options).await?;
+        if self.backend() == DbBackend::Postgres {
+            txn.execute_unprepared("SELECT pg_advisory_xact_lock(hashtext('martmap:ddl'))")
+                .await?;
+        }
+        let plan = SchemaPlan::read(&txn, self.names, &tables).await?;
+        if !plan.refusals.is_empty() {
+            return Err(SinkError::SchemaRefused(plan.refusals));
+        }
+        for change in plan.describe() {
+            tracing::info!(change, "schema");
+        }
+        for statement in plan.statements(self.backend(), self.names, &tables, true) {
+            txn.execute_raw(statement).await?;
+        }
+        txn.commit().await?;
+        Ok(tables)
+    }
+
+    /// What [`Database::create_tables`] would do, without doing it: the
+    /// plan, and the SQL it would run.
+    pub async fn schema_plan<'c>(
+        &self,
+        catalog: &'c Catalog,
+        tables: impl IntoIterator<Item = &'c str>,
+    ) -> Result<(SchemaPlan, Vec<String>), SinkError> {
+        let tables = self.tables(catalog, tables)?;
+        let plan = SchemaPlan::read(&self.connection, self.names, &tables).await?;
+        let sql = plan
+            .statements(self.backend(), self.names, &tables, false)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        Ok((plan, sql))
+    }
+
+    /// The named tables and the control tables, each once.
+    fn tables<'c>(
+        &self,
+        catalog: &'c Catalog,
+        tables: impl IntoIterator<Item = &'c str>,
+    ) -> Result<Vec<&'c Table>, SinkError> {
         let mut names: Vec<&str> = Vec::new();
         for name in self.control.tables.iter().copied().chain(tables) {
             if !names.contains(&name) {
                 names.push(name);
             }
         }
-        let tables = names
+        names
             .into_iter()
             .map(|name| {
                 catalog
                     .table(name)
                     .ok_or_else(|| SinkError::MissingTable(name.to_owned()))
             })
-            .collect::<Result<Vec<&Table>, _>>()?;
-        if self.backend() == DbBackend::Postgres {
-            // `CREATE TABLE IF NOT EXISTS` fails when another session
-            // creates the same table at that instant: processes starting at
-            // once take turns, and each creates what is missing in one
-            // transaction.
-            let txn = self.connection.begin().await?;
-            txn.execute_unprepared("SELECT pg_advisory_xact_lock(hashtext('martmap:ddl'))")
-                .await?;
-            for table in &tables {
-                ddl::create(&txn, &self.names, table).await?;
-            }
-            txn.commit().await?;
-        } else {
-            // SQLite serialises writers itself (each statement waits on the
-            // busy timeout); a deferred transaction would instead fail to
-            // upgrade its read lock when another process wrote meanwhile.
-            for table in &tables {
-                ddl::create(&self.connection, &self.names, table).await?;
-            }
-        }
-        Ok(tables)
+            .collect()
     }
 }
 

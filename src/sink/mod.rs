@@ -14,6 +14,7 @@ mod database;
 mod date_time;
 mod ddl;
 mod delta;
+mod evolve;
 mod postgres;
 mod recompute;
 mod sqlite;
@@ -33,6 +34,7 @@ use crate::plan::{DimensionKind, Plan};
 pub use aggregate::Aggregation;
 pub use database::{AggregateReport, AggregateSetup, CycleLock, Database};
 pub use ddl::{HASH_COLUMN, natural_key_hash};
+pub use evolve::{Change, Refusal, SchemaPlan};
 pub use write::BatchReport;
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +63,12 @@ pub enum SinkError {
         partition: i32,
         first: i64,
     },
+    #[error(
+        "the database does not follow the catalog, and changing it could lose or break data; \
+         nothing was changed:\n{}",
+        .0.iter().map(|r| format!("  - {r}")).collect::<Vec<_>>().join("\n")
+    )]
+    SchemaRefused(Vec<Refusal>),
     #[error(
         "DATE_TIME was filled for another time zone than date-time-tz={zone}; its rows would \
          disagree: set date-time-tz back, or empty DATE_TIME and run `martmap aggregate --rebuild`"
