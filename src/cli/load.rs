@@ -22,7 +22,9 @@ use super::{CatalogArgs, Color, DatabaseArgs, Outcome, load_plan};
 /// loaded goes to CTL_DISCARD with its line number, exact payload and the
 /// reason, and the load goes on. Each batch commits in one transaction with
 /// its audit row (CTL_AUDIT_LOG); loading the same events again changes
-/// nothing but UPDATE_AUDIT_KEY. Missing tables are created first.
+/// nothing but UPDATE_AUDIT_KEY. First the tables are made to follow the
+/// catalog: missing ones created, safe changes applied, and a change that
+/// could lose data refused with exit 1 (see `martmap init-db --help`).
 ///
 /// An event with a value its column cannot hold (an integer out of the
 /// column's range) is discarded the same way. A batch that fails for the

@@ -6,6 +6,8 @@
 //!   PostgreSQL, checked against a GROUP BY computed in the test.
 //! - `architecture`: rules of the code's structure, checked on `src/`.
 //! - `kafka`: `martmap run` against the tansu broker `scripts/test` starts.
+//! - `evolve`: the database following a changed catalog (safe changes
+//!   applied, unsafe ones refused), golden files under `tests/cases/evolve/`.
 //! - `faults`: `martmap run` losing its broker (a tansu of the test's own)
 //!   or its database, and the client's security options.
 //! - `database`: `load` and `init-db` against SQLite and the PostgreSQL
@@ -20,6 +22,7 @@
 mod aggregates;
 mod architecture;
 mod database;
+mod evolve;
 mod faults;
 mod kafka;
 
