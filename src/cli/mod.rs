@@ -5,6 +5,7 @@
 mod aggregate;
 mod init_db;
 mod load;
+mod replay;
 mod run;
 mod test_mapping;
 mod validate;
@@ -45,6 +46,7 @@ pub enum Command {
     TestMapping(test_mapping::TestMappingArgs),
     InitDb(init_db::InitDbArgs),
     Load(load::LoadArgs),
+    ReplayDiscards(replay::ReplayArgs),
     Run(run::RunArgs),
     Aggregate(aggregate::AggregateArgs),
 }
@@ -158,6 +160,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Box<dyn std::error::Error>> {
         Command::TestMapping(args) => test_mapping::run(args),
         Command::InitDb(args) => init_db::run(args),
         Command::Load(args) => load::run(args),
+        Command::ReplayDiscards(args) => replay::run(args),
         Command::Run(args) => run::run(args),
         Command::Aggregate(args) => aggregate::run(args),
     }

@@ -20,6 +20,19 @@ pub struct Batch {
     pub offsets: Vec<NextOffset>,
     /// What the writer would otherwise work out itself: see [`Preparer`].
     pub prepared: Option<Prepared>,
+    /// When the events are discards replayed: which they are.
+    pub replay: Option<Replay>,
+}
+
+/// A batch of replayed discards (`martmap replay-discards`): which
+/// `CTL_DISCARD` rows its events come from, and those that still fail.
+#[derive(Debug, Default, Clone)]
+pub struct Replay {
+    /// Per event of the batch (in order): its discard's id, and the audit
+    /// key of the batch that discarded it.
+    pub events: Vec<(i64, i64)>,
+    /// Discards that still fail, with their new error.
+    pub failing: Vec<(i64, String)>,
 }
 
 /// The part of writing a batch that needs no database, done by the thread

@@ -7,7 +7,7 @@
 
 mod batch;
 
-pub use batch::{Batch, CopyLine, DiscardRecord, KeyPart, NextOffset, Prepared, Preparer};
+pub use batch::{Batch, CopyLine, DiscardRecord, KeyPart, NextOffset, Prepared, Preparer, Replay};
 
 use crate::plan::Plan;
 

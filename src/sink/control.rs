@@ -6,14 +6,14 @@
 //! and column with a fitting type, so a catalog without them fails when
 //! the database is opened, naming what is missing, not at the first batch.
 
-use sea_orm::DbErr;
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict, Query, Value};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, LikeExpr, OnConflict, Order, Query, Value};
+use sea_orm::{ConnectionTrait, DbErr};
 
 use super::txn::Txn;
 use super::write::CHUNK;
 use super::{Names, SinkError};
 use crate::catalog::{Catalog, ColumnType};
-use crate::pipeline::{Batch, DiscardRecord, NextOffset};
+use crate::pipeline::{Batch, DiscardRecord, NextOffset, Replay};
 
 /// One column of a control table, as SQL names it.
 type Column = Alias;
@@ -51,6 +51,7 @@ pub struct KafkaOffsets {
 #[derive(Debug, Clone)]
 pub struct Discards {
     pub table: Alias,
+    id: Column,
     mapping_name: Column,
     source: Column,
     source_chars: usize,
@@ -61,6 +62,35 @@ pub struct Discards {
     error: Column,
     discard_ts: Column,
     audit_key: Column,
+    /// Needed only to replay discards: a catalog from before replays may
+    /// leave it out.
+    replayed_audit_key: Option<Column>,
+}
+
+/// A discarded message as `CTL_DISCARD` holds it.
+#[derive(Debug, Clone)]
+pub struct StoredDiscard {
+    pub id: i64,
+    pub source: String,
+    pub partition: Option<i32>,
+    pub position: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub error: String,
+    /// The batch that discarded it.
+    pub audit_key: i64,
+}
+
+/// Which discards to replay: those of one mapping not replayed yet, and
+/// optionally of one source, with an error containing a text, or
+/// discarded in a time range (epoch seconds, `until` excluded).
+#[derive(Debug, Clone, Default)]
+pub struct DiscardFilter {
+    pub mapping: String,
+    pub source: Option<String>,
+    pub error: Option<String>,
+    pub since: Option<i64>,
+    pub until: Option<i64>,
 }
 
 /// `CTL_AGGREGATE`: the aggregates kept up to date, and from which
@@ -178,6 +208,7 @@ impl Control {
         };
         let discards = Discards {
             table: r.table(DISCARDS),
+            id: r.column(DISCARDS, "ID", Integer),
             mapping_name: r.column(DISCARDS, "MAPPING_NAME", Text),
             source: r.column(DISCARDS, "SOURCE", Text),
             source_chars: r.chars(DISCARDS, "SOURCE"),
@@ -188,6 +219,11 @@ impl Control {
             error: r.column(DISCARDS, "ERROR", Text),
             discard_ts: r.column(DISCARDS, "DISCARD_TS", Integer),
             audit_key: r.column(DISCARDS, "AUDIT_KEY", Integer),
+            replayed_audit_key: catalog
+                .table(DISCARDS)
+                .and_then(|t| t.column("REPLAYED_AUDIT_KEY"))
+                .is_some()
+                .then(|| r.column(DISCARDS, "REPLAYED_AUDIT_KEY", Integer)),
         };
         let aggregates = catalog
             .table(AGGREGATES)
@@ -443,6 +479,104 @@ impl Discards {
                 ]);
             }
             txn.execute(&insert).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Discards {
+    fn replayed(&self) -> Result<&Column, DbErr> {
+        self.replayed_audit_key.as_ref().ok_or_else(|| {
+            DbErr::Custom(
+                "table `CTL_DISCARD` has no column `REPLAYED_AUDIT_KEY`, which replaying \
+                 discards needs; declare it (bigint) as schemas/tables/control.yaml does"
+                    .into(),
+            )
+        })
+    }
+
+    /// The discards `filter` selects, oldest first.
+    pub async fn pending(
+        &self,
+        db: &impl ConnectionTrait,
+        filter: &DiscardFilter,
+    ) -> Result<Vec<StoredDiscard>, DbErr> {
+        let mut select = Query::select();
+        select
+            .from(self.table.clone())
+            .expr(Expr::col(self.id.clone()).cast_as("BIGINT"))
+            .column(self.source.clone())
+            .expr(Expr::col(self.partition.clone()).cast_as("BIGINT"))
+            .expr(Expr::col(self.position.clone()).cast_as("BIGINT"))
+            .column(self.message_key.clone())
+            .column(self.payload.clone())
+            .column(self.error.clone())
+            .expr(Expr::col(self.audit_key.clone()).cast_as("BIGINT"))
+            .and_where(Expr::col(self.mapping_name.clone()).eq(filter.mapping.as_str()))
+            .and_where(Expr::col(self.replayed()?.clone()).is_null())
+            .order_by(self.id.clone(), Order::Asc);
+        if let Some(source) = &filter.source {
+            select.and_where(Expr::col(self.source.clone()).eq(source.as_str()));
+        }
+        if let Some(error) = &filter.error {
+            let pattern = format!(
+                "%{}%",
+                error
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_")
+            );
+            select
+                .and_where(Expr::col(self.error.clone()).like(LikeExpr::new(pattern).escape('\\')));
+        }
+        if let Some(since) = filter.since {
+            select.and_where(Expr::col(self.discard_ts.clone()).gte(since));
+        }
+        if let Some(until) = filter.until {
+            select.and_where(Expr::col(self.discard_ts.clone()).lt(until));
+        }
+        let mut found = Vec::new();
+        for row in db.query_all(&select).await? {
+            let partition: Option<i64> = row.try_get_by_index(2)?;
+            found.push(StoredDiscard {
+                id: row.try_get_by_index(0)?,
+                source: row.try_get_by_index(1)?,
+                partition: partition.and_then(|p| i32::try_from(p).ok()),
+                position: row.try_get_by_index(3)?,
+                key: row.try_get_by_index(4)?,
+                payload: row.try_get_by_index(5)?,
+                error: row.try_get_by_index(6)?,
+                audit_key: row.try_get_by_index(7)?,
+            });
+        }
+        Ok(found)
+    }
+
+    /// Marks discards loaded by the batch of `audit_key`, and records the
+    /// new errors of those that still fail.
+    pub async fn replay(
+        &self,
+        txn: &mut Txn,
+        loaded: &[i64],
+        replay: &Replay,
+        audit_key: i64,
+    ) -> Result<(), DbErr> {
+        let replayed = self.replayed()?;
+        for chunk in loaded.chunks(CHUNK) {
+            let update = Query::update()
+                .table(self.table.clone())
+                .value(replayed.clone(), audit_key)
+                .and_where(Expr::col(self.id.clone()).is_in(chunk.iter().copied()))
+                .to_owned();
+            txn.execute(&update).await?;
+        }
+        for (id, error) in &replay.failing {
+            let update = Query::update()
+                .table(self.table.clone())
+                .value(self.error.clone(), error.as_str())
+                .and_where(Expr::col(self.id.clone()).eq(*id))
+                .to_owned();
+            txn.execute(&update).await?;
         }
         Ok(())
     }

@@ -12,6 +12,7 @@ use sea_orm::{
 };
 
 use super::aggregate::Aggregation;
+use super::control::{DiscardFilter, StoredDiscard};
 use super::evolve::SchemaPlan;
 use super::{Names, SinkError, control, txn};
 use crate::aggregate::Aggregate;
@@ -266,6 +267,18 @@ impl Database {
             .map(ToString::to_string)
             .collect();
         Ok((plan, sql))
+    }
+
+    /// The discards `filter` selects, oldest first.
+    pub async fn pending_discards(
+        &self,
+        filter: &DiscardFilter,
+    ) -> Result<Vec<StoredDiscard>, SinkError> {
+        Ok(self
+            .control
+            .discards
+            .pending(&self.connection, filter)
+            .await?)
     }
 
     /// The named tables and the control tables, each once.

@@ -124,6 +124,19 @@ async fn replace_facts(
     Ok(())
 }
 
+/// Takes the advisory locks of the rows' `replace_by` identities, which
+/// writers of the same identities take too (see [`replace_facts`]).
+pub(super) async fn lock_identities(
+    facts: &Facts<'_>,
+    txn: &mut Txn,
+    rows: &[&Row],
+) -> Result<(), DbErr> {
+    if !rows.is_empty() {
+        txn.execute(&replaced_arrays(facts, rows).lock()).await?;
+    }
+    Ok(())
+}
+
 /// PostgreSQL: each chunk is one JSON document that the server expands
 /// with `json_populate_recordset`, so a statement binds one parameter
 /// instead of one per cell, and its text (hence its plan) is reused.

@@ -6,18 +6,21 @@
 //! only `UPDATE_AUDIT_KEY`; rows of a replaced event that this batch did not
 //! write still carry an older audit key and are deleted.
 
+use std::collections::BTreeSet;
+
 use foldhash::HashMap;
 
 use sea_orm::DbErr;
 use sea_orm::sea_query::Value;
 
+use super::aggregate::{fact_values, scalar_cell};
 use super::control::now;
 use super::ddl::natural_key_hash;
-use super::txn::Txn;
+use super::txn::{Scalar, Txn};
 use super::{Backend, Names, Sink, SinkError, postgres, sqlite};
 use crate::catalog::{ColumnType, Table};
 use crate::dimension::{Member, MemberStore};
-use crate::pipeline::{Batch, Preparer};
+use crate::pipeline::{Batch, Preparer, Replay};
 use crate::plan::{Cell, Plan, Row};
 
 /// Rows per INSERT statement: well under SQLite's and PostgreSQL's limits
@@ -79,6 +82,8 @@ pub struct BatchReport {
     pub rows: usize,
     pub discards: usize,
     pub new_members: usize,
+    /// Replayed discards left out: their identity was loaded since.
+    pub superseded: usize,
 }
 
 impl Sink {
@@ -86,6 +91,18 @@ impl Sink {
     pub async fn write(&mut self, batch: &Batch) -> Result<BatchReport, SinkError> {
         let mut txn = Txn::begin(&self.db.connection).await?;
         let names = self.db.names;
+        // Replayed discards: those whose identity was loaded again since
+        // they were discarded are left out.
+        let kept;
+        let (batch, loaded, superseded) = match &batch.replay {
+            None => (batch, Vec::new(), 0),
+            Some(replay) => {
+                let (batch_kept, loaded) = self.without_superseded(&mut txn, batch, replay).await?;
+                let superseded = replay.events.len() - loaded.len();
+                kept = batch_kept;
+                (&kept, loaded, superseded)
+            }
+        };
         let control = &*self.db.control;
         let (mapping, hash) = (&self.plan.mapping, &self.plan.content_hash);
         let audit_key = control
@@ -150,6 +167,11 @@ impl Sink {
             .await?;
         let offsets = &control.offsets;
         offsets.store(&mut txn, &batch.offsets, audit_key).await?;
+        if let Some(replay) = &batch.replay {
+            discards
+                .replay(&mut txn, &loaded, replay, audit_key)
+                .await?;
+        }
 
         let report = BatchReport {
             audit_key,
@@ -157,6 +179,7 @@ impl Sink {
             rows: rows.len(),
             discards: batch.discards.len(),
             new_members: resolved.created,
+            superseded,
         };
         control
             .audit
@@ -168,6 +191,98 @@ impl Sink {
             aggregation.filled(days);
         }
         Ok(report)
+    }
+
+    /// A replay batch without the events whose `replace_by` identity has
+    /// rows written after the event was discarded, or by the very batch
+    /// that discarded it (a newer version, or one the database cannot
+    /// order against it: the replay must not overwrite it), and the
+    /// discard ids it keeps. On
+    /// PostgreSQL the identities' locks are taken first, so no writer of
+    /// them commits between this check and the batch's writes.
+    async fn without_superseded(
+        &self,
+        txn: &mut Txn,
+        batch: &Batch,
+        replay: &Replay,
+    ) -> Result<(Batch, Vec<i64>), DbErr> {
+        let written_by = self
+            .fact
+            .audit
+            .update
+            .as_ref()
+            .or(self.fact.audit.create.as_ref());
+        let identity = |rows: &[Row]| -> Option<Vec<Cell>> {
+            let row = rows.first()?;
+            Some(
+                self.preparer
+                    .replace_by
+                    .iter()
+                    .map(|&i| row.values[i].clone())
+                    .collect(),
+            )
+        };
+        let mut newest: HashMap<Vec<Cell>, i64> = HashMap::default();
+        if let (Some(written_by), false) = (written_by, self.plan.replace_by.is_empty()) {
+            let facts = Facts {
+                names: self.db.names,
+                table: &self.fact,
+                plan: &self.plan,
+                preparer: &self.preparer,
+            };
+            let rows: Vec<&Row> = batch
+                .events
+                .iter()
+                .filter_map(|rows| rows.first())
+                .collect();
+            if self.backend == Backend::Postgres {
+                postgres::lock_identities(&facts, txn, &rows).await?;
+            }
+            let identities: BTreeSet<Vec<Cell>> = batch
+                .events
+                .iter()
+                .filter_map(|rows| identity(rows))
+                .collect();
+            let columns: Vec<&str> = self.plan.replace_by.iter().map(String::as_str).collect();
+            let mut selected = columns.clone();
+            selected.push(written_by);
+            let found = fact_values(
+                txn,
+                self.db.names,
+                &self.fact,
+                &columns,
+                &identities,
+                &selected,
+            )
+            .await?;
+            for mut row in found {
+                let Some(Scalar::Int(audit_key)) = row.pop() else {
+                    continue;
+                };
+                let key: Vec<Cell> = row.into_iter().map(scalar_cell).collect();
+                let newest = newest.entry(key).or_insert(audit_key);
+                *newest = (*newest).max(audit_key);
+            }
+        }
+        let mut kept = Batch {
+            source: batch.source.clone(),
+            replay: Some(Replay {
+                failing: replay.failing.clone(),
+                ..Replay::default()
+            }),
+            ..Batch::default()
+        };
+        let mut loaded = Vec::new();
+        for (rows, &(id, discarded_by)) in batch.events.iter().zip(&replay.events) {
+            let newer = identity(rows)
+                .and_then(|identity| newest.get(&identity))
+                .is_some_and(|written| *written >= discarded_by);
+            if !newer {
+                kept.events.push(rows.clone());
+                loaded.push(id);
+            }
+        }
+        Ok((kept, loaded))
     }
 
     /// How this sink's batches are to be prepared.
