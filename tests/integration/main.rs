@@ -12,6 +12,8 @@
 //!   or its database, and the client's security options.
 //! - `database`: `load` and `init-db` against SQLite and the PostgreSQL
 //!   cluster `scripts/test` starts.
+//! - `replay`: `martmap replay-discards` after a mapping is fixed, on
+//!   SQLite and PostgreSQL.
 //! - `rows`: `martmap test-mapping`; golden rows per event under
 //!   `tests/cases/rows/`, the discard corpus under `tests/cases/discards/`.
 //! - `schema`: the JSON Schemas under `schemas/` agree with martmap's own
@@ -25,6 +27,7 @@ mod database;
 mod evolve;
 mod faults;
 mod kafka;
+mod replay;
 
 mod rows;
 mod schema;
