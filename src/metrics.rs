@@ -33,6 +33,7 @@ pub struct Metrics {
     lag: Family<Labels, Gauge>,
     broker_down: Family<Labels, Gauge>,
     database_down: Gauge,
+    reloads: Family<Labels, Counter>,
     /// Topics whose broker is down now, for /health.
     brokers_down: AtomicU64,
     database_is_down: AtomicBool,
@@ -60,6 +61,7 @@ impl Metrics {
         let lag = Family::<Labels, Gauge>::default();
         let broker_down = Family::<Labels, Gauge>::default();
         let database_down = Gauge::default();
+        let reloads = Family::<Labels, Counter>::default();
         registry.register(
             "messages",
             "Messages committed to the database (loaded or discarded)",
@@ -92,6 +94,11 @@ impl Metrics {
             "1 while the database is unavailable",
             database_down.clone(),
         );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads of a running `run`, by result (applied, rejected)",
+            reloads.clone(),
+        );
         Metrics {
             registry,
             messages,
@@ -102,9 +109,18 @@ impl Metrics {
             lag,
             broker_down,
             database_down,
+            reloads,
             brokers_down: AtomicU64::new(0),
             database_is_down: AtomicBool::new(false),
         }
+    }
+
+    /// A configuration reload: applied, or rejected (the running one kept).
+    pub fn reload(&self, applied: bool) {
+        let result = if applied { "applied" } else { "rejected" };
+        self.reloads
+            .get_or_create(&vec![("result", result.to_owned())])
+            .inc();
     }
 
     /// One batch of `topic` committed.

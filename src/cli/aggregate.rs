@@ -11,7 +11,7 @@ use martmap::sink::{AggregateReport, AggregateSetup, Database};
 use super::{CatalogArgs, Color, DatabaseArgs, Outcome};
 
 /// Where aggregate files live.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct AggregatesArgs {
     /// Directory of aggregate files (`*.yaml`), each enabled by its
     /// feature's `enable-<feature>` in the options' [agg-feature].

@@ -88,7 +88,7 @@ impl Color {
 }
 
 /// Where the catalog lives; shared by every command that reads mappings.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct CatalogArgs {
     /// Directory of the catalog: `tables/*.yaml` and `events/*.schema.json`.
     #[arg(
@@ -101,7 +101,7 @@ pub struct CatalogArgs {
 }
 
 /// Which database; shared by every command that writes.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct DatabaseArgs {
     /// `sqlite://PATH` (created when missing) or `postgres://USER@HOST/DB`.
     /// Defaults to $DATABASE_URL, then to martmap.db in the working directory.

@@ -15,8 +15,9 @@ use martmap::catalog::Catalog;
 use martmap::metrics::Metrics;
 use martmap::options::{self, KafkaCluster, OptionsFile};
 use martmap::plan::Plan;
+use martmap::runtime::Stop;
 use martmap::runtime::kafka::{self, Binding};
-use martmap::sink::{Database, Sink};
+use martmap::sink::{AggregateSetup, Database, Sink};
 use martmap::source::kafka::effective_options;
 
 use super::{CatalogArgs, Color, DatabaseArgs, Outcome, load_plans};
@@ -52,7 +53,7 @@ use super::{CatalogArgs, Color, DatabaseArgs, Outcome, load_plans};
 /// One ETL cycle: martmap run --options infomart.ini --once
 ///
 /// As a service: martmap run --options infomart.ini --metrics-addr 127.0.0.1:9464
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
     /// The options file with [kafka-<cluster>] sections.
     #[arg(long, value_name = "FILE")]
@@ -127,48 +128,9 @@ pub fn run(args: RunArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
         }
         return Ok(Outcome::Success);
     }
-    let Some(plans) = mapping_plans(&args)? else {
+    let Some(config) = configure(&args)? else {
         return Ok(Outcome::Invalid);
     };
-    let known: Vec<&str> = plans.keys().map(String::as_str).collect();
-    let Some(clusters) = read_clusters(&args, Some(&known))? else {
-        return Ok(Outcome::Invalid);
-    };
-    // Only the bound mappings are loaded (and get their tables).
-    let mut plans = plans;
-    plans.retain(|name, _| {
-        clusters
-            .iter()
-            .any(|cluster| cluster.topics.iter().any(|b| &b.mapping == name))
-    });
-    let catalog = Catalog::load(&args.catalog.catalog).map_err(|_| "the catalog became invalid")?;
-    let Some(setup) = super::aggregate::setup(
-        Some(&args.options),
-        &args.aggregates,
-        &catalog,
-        args.color,
-        false,
-    )?
-    else {
-        return Ok(Outcome::Invalid);
-    };
-
-    let bindings: Vec<Binding> = clusters
-        .iter()
-        .flat_map(|cluster| {
-            cluster.topics.iter().map(|binding| Binding {
-                cluster: cluster.name.clone(),
-                client_options: cluster.client_options(),
-                topic: binding.topic.clone(),
-                mapping: binding.mapping.clone(),
-                batch_size: args.batch_size.unwrap_or(cluster.batch_size),
-                batch_time: Duration::from_millis(
-                    args.batch_ms.unwrap_or(cluster.batch_timeout_ms),
-                ),
-            })
-        })
-        .collect();
-
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -190,17 +152,60 @@ pub fn run(args: RunArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
         }
         // SIGINT or SIGTERM: every consumer finishes its batch, commits, stops.
         let stop = super::stop_on_signal(Some("stopping: finishing the current batches"));
-        let mut database = Database::connect(&args.database.url(), &catalog).await?;
+        // SIGHUP: reload (installed now, so that it never kills the process).
+        let hangups = Arc::new(tokio::sync::Notify::new());
+        if !args.once {
+            let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+            let hangups = hangups.clone();
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    hangups.notify_one();
+                }
+            });
+        }
+        let mut database = Database::connect(&args.database.url(), &config.catalog).await?;
         let consumed = async {
-            let report = database.aggregate(&catalog, setup).await?;
-            super::aggregate::log(&report);
-            let mut sinks = HashMap::new();
-            for (name, plan) in plans {
-                sinks.insert(name, Sink::open(database.clone(), &catalog, plan).await?);
+            let mut config = config;
+            let mut seen = fingerprint(&args);
+            let mut totals = martmap::runtime::Totals::default();
+            loop {
+                // One generation: consumed with one configuration until a
+                // stop, or until a new valid configuration is read.
+                let generation = if args.once { stop.clone() } else { Arc::new(Stop::new()) };
+                let (next, reloaded) = tokio::sync::oneshot::channel();
+                let watcher = (!args.once).then(|| {
+                    let watch = Watch {
+                        args: args.clone(),
+                        seen: seen.clone(),
+                        stop: stop.clone(),
+                        generation: generation.clone(),
+                        hangups: hangups.clone(),
+                        metrics: metrics.clone(),
+                    };
+                    tokio::spawn(watch.run(next))
+                });
+                let report = database.aggregate(&config.catalog, config.setup.clone()).await?;
+                super::aggregate::log(&report);
+                let mut sinks = HashMap::new();
+                for (name, plan) in &config.plans {
+                    let sink = Sink::open(database.clone(), &config.catalog, plan.clone()).await?;
+                    sinks.insert(name.clone(), sink);
+                }
+                let bindings = &config.bindings;
+                let run = kafka::run(&database, sinks, bindings, args.once, metrics.clone(), generation);
+                totals.merge(run.await?);
+                if let Some(watcher) = watcher {
+                    watcher.abort();
+                }
+                match reloaded.await {
+                    Ok((new, fingerprint)) if !stop.requested() => {
+                        config = new;
+                        seen = fingerprint;
+                    }
+                    _ => break,
+                }
             }
-            Ok::<_, Box<dyn std::error::Error>>(
-                kafka::run(&database, sinks, &bindings, args.once, metrics, stop).await?,
-            )
+            Ok::<_, Box<dyn std::error::Error>>(totals)
         }
         .await;
         // Closing the pool checkpoints SQLite's write-ahead log into the
@@ -220,6 +225,175 @@ pub fn run(args: RunArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
         );
         Ok(Outcome::Success)
     })
+}
+
+/// What one configuration of `run` consumes with: the catalog, the plans
+/// of the bound mappings, the bindings and the aggregates' setup.
+struct Config {
+    catalog: Catalog,
+    plans: HashMap<String, Plan>,
+    bindings: Vec<Binding>,
+    setup: AggregateSetup,
+}
+
+/// Reads the options file, the mappings, the catalog and the aggregate
+/// files into a configuration, or `None` when they have problems
+/// (rendered to standard error).
+fn configure(args: &RunArgs) -> Result<Option<Config>, Box<dyn std::error::Error>> {
+    let Some(plans) = mapping_plans(args)? else {
+        return Ok(None);
+    };
+    let known: Vec<&str> = plans.keys().map(String::as_str).collect();
+    let Some(clusters) = read_clusters(args, Some(&known))? else {
+        return Ok(None);
+    };
+    // Only the bound mappings are loaded (and get their tables).
+    let mut plans = plans;
+    plans.retain(|name, _| {
+        clusters
+            .iter()
+            .any(|cluster| cluster.topics.iter().any(|b| &b.mapping == name))
+    });
+    let catalog = Catalog::load(&args.catalog.catalog).map_err(|_| "the catalog became invalid")?;
+    let Some(setup) = super::aggregate::setup(
+        Some(&args.options),
+        &args.aggregates,
+        &catalog,
+        args.color,
+        false,
+    )?
+    else {
+        return Ok(None);
+    };
+    let bindings: Vec<Binding> = clusters
+        .iter()
+        .flat_map(|cluster| {
+            cluster.topics.iter().map(|binding| Binding {
+                cluster: cluster.name.clone(),
+                client_options: cluster.client_options(),
+                topic: binding.topic.clone(),
+                mapping: binding.mapping.clone(),
+                batch_size: args.batch_size.unwrap_or(cluster.batch_size),
+                batch_time: Duration::from_millis(
+                    args.batch_ms.unwrap_or(cluster.batch_timeout_ms),
+                ),
+            })
+        })
+        .collect();
+    Ok(Some(Config {
+        catalog,
+        plans,
+        bindings,
+        setup,
+    }))
+}
+
+/// A digest of every file the configuration is read from: the options
+/// file, and the files of the mappings, catalog and aggregates directories.
+fn fingerprint(args: &RunArgs) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    let mut files = vec![args.options.clone()];
+    for dir in [
+        &args.mappings,
+        &args.catalog.catalog,
+        &args.aggregates.aggregates,
+    ] {
+        files.extend(files_under(dir));
+    }
+    files.sort();
+    for file in files {
+        digest.update(file.display().to_string().as_bytes());
+        digest.update(std::fs::read(&file).unwrap_or_default());
+    }
+    digest.finalize().to_vec()
+}
+
+fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// Watches the configuration of a running `run` for one generation: on
+/// SIGHUP, or when its files change (checked every second), reads it
+/// again. A valid one is handed over and the generation stopped at the
+/// next batch boundary; an invalid one is reported (once per content) and
+/// the running one kept.
+struct Watch {
+    args: RunArgs,
+    seen: Vec<u8>,
+    stop: Arc<Stop>,
+    generation: Arc<Stop>,
+    hangups: Arc<tokio::sync::Notify>,
+    metrics: Arc<Metrics>,
+}
+
+/// Message ids of reloads, for operators' alarms.
+const RELOADED: &str = "MM-10001";
+const NOT_RELOADED: &str = "MM-10002";
+
+impl Watch {
+    async fn run(mut self, next: tokio::sync::oneshot::Sender<(Config, Vec<u8>)>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let asked = tokio::select! {
+                () = self.stop.wait() => {
+                    self.generation.request();
+                    return;
+                }
+                () = self.hangups.notified() => true,
+                _ = tick.tick() => false,
+            };
+            let now = fingerprint(&self.args);
+            if !asked && now == self.seen {
+                continue;
+            }
+            self.seen = now.clone();
+            let args = self.args.clone();
+            let read =
+                tokio::task::spawn_blocking(move || configure(&args).map_err(|e| e.to_string()))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()));
+            match read {
+                Ok(Some(config)) => {
+                    self.metrics.reload(true);
+                    tracing::warn!(
+                        message_id = RELOADED,
+                        "{RELOADED} configuration reloaded: it takes effect at the next batch boundary"
+                    );
+                    let _ = next.send((config, now));
+                    self.generation.request();
+                    return;
+                }
+                Ok(None) => {
+                    self.metrics.reload(false);
+                    tracing::error!(
+                        message_id = NOT_RELOADED,
+                        "{NOT_RELOADED} configuration not reloaded: it has the problems above; the running one is kept"
+                    );
+                }
+                Err(error) => {
+                    self.metrics.reload(false);
+                    tracing::error!(
+                        message_id = NOT_RELOADED,
+                        %error,
+                        "{NOT_RELOADED} configuration not reloaded; the running one is kept"
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// The options file's Kafka clusters, or `None` when it has problems

@@ -33,6 +33,15 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// Adds what another run committed.
+    pub fn merge(&mut self, other: Totals) {
+        self.events += other.events;
+        self.rows += other.rows;
+        self.discards += other.discards;
+        self.new_members += other.new_members;
+        self.batches += other.batches;
+    }
+
     pub fn add(&mut self, report: &BatchReport) {
         self.events += report.events + report.discards;
         self.rows += report.rows;

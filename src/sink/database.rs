@@ -35,6 +35,7 @@ pub struct Database {
 
 /// What `Database::aggregate` sets up: the options' calendar and features,
 /// and every aggregate file.
+#[derive(Debug, Clone)]
 pub struct AggregateSetup {
     pub date_time: DateTimeOptions,
     /// The aggregates to maintain: those whose feature is enabled. Any

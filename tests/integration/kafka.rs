@@ -263,6 +263,20 @@ pub fn assert_loaded_exactly_once(database: &str, produced: i64) {
     assert_eq!(discards[0][0].as_deref(), Some("5"), "no discard twice");
 }
 
+/// [`messages_committed`], or `None` before `run` has created the tables.
+fn committed_so_far(database: &str) -> Option<i64> {
+    use sea_orm::{ConnectionTrait, Statement};
+    block_on(async {
+        let db = sea_orm::Database::connect(database).await.ok()?;
+        let sql = "SELECT CAST(COALESCE(SUM(event_count + discard_count), 0) AS BIGINT) FROM ctl_audit_log";
+        let row = db
+            .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
+            .await
+            .ok()??;
+        row.try_get_by_index::<i64>(0).ok()
+    })
+}
+
 /// Messages accounted for by committed batches: each message is counted in
 /// exactly one batch's audit row, as loaded or as discarded.
 pub fn messages_committed(database: &str) -> i64 {
@@ -716,4 +730,139 @@ fn run_reports_binding_problems_as_diagnostics() {
         "martmap::options::no_bindings",
         "g:topic:<topic>=<MAPPING>",
     );
+}
+
+/// A running `run` takes a changed configuration at the next batch
+/// boundary, without a restart: a second topic bound (to the agent
+/// mapping) and a changed mapping both take effect, nothing is lost or
+/// loaded twice; an invalid edit is reported once (MM-10002) and the
+/// running configuration keeps loading.
+#[test]
+fn run_reloads_a_changed_configuration_without_a_restart() {
+    let id = std::process::id();
+    let (sessions, agents) = (
+        format!("cobrowse-reload-{id}"),
+        format!("agents-reload-{id}"),
+    );
+    let text = std::fs::read_to_string(repository().join(SAMPLE)).expect("sample");
+    let lines: Vec<&[u8]> = text.lines().map(str::as_bytes).collect();
+    let (first, second) = lines.split_at(600);
+    let client = client(&bootstrap(), &[]);
+    create_topic(&client, &sessions, 3);
+    create_topic(&client, &agents, 1);
+    send_lines(&client, &sessions, first);
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mappings = dir.path().join("mappings");
+    std::fs::create_dir(&mappings).unwrap();
+    for name in ["COBROWSE.yaml", "IXN_AGENT.yaml"] {
+        std::fs::copy(
+            repository().join("mappings").join(name),
+            mappings.join(name),
+        )
+        .unwrap();
+    }
+    let options = dir.path().join("infomart.ini");
+    let section = format!(
+        "[kafka-test]\nbootstrap.servers={}\ngroup.id=group-{sessions}\ng:topic:{sessions}=COBROWSE\n",
+        bootstrap()
+    );
+    std::fs::write(&options, &section).unwrap();
+    let (_db_dir, database) = sqlite_database();
+    let child = Command::new(env!("CARGO_BIN_EXE_martmap"))
+        .args([
+            "run",
+            "--options",
+            options.to_str().unwrap(),
+            "--database-url",
+            &database,
+        ])
+        .args(["--mappings", mappings.to_str().unwrap()])
+        .current_dir(repository())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("martmap starts");
+    let committed = |count: i64| {
+        wait_until(
+            &format!("{count} messages committed"),
+            Duration::from_secs(90),
+            || committed_so_far(&database) == Some(count),
+        )
+    };
+    committed(600);
+
+    // A second binding and a changed mapping, while it runs.
+    std::fs::write(&options, format!("{section}g:topic:{agents}=IXN_AGENT\n")).unwrap();
+    let cobrowse = mappings.join("COBROWSE.yaml");
+    let changed = std::fs::read_to_string(&cobrowse).unwrap().replacen(
+        "description: ",
+        "description: (reloaded) ",
+        1,
+    );
+    std::fs::write(&cobrowse, changed).unwrap();
+    send_lines(&client, &sessions, second);
+    let handlings =
+        std::fs::read_to_string(repository().join("samples/agent-handlings.jsonl")).unwrap();
+    let handlings: Vec<&[u8]> = handlings.lines().map(str::as_bytes).collect();
+    send_lines(&client, &agents, &handlings);
+    let all = (lines.len() + handlings.len()) as i64;
+    committed(all);
+
+    // An invalid edit: reported, and the running configuration keeps loading.
+    std::fs::write(
+        &options,
+        format!("{section}g:topic:{agents}=NO_SUCH_MAPPING\n"),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    // The last lines again: each session's last version stays its last.
+    send_lines(&client, &sessions, &lines[lines.len() - 100..]);
+    committed(all + 100);
+    terminate(&child);
+    let output = finish_within(child, Duration::from_secs(60));
+    assert_success(&output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_logged_once(&stderr, "MM-10001 configuration reloaded");
+    assert_logged_once(&stderr, "MM-10002 configuration not reloaded");
+
+    // Exactly what loading the same events gives.
+    let (_reference_dir, reference) = sqlite_database();
+    assert_success(&load(&reference, &[SAMPLE]));
+    let (facts, expected) = (
+        query(&database, FACTS_BY_NATURAL_VALUES),
+        query(&reference, FACTS_BY_NATURAL_VALUES),
+    );
+    let first = facts.iter().zip(&expected).position(|(a, b)| a != b);
+    assert!(
+        facts.len() == expected.len() && first.is_none(),
+        "{} rows, expected {}; first difference: {:?}",
+        facts.len(),
+        expected.len(),
+        first.map(|at| (&facts[at], &expected[at]))
+    );
+    let agents_loaded = query(&database, "SELECT CAST(COUNT(*) AS TEXT) FROM ixn_agent");
+    let output = Command::new(env!("CARGO_BIN_EXE_martmap"))
+        .args([
+            "load",
+            "--database-url",
+            &reference,
+            "--mapping",
+            "mappings/IXN_AGENT.yaml",
+        ])
+        .arg("samples/agent-handlings.jsonl")
+        .current_dir(repository())
+        .output()
+        .expect("load runs");
+    assert_success(&output);
+    assert_eq!(
+        agents_loaded,
+        query(&reference, "SELECT CAST(COUNT(*) AS TEXT) FROM ixn_agent")
+    );
+    // The batches after the reload used the changed mapping, and say so.
+    let hashes = query(
+        &database,
+        "SELECT CAST(COUNT(DISTINCT mapping_hash) AS TEXT) FROM ctl_audit_log WHERE mapping_name = 'COBROWSE'",
+    );
+    assert_eq!(hashes[0][0].as_deref(), Some("2"));
 }
