@@ -50,6 +50,12 @@ use super::{CatalogArgs, Color, DatabaseArgs, Outcome, load_plans};
 /// reconnected to; a lost database pauses consumption and the batch is
 /// retried with backoff. Neither loses nor repeats a message.
 ///
+/// Changes take effect on the next ETL cycle, without a restart: on SIGHUP,
+/// or when the options file, a mapping, the catalog or an aggregate file
+/// changes, the configuration is read again; a valid one is applied at the
+/// next batch boundary (message id MM-10001), an invalid one is reported
+/// with its problems (MM-10002) and the running one kept.
+///
 /// One ETL cycle: martmap run --options infomart.ini --once
 ///
 /// As a service: martmap run --options infomart.ini --metrics-addr 127.0.0.1:9464
