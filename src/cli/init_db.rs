@@ -22,9 +22,9 @@ use super::{CatalogArgs, Color, DatabaseArgs, Outcome, load_plans};
 /// column, what differs and what to do. `load` and `run` do the same for
 /// the tables they use.
 ///
-/// Examples:
-///   martmap init-db --database-url postgres://infomart@db/infomart
-///   martmap init-db --dry-run     # print the plan as SQL, change nothing
+/// Example: martmap init-db --database-url postgres://infomart@db/infomart
+///
+/// The plan as SQL, changing nothing: martmap init-db --dry-run
 #[derive(Debug, clap::Args)]
 pub struct InitDbArgs {
     /// Directory of mapping files (`*.yaml`).

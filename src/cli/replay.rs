@@ -21,10 +21,11 @@ use super::{CatalogArgs, Color, DatabaseArgs, Outcome, load_plan};
 /// discarded: the replay never overwrites a newer version. Replaying again
 /// changes nothing more. Aggregates are kept as by `load` (--options).
 ///
-/// Examples:
-///   martmap replay-discards --mapping COBROWSE --dry-run
-///   martmap replay-discards --mapping mappings/COBROWSE.yaml --error "not an integer"
-///   martmap replay-discards --mapping COBROWSE --since 2026-11-30T00:00:00Z
+/// See first: martmap replay-discards --mapping COBROWSE --dry-run
+///
+/// Then: martmap replay-discards --mapping COBROWSE
+///
+/// Narrowed: martmap replay-discards --mapping COBROWSE --error "required" --since 2026-11-30T00:00:00Z
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
     /// The mapping: a name (read from --mappings DIR) or a file.
