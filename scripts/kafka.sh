@@ -1,13 +1,33 @@
 # Sourced by scripts/test: starts the tansu broker (an Apache-Kafka-compatible
 # broker from crates.io) with in-memory storage on a free local port, exports
 # MARTMAP_TEST_KAFKA_BOOTSTRAP, and stops it when the calling script exits.
-# Installs tansu when it is missing (about 10 minutes on 2 cores).
+# Installs tansu when it is missing (about 15 minutes on 2 cores): 0.6.0,
+# with its SQLite storage engine too, which the SASL_SSL tests need (tansu
+# keeps SCRAM users only in a database), in a directory of its own put
+# first on PATH; MARTMAP_TEST_TANSU_SCRAM names it for those tests.
+
+TANSU_ROOT="${MARTMAP_TANSU_ROOT:-$HOME/.cache/martmap-tansu}"
+
+ensure_tansu() {
+    if [ ! -x "$TANSU_ROOT/bin/tansu" ]; then
+        echo "==> installing tansu 0.6.0 (cargo install tansu --features dynostore,libsql)" >&2
+        cargo install tansu --version 0.6.0 --locked --features dynostore,libsql \
+            --root "$TANSU_ROOT" >&2
+    fi
+    export PATH="$TANSU_ROOT/bin:$PATH"
+    export MARTMAP_TEST_TANSU_SCRAM="$TANSU_ROOT/bin/tansu"
+}
+
+# The TLS proxy the SASL_SSL tests put in front of tansu.
+ensure_stunnel() {
+    if ! command -v stunnel4 >/dev/null 2>&1; then
+        echo "==> installing stunnel4 (apt-get install stunnel4)" >&2
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stunnel4 >&2
+    fi
+}
 
 start_kafka() {
-    if ! command -v tansu >/dev/null 2>&1; then
-        echo "==> installing tansu (cargo install tansu --locked --features dynostore)" >&2
-        cargo install tansu --locked --features dynostore >&2
-    fi
+    ensure_tansu
     local port dir
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     dir=$(mktemp -d /tmp/martmap-kafka.XXXXXX)

@@ -96,8 +96,8 @@ impl Broker {
             .stderr(Stdio::null())
             .spawn()
             .expect(
-                "this test starts its own tansu broker: install it with \
-                 `cargo install tansu --locked --features dynostore` (scripts/test does)",
+                "this test starts its own tansu broker: \
+                 run scripts/test, which installs it and puts it on PATH",
             );
         let bootstrap = format!("127.0.0.1:{port}");
         wait_until("tansu listens", Duration::from_secs(20), || {

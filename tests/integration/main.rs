@@ -16,6 +16,8 @@
 //!   SQLite and PostgreSQL.
 //! - `rows`: `martmap test-mapping`; golden rows per event under
 //!   `tests/cases/rows/`, the discard corpus under `tests/cases/discards/`.
+//! - `sasl`: `run` over SASL_SSL (stunnel4 in front of a tansu that keeps
+//!   SCRAM users in PostgreSQL).
 //! - `schema`: the JSON Schemas under `schemas/` agree with martmap's own
 //!   reading of mappings and catalog files.
 //! - `validate`: `martmap validate-mapping`; a new golden case is a new
@@ -30,6 +32,7 @@ mod kafka;
 mod replay;
 
 mod rows;
+mod sasl;
 mod schema;
 mod validate;
 
