@@ -34,6 +34,7 @@ pub struct Metrics {
     broker_down: Family<Labels, Gauge>,
     database_down: Gauge,
     reloads: Family<Labels, Counter>,
+    gaps: Family<Labels, Counter>,
     /// Topics whose broker is down now, for /health.
     brokers_down: AtomicU64,
     database_is_down: AtomicBool,
@@ -62,6 +63,7 @@ impl Metrics {
         let broker_down = Family::<Labels, Gauge>::default();
         let database_down = Gauge::default();
         let reloads = Family::<Labels, Counter>::default();
+        let gaps = Family::<Labels, Counter>::default();
         registry.register(
             "messages",
             "Messages committed to the database (loaded or discarded)",
@@ -99,6 +101,11 @@ impl Metrics {
             "Configuration reloads of a running `run`, by result (applied, rejected)",
             reloads.clone(),
         );
+        registry.register(
+            "offset_gap_messages",
+            "Messages a stored position could no longer read (deleted before they were loaded), by topic and kind",
+            gaps.clone(),
+        );
         Metrics {
             registry,
             messages,
@@ -110,6 +117,7 @@ impl Metrics {
             broker_down,
             database_down,
             reloads,
+            gaps,
             brokers_down: AtomicU64::new(0),
             database_is_down: AtomicBool::new(false),
         }
@@ -121,6 +129,14 @@ impl Metrics {
         self.reloads
             .get_or_create(&vec![("result", result.to_owned())])
             .inc();
+    }
+
+    /// An offset gap of `messages` messages found in `topic`.
+    pub fn gap(&self, topic: &str, kind: &str, messages: i64) {
+        let labels = vec![("topic", topic.to_owned()), ("kind", kind.to_owned())];
+        self.gaps
+            .get_or_create(&labels)
+            .inc_by(u64::try_from(messages).unwrap_or(0));
     }
 
     /// One batch of `topic` committed.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crate::metrics::Metrics;
 use crate::pipeline::{Batch, Batcher, Message, Preparer};
 use crate::plan::Plan;
-use crate::sink::{Database, Sink, SinkError};
+use crate::sink::{Database, OffsetGap, Sink, SinkError};
 use crate::source::kafka::{Membership, Polled, Positions, TopicConsumer, Trouble};
 
 use super::{Stop, Totals, write_with_retry};
@@ -301,7 +301,44 @@ impl Positions for Shared {
         self.0.flush();
         self.0.collect(true);
     }
+
+    fn gap(&self, topic: &str, partition: i32, stored: i64, earliest: i64) {
+        let gap = OffsetGap {
+            cluster: self.0.cluster.clone(),
+            topic: topic.to_owned(),
+            partition,
+            from: stored,
+            to: earliest,
+            kind: "retention",
+        };
+        let services = &self.0.services;
+        // Recorded (and logged) once: found again at the next assignment
+        // until a batch moves the stored offset past it.
+        match services
+            .runtime
+            .block_on(services.database.record_gap(&gap))
+        {
+            Ok(false) if services.database.records_gaps() => return,
+            Ok(_) => {}
+            Err(error) => tracing::error!(%error, "cannot record the offset gap"),
+        }
+        services.metrics.gap(topic, gap.kind, earliest - stored);
+        tracing::error!(
+            message_id = GAP,
+            topic,
+            partition,
+            from = stored,
+            to = earliest,
+            "{GAP} offsets {stored} to {} of partition {partition} of {topic} were deleted \
+             (retention) before they were loaded; recorded in CTL_KAFKA_GAP, loading continues \
+             from offset {earliest}",
+            earliest - 1
+        );
+    }
 }
+
+/// The message id of an offset gap, for operators' alarms.
+const GAP: &str = "MM-20001";
 
 /// The consumer thread of one topic.
 fn consume(

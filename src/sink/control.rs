@@ -104,6 +104,32 @@ pub struct AggregateStates {
     built_ts: Column,
 }
 
+/// `CTL_KAFKA_GAP`: offsets a stored position could no longer read.
+#[derive(Debug, Clone)]
+pub struct Gaps {
+    pub table: Alias,
+    cluster: Column,
+    topic: Column,
+    partition: Column,
+    from: Column,
+    to: Column,
+    kind: Column,
+    detected_ts: Column,
+}
+
+/// Offsets of a partition that were never loaded and cannot be: `kind`
+/// says why (`retention`: deleted before they were loaded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetGap {
+    pub cluster: String,
+    pub topic: String,
+    pub partition: i32,
+    pub from: i64,
+    /// The first offset after the gap, where loading continues.
+    pub to: i64,
+    pub kind: &'static str,
+}
+
 /// Every control table.
 #[derive(Debug, Clone)]
 pub struct Control {
@@ -115,6 +141,9 @@ pub struct Control {
     /// Needed only to maintain aggregates: a catalog from before them may
     /// leave it out.
     pub aggregates: Option<AggregateStates>,
+    /// Needed only to record offset gaps: a catalog from before them may
+    /// leave it out (gaps are then only logged).
+    pub gaps: Option<Gaps>,
 }
 
 /// What a control column must hold.
@@ -177,6 +206,7 @@ impl Control {
         const OFFSETS: &str = "CTL_KAFKA_OFFSET";
         const DISCARDS: &str = "CTL_DISCARD";
         const AGGREGATES: &str = "CTL_AGGREGATE";
+        const GAPS: &str = "CTL_KAFKA_GAP";
         use Kind::{Bytes, Integer, Text};
         let mut r = Resolver {
             catalog,
@@ -235,6 +265,16 @@ impl Control {
                 content_hash: r.column(AGGREGATES, "CONTENT_HASH", Text),
                 built_ts: r.column(AGGREGATES, "BUILT_TS", Integer),
             });
+        let gaps = catalog.table(GAPS).is_some().then(|| Gaps {
+            table: r.table(GAPS),
+            cluster: r.column(GAPS, "CLUSTER_NAME", Text),
+            topic: r.column(GAPS, "TOPIC", Text),
+            partition: r.column(GAPS, "KAFKA_PARTITION", Integer),
+            from: r.column(GAPS, "FROM_OFFSET", Integer),
+            to: r.column(GAPS, "TO_OFFSET", Integer),
+            kind: r.column(GAPS, "KIND", Text),
+            detected_ts: r.column(GAPS, "DETECTED_TS", Integer),
+        });
         if !r.problems.is_empty() {
             return Err(SinkError::Control(r.problems.join("; ")));
         }
@@ -242,11 +282,13 @@ impl Control {
             tables: [AUDIT, OFFSETS, DISCARDS]
                 .into_iter()
                 .chain(aggregates.is_some().then_some(AGGREGATES))
+                .chain(gaps.is_some().then_some(GAPS))
                 .collect(),
             audit,
             offsets,
             discards,
             aggregates,
+            gaps,
         })
     }
 }
@@ -481,6 +523,44 @@ impl Discards {
             txn.execute(&insert).await?;
         }
         Ok(())
+    }
+}
+
+impl Gaps {
+    /// Records a gap; false when it was recorded before.
+    pub async fn record(&self, db: &impl ConnectionTrait, gap: &OffsetGap) -> Result<bool, DbErr> {
+        let insert = Query::insert()
+            .into_table(self.table.clone())
+            .columns([
+                self.cluster.clone(),
+                self.topic.clone(),
+                self.partition.clone(),
+                self.from.clone(),
+                self.to.clone(),
+                self.kind.clone(),
+                self.detected_ts.clone(),
+            ])
+            .values_panic([
+                gap.cluster.clone().into(),
+                gap.topic.clone().into(),
+                gap.partition.into(),
+                gap.from.into(),
+                gap.to.into(),
+                gap.kind.into(),
+                now().into(),
+            ])
+            .on_conflict(
+                OnConflict::columns([
+                    self.cluster.clone(),
+                    self.topic.clone(),
+                    self.partition.clone(),
+                    self.from.clone(),
+                ])
+                .do_nothing()
+                .to_owned(),
+            )
+            .to_owned();
+        Ok(db.execute(&insert).await?.rows_affected() > 0)
     }
 }
 

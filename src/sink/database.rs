@@ -12,7 +12,7 @@ use sea_orm::{
 };
 
 use super::aggregate::Aggregation;
-use super::control::{DiscardFilter, StoredDiscard};
+use super::control::{DiscardFilter, OffsetGap, StoredDiscard};
 use super::evolve::SchemaPlan;
 use super::{Names, SinkError, control, txn};
 use crate::aggregate::Aggregate;
@@ -268,6 +268,20 @@ impl Database {
             .map(ToString::to_string)
             .collect();
         Ok((plan, sql))
+    }
+
+    /// Records an offset gap in `CTL_KAFKA_GAP`; true the first time (false
+    /// when recorded before, or when the catalog has no such table).
+    pub async fn record_gap(&self, gap: &OffsetGap) -> Result<bool, SinkError> {
+        match &self.control.gaps {
+            Some(gaps) => Ok(gaps.record(&self.connection, gap).await?),
+            None => Ok(false),
+        }
+    }
+
+    /// Whether the catalog declares `CTL_KAFKA_GAP`.
+    pub fn records_gaps(&self) -> bool {
+        self.control.gaps.is_some()
     }
 
     /// The discards `filter` selects, oldest first.

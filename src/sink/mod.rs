@@ -32,7 +32,7 @@ use crate::pipeline::Preparer;
 use crate::plan::{DimensionKind, Plan};
 
 pub use aggregate::Aggregation;
-pub use control::{DiscardFilter, StoredDiscard};
+pub use control::{DiscardFilter, OffsetGap, StoredDiscard};
 pub use database::{AggregateReport, AggregateSetup, CycleLock, Database};
 pub use ddl::{HASH_COLUMN, natural_key_hash};
 pub use evolve::{Change, Refusal, SchemaPlan};

@@ -5,7 +5,9 @@
 //! On every assignment the partitions are positioned at the offsets stored
 //! with the rows (`Positions::stored`), and a partition without one where
 //! `auto.offset.reset` says: offsets committed to Kafka are only a copy for
-//! lag tools, never a starting point. Before partitions are revoked the
+//! lag tools, never a starting point. A stored offset the broker no longer
+//! has (retention deleted it first) is reported as a gap
+//! (`Positions::gap`) and the partition taken at its earliest offset. Before partitions are revoked the
 //! owner is asked to finish what it holds for them (`Positions::release`), so
 //! a rebalance neither loses nor repeats a message. The caller drives
 //! [`TopicConsumer::poll`] and decides what to do with each [`Polled`] item.
@@ -30,6 +32,48 @@ pub trait Positions: Send + Sync {
     /// Called before partitions are taken away: everything read from them
     /// must be committed (or dropped unread) when this returns.
     fn release(&self);
+    /// A partition's stored position is below the broker's earliest offset:
+    /// the messages from `stored` to `earliest` were deleted (retention)
+    /// before they were loaded. Consumption continues from `earliest`.
+    fn gap(&self, topic: &str, partition: i32, stored: i64, earliest: i64);
+}
+
+/// Where a partition with a stored position starts: there, unless the
+/// broker no longer has that offset because retention deleted it, and then
+/// at the earliest offset it has (with the gap reported). Never left to
+/// `auto.offset.reset`, which would skip the gap silently.
+pub fn start_offset(stored: i64, earliest: Option<i64>) -> (i64, Option<(i64, i64)>) {
+    match earliest {
+        Some(earliest) if stored < earliest => (earliest, Some((stored, earliest))),
+        _ => (stored, None),
+    }
+}
+
+/// How long the earliest offset of a partition is waited for at assignment.
+const WATERMARKS: Duration = Duration::from_secs(10);
+
+/// The offset to take a partition at: `stored`, or past a retention gap
+/// (reported to `positions`). When the broker cannot say its earliest
+/// offset, the stored one is used.
+fn position<P: Positions, C: Consumer<Context<P>>>(
+    consumer: &C,
+    positions: &P,
+    topic: &str,
+    partition: i32,
+    stored: i64,
+) -> i64 {
+    let earliest = match consumer.fetch_watermarks(topic, partition, WATERMARKS) {
+        Ok((low, _)) => Some(low),
+        Err(error) => {
+            tracing::debug!(topic, partition, %error, "cannot read the earliest offset");
+            None
+        }
+    };
+    let (start, gap) = start_offset(stored, earliest);
+    if let Some((from, to)) = gap {
+        positions.gap(topic, partition, from, to);
+    }
+    start
 }
 
 /// One item of the consumer's stream.
@@ -186,11 +230,20 @@ impl<P: Positions> ConsumerContext for Context<P> {
                 let mut positioned = TopicPartitionList::new();
                 let mut owned = Vec::new();
                 for element in tpl.elements() {
-                    let stored = self.positions.stored(element.topic());
+                    let (topic, partition) = (element.topic(), element.partition());
+                    let stored = self.positions.stored(topic);
                     let offset = stored
                         .iter()
-                        .find(|(partition, _)| *partition == element.partition())
-                        .map_or(self.unstored, |(_, next)| Offset::Offset(*next));
+                        .find(|(stored, _)| *stored == partition)
+                        .map_or(self.unstored, |(_, next)| {
+                            Offset::Offset(position(
+                                consumer,
+                                &self.positions,
+                                topic,
+                                partition,
+                                *next,
+                            ))
+                        });
                     let _ = positioned.add_partition_offset(
                         element.topic(),
                         element.partition(),
@@ -325,7 +378,16 @@ impl<P: Positions + 'static> TopicConsumer<P> {
             let offset = stored
                 .iter()
                 .find(|(stored, _)| *stored == partition.id())
-                .map_or(context.unstored, |(_, next)| Offset::Offset(*next));
+                .map_or(context.unstored, |(_, next)| {
+                    let at = position(
+                        &self.consumer,
+                        &context.positions,
+                        &self.topic,
+                        partition.id(),
+                        *next,
+                    );
+                    Offset::Offset(at)
+                });
             list.add_partition_offset(&self.topic, partition.id(), offset)?;
             owned.push(partition.id());
         }

@@ -916,3 +916,55 @@ fn messages_in_audit(url: &str) -> i64 {
         .parse()
         .expect("a number")
 }
+
+/// An offset gap (a stored position below the broker's earliest offset) is
+/// recorded once in CTL_KAFKA_GAP with its exact range, on every backend;
+/// the decision itself is `source::kafka::start_offset`'s. (The test broker
+/// deletes no records and misreports high watermarks of batched produces,
+/// so the gap cannot be made end to end against it.)
+#[test]
+fn an_offset_gap_is_recorded_once_with_its_range() {
+    use martmap::catalog::Catalog;
+    use martmap::sink::{Database, OffsetGap};
+    use martmap::source::kafka::start_offset;
+    assert_eq!(start_offset(120, Some(500)), (500, Some((120, 500))));
+    assert_eq!(start_offset(500, Some(500)), (500, None));
+    assert_eq!(start_offset(700, Some(500)), (700, None));
+    assert_eq!(start_offset(120, None), (120, None));
+
+    let catalog = Catalog::load(&repository().join("schemas")).expect("catalog");
+    for (_guard, url) in backends("gap") {
+        let gap = OffsetGap {
+            cluster: "eu".into(),
+            topic: "all-cobrowse-historical".into(),
+            partition: 2,
+            from: 120,
+            to: 500,
+            kind: "retention",
+        };
+        block_on(async {
+            let database = Database::connect(&url, &catalog).await.expect("connect");
+            database.create_tables(&catalog, []).await.expect("tables");
+            assert!(database.record_gap(&gap).await.expect("recorded"), "new");
+            assert!(!database.record_gap(&gap).await.expect("recorded"), "once");
+            database.close().await;
+        });
+        let rows = query(
+            &url,
+            "SELECT cluster_name, topic, CAST(kafka_partition AS TEXT), CAST(from_offset AS TEXT), \
+             CAST(to_offset AS TEXT), kind FROM ctl_kafka_gap",
+        );
+        let expected: Vec<Option<String>> = [
+            "eu",
+            "all-cobrowse-historical",
+            "2",
+            "120",
+            "500",
+            "retention",
+        ]
+        .iter()
+        .map(|v| Some((*v).to_owned()))
+        .collect();
+        assert_eq!(rows, vec![expected], "{url}");
+    }
+}
