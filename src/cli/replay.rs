@@ -189,7 +189,6 @@ async fn replay(
     for discard in pending {
         match plan.apply(&discard.payload) {
             Ok(rows) => {
-                totals.rows += rows.len();
                 batch.events.push(rows);
                 replay.events.push((discard.id, discard.audit_key));
             }
@@ -212,10 +211,11 @@ async fn replay(
         batches.push(batch);
     }
     let Some(sink) = &mut sink else {
-        totals.loaded = batches.iter().map(|b| b.events.len()).sum();
+        let events = batches.iter().flat_map(|b| &b.events);
+        totals.loaded = events.clone().count();
+        totals.rows = events.map(Vec::len).sum();
         return Ok(totals);
     };
-    totals.rows = 0;
     for batch in batches {
         let report = sink.write(&batch).await?;
         totals.loaded += report.events;

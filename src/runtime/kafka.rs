@@ -318,7 +318,7 @@ impl Positions for Shared {
             .runtime
             .block_on(services.database.record_gap(&gap))
         {
-            Ok(false) if services.database.records_gaps() => return,
+            Ok(false) => return,
             Ok(_) => {}
             Err(error) => tracing::error!(%error, "cannot record the offset gap"),
         }

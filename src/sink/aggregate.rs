@@ -486,7 +486,7 @@ async fn changed(
 }
 
 /// The distinct values of `columns` in a batch's rows.
-fn batch_values(
+pub(super) fn batch_values(
     facts: &Facts<'_>,
     rows: &[&Row],
     keys: &[Vec<i64>],

@@ -67,14 +67,10 @@ pub struct Discards {
     replayed_audit_key: Option<Column>,
 }
 
-/// A discarded message as `CTL_DISCARD` holds it.
+/// What a replay needs of a `CTL_DISCARD` row.
 #[derive(Debug, Clone)]
 pub struct StoredDiscard {
     pub id: i64,
-    pub source: String,
-    pub partition: Option<i32>,
-    pub position: i64,
-    pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub error: String,
     /// The batch that discarded it.
@@ -585,10 +581,6 @@ impl Discards {
         select
             .from(self.table.clone())
             .expr(Expr::col(self.id.clone()).cast_as("BIGINT"))
-            .column(self.source.clone())
-            .expr(Expr::col(self.partition.clone()).cast_as("BIGINT"))
-            .expr(Expr::col(self.position.clone()).cast_as("BIGINT"))
-            .column(self.message_key.clone())
             .column(self.payload.clone())
             .column(self.error.clone())
             .expr(Expr::col(self.audit_key.clone()).cast_as("BIGINT"))
@@ -617,16 +609,11 @@ impl Discards {
         }
         let mut found = Vec::new();
         for row in db.query_all(&select).await? {
-            let partition: Option<i64> = row.try_get_by_index(2)?;
             found.push(StoredDiscard {
                 id: row.try_get_by_index(0)?,
-                source: row.try_get_by_index(1)?,
-                partition: partition.and_then(|p| i32::try_from(p).ok()),
-                position: row.try_get_by_index(3)?,
-                key: row.try_get_by_index(4)?,
-                payload: row.try_get_by_index(5)?,
-                error: row.try_get_by_index(6)?,
-                audit_key: row.try_get_by_index(7)?,
+                payload: row.try_get_by_index(1)?,
+                error: row.try_get_by_index(2)?,
+                audit_key: row.try_get_by_index(3)?,
             });
         }
         Ok(found)

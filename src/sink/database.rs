@@ -270,18 +270,14 @@ impl Database {
         Ok((plan, sql))
     }
 
-    /// Records an offset gap in `CTL_KAFKA_GAP`; true the first time (false
-    /// when recorded before, or when the catalog has no such table).
+    /// Records an offset gap in `CTL_KAFKA_GAP`; false when it was recorded
+    /// before, so it is reported once. (Without that table in the catalog
+    /// nothing is recorded, and every finding is reported.)
     pub async fn record_gap(&self, gap: &OffsetGap) -> Result<bool, SinkError> {
         match &self.control.gaps {
             Some(gaps) => Ok(gaps.record(&self.connection, gap).await?),
-            None => Ok(false),
+            None => Ok(true),
         }
-    }
-
-    /// Whether the catalog declares `CTL_KAFKA_GAP`.
-    pub fn records_gaps(&self) -> bool {
-        self.control.gaps.is_some()
     }
 
     /// The discards `filter` selects, oldest first.

@@ -72,20 +72,13 @@ pub fn create_table(
     create
         .table(names.table(name.unwrap_or(&table.name)))
         .if_not_exists();
-    for (name, column) in &table.columns {
+    for (name, column) in columns(table) {
         let surrogate = table.surrogate_key.as_deref() == Some(name.as_str());
-        let mut def = column_def(backend, names, name, column, surrogate);
+        let mut def = column_def(backend, names, &name, &column, surrogate);
         if surrogate {
             def.primary_key().auto_increment();
         }
         create.col(&mut def);
-    }
-    if table.role == Role::Dimension {
-        create.col(
-            ColumnDef::new(names.column(HASH_COLUMN))
-                .string_len(64)
-                .not_null(),
-        );
     }
     if table.surrogate_key.is_none() {
         let mut primary = Index::create();
@@ -95,6 +88,24 @@ pub fn create_table(
         create.primary_key(&mut primary);
     }
     create
+}
+
+/// Every column a table is created with: the catalog's, and a
+/// dimension's natural key hash.
+pub fn columns(table: &Table) -> Vec<(String, Column)> {
+    let mut columns: Vec<(String, Column)> = table
+        .columns
+        .iter()
+        .map(|(name, column)| (name.clone(), column.clone()))
+        .collect();
+    if table.role == Role::Dimension {
+        let hash = Column {
+            ty: ColumnType::Varchar(64),
+            nullable: false,
+        };
+        columns.push((HASH_COLUMN.to_owned(), hash));
+    }
+    columns
 }
 
 /// The type a column is created with, as the database reports it back:

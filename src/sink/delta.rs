@@ -26,7 +26,7 @@ use sea_orm::DbErr;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Func, OnConflict, Query, Value};
 
 use super::aggregate::scalar_cell;
-use super::aggregate::{Place, fact_values, membership};
+use super::aggregate::{Place, batch_values, fact_values, membership};
 use super::recompute::{fact_rows, tuples};
 use super::txn::Txn;
 use super::write::{CHUNK, Facts, value};
@@ -229,19 +229,8 @@ pub(super) async fn batch_contribution(
         }
         let fact_side: Vec<&str> = join.on.iter().map(|(_, f)| f.as_str()).collect();
         let joined_side: Vec<&str> = join.on.iter().map(|(c, _)| c.as_str()).collect();
-        let fact_side: Vec<Resolved> = fact_side.iter().map(|c| fact_source(c)).collect();
-        let mut values: BTreeSet<Vec<Cell>> = BTreeSet::new();
-        let mut last: Vec<Cell> = Vec::new();
-        for (row, keys) in batch.rows.iter().zip(batch.keys) {
-            // An event's rows are adjacent and mostly share their values.
-            let tuple: Vec<Cell> = (fact_side.iter())
-                .map(|r| r.eval(&row.values, keys, &[]).into_owned())
-                .collect();
-            if tuple != last && tuple.iter().all(|v| !v.is_null()) {
-                values.insert(tuple.clone());
-            }
-            last = tuple;
-        }
+        let mut values = batch_values(batch.facts, batch.rows, batch.keys, &fact_side);
+        values.retain(|tuple| tuple.iter().all(|v| !v.is_null()));
         let selected: Vec<&str> = joined_side
             .iter()
             .copied()

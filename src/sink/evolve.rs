@@ -173,7 +173,7 @@ fn change_statements(
     table: &Table,
     changes: &[Change],
 ) -> Vec<Statement> {
-    let columns = expected_columns(table);
+    let columns = ddl::columns(table);
     let def = |name: &str| {
         let (_, column) = columns
             .iter()
@@ -239,24 +239,6 @@ fn change_statements(
     statements
 }
 
-/// Every column martmap creates in `table`: the catalog's, and a
-/// dimension's natural key hash.
-fn expected_columns(table: &Table) -> Vec<(String, Column)> {
-    let mut columns: Vec<(String, Column)> = table
-        .columns
-        .iter()
-        .map(|(name, column)| (name.clone(), column.clone()))
-        .collect();
-    if table.role == Role::Dimension {
-        let hash = Column {
-            ty: ColumnType::Varchar(64),
-            nullable: false,
-        };
-        columns.push((HASH_COLUMN.to_owned(), hash));
-    }
-    columns
-}
-
 /// The safe changes that make `live` follow `table`; the unsafe ones go to
 /// `plan.refusals`.
 fn compare(
@@ -273,7 +255,7 @@ fn compare(
         what,
         help,
     };
-    let expected = expected_columns(table);
+    let expected = ddl::columns(table);
     for (name, column) in &expected {
         let surrogate = table.surrogate_key.as_deref() == Some(name.as_str());
         let want = ddl::created_type(backend, column.ty, surrogate);

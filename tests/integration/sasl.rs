@@ -50,6 +50,19 @@ fn run(program: &str, args: &[&str], dir: &Path) {
     );
 }
 
+/// A self-signed CA valid for two days: `<name>.pem` and `<name>.key` in `at`.
+fn ca(at: &Path, name: &str, subject: &str) {
+    let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
+    let args = [
+        "req", "-x509", "-newkey", "rsa:2048", "-keyout", &key, "-out", &pem,
+    ];
+    run(
+        "openssl",
+        &[&args[..], &["-subj", subject, "-days", "2", "-nodes"]].concat(),
+        at,
+    );
+}
+
 /// A broker behind TLS with one SCRAM-SHA-512 user, stopped on drop.
 struct Secured {
     children: Vec<Child>,
@@ -64,44 +77,8 @@ impl Secured {
         let at = dir.path();
         // A CA, a server certificate for 127.0.0.1 signed by it, and a CA
         // that signed nothing here.
-        run(
-            "openssl",
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-subj",
-                "/CN=martmap test CA",
-                "-days",
-                "2",
-                "-nodes",
-            ],
-            at,
-        );
-        run(
-            "openssl",
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-keyout",
-                "other.key",
-                "-out",
-                "other.pem",
-                "-subj",
-                "/CN=another CA",
-                "-days",
-                "2",
-                "-nodes",
-            ],
-            at,
-        );
+        ca(at, "ca", "/CN=martmap test CA");
+        ca(at, "other", "/CN=another CA");
         run(
             "openssl",
             &[
