@@ -9,6 +9,7 @@
 //! watermark less the consumer's position. `martmap_kafka_broker_down` (per
 //! topic) and `martmap_database_down` are 1 during an outage.
 
+use crate::source::kafka::Gap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -102,8 +103,8 @@ impl Metrics {
             reloads.clone(),
         );
         registry.register(
-            "offset_gap_messages",
-            "Messages a stored position could no longer read (deleted before they were loaded), by topic and kind",
+            "offset_gaps",
+            "Partitions whose next offset the broker no longer had (kind retention: messages deleted before they were loaded; beyond-end: the topic recreated), by topic and kind",
             gaps.clone(),
         );
         Metrics {
@@ -131,12 +132,13 @@ impl Metrics {
             .inc();
     }
 
-    /// An offset gap of `messages` messages found in `topic`.
-    pub fn gap(&self, topic: &str, kind: &str, messages: i64) {
-        let labels = vec![("topic", topic.to_owned()), ("kind", kind.to_owned())];
-        self.gaps
-            .get_or_create(&labels)
-            .inc_by(u64::try_from(messages).unwrap_or(0));
+    /// An offset gap found in `topic`.
+    pub fn gap(&self, topic: &str, gap: Gap) {
+        let labels = vec![
+            ("topic", topic.to_owned()),
+            ("kind", gap.kind.as_str().to_owned()),
+        ];
+        self.gaps.get_or_create(&labels).inc();
     }
 
     /// One batch of `topic` committed.

@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::{Batch, Batcher, Message, Preparer};
 use crate::plan::Plan;
 use crate::sink::{Database, OffsetGap, Sink, SinkError};
-use crate::source::kafka::{Membership, Polled, Positions, TopicConsumer, Trouble};
+use crate::source::kafka::{Gap, GapKind, Membership, Polled, Positions, TopicConsumer, Trouble};
 
 use super::{Stop, Totals, write_with_retry};
 
@@ -302,37 +302,48 @@ impl Positions for Shared {
         self.0.collect(true);
     }
 
-    fn gap(&self, topic: &str, partition: i32, stored: i64, earliest: i64) {
-        let gap = OffsetGap {
+    fn gap(&self, topic: &str, partition: i32, gap: Gap) {
+        let recorded = OffsetGap {
             cluster: self.0.cluster.clone(),
             topic: topic.to_owned(),
             partition,
-            from: stored,
-            to: earliest,
-            kind: "retention",
+            from: gap.from,
+            to: gap.to,
+            kind: gap.kind.as_str(),
         };
         let services = &self.0.services;
         // Recorded (and logged) once: found again at the next assignment
         // until a batch moves the stored offset past it.
         match services
             .runtime
-            .block_on(services.database.record_gap(&gap))
+            .block_on(services.database.record_gap(&recorded))
         {
             Ok(false) => return,
             Ok(_) => {}
             Err(error) => tracing::error!(%error, "cannot record the offset gap"),
         }
-        services.metrics.gap(topic, gap.kind, earliest - stored);
+        services.metrics.gap(topic, gap);
+        let Gap { from, to, kind } = gap;
+        let what = match kind {
+            GapKind::Retention => format!(
+                "offsets {from} to {} of partition {partition} of {topic} were deleted \
+                 (retention) before they were loaded",
+                to - 1
+            ),
+            GapKind::BeyondEnd => format!(
+                "the next offset {from} of partition {partition} of {topic} is beyond the \
+                 partition's end (the topic was recreated?); messages from offset {to} are \
+                 loaded as new"
+            ),
+        };
         tracing::error!(
             message_id = GAP,
             topic,
             partition,
-            from = stored,
-            to = earliest,
-            "{GAP} offsets {stored} to {} of partition {partition} of {topic} were deleted \
-             (retention) before they were loaded; recorded in CTL_KAFKA_GAP, loading continues \
-             from offset {earliest}",
-            earliest - 1
+            from,
+            to,
+            kind = kind.as_str(),
+            "{GAP} {what}; recorded in CTL_KAFKA_GAP, loading continues from offset {to}"
         );
     }
 }

@@ -6,7 +6,9 @@
 //! and column with a fitting type, so a catalog without them fails when
 //! the database is opened, naming what is missing, not at the first batch.
 
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, LikeExpr, OnConflict, Order, Query, Value};
+use sea_orm::sea_query::{
+    Alias, Expr, ExprTrait, LikeExpr, OnConflict, Order, Query, UpdateStatement, Value,
+};
 use sea_orm::{ConnectionTrait, DbErr};
 
 use super::txn::Txn;
@@ -113,8 +115,10 @@ pub struct Gaps {
     detected_ts: Column,
 }
 
-/// Offsets of a partition that were never loaded and cannot be: `kind`
-/// says why (`retention`: deleted before they were loaded).
+/// A jump in a partition's consumption, from the next offset martmap held
+/// to where it continued: `kind` says why (`retention`: `from..to` deleted
+/// before they were loaded; `beyond-end`: `from` is past the partition's
+/// end, the topic recreated, and `to` its earliest offset).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OffsetGap {
     pub cluster: String,
@@ -465,6 +469,21 @@ impl KafkaOffsets {
             }
         }
         Ok(())
+    }
+
+    /// Moves a partition's stored next offset from `gap.from` to `gap.to`,
+    /// where consumption continues past the gap (backwards, for a topic
+    /// recreated): only while it is still `gap.from`.
+    pub fn skip(&self, gap: &OffsetGap) -> UpdateStatement {
+        Query::update()
+            .table(self.table.clone())
+            .value(self.next_offset.clone(), gap.to)
+            .value(self.update_ts.clone(), now())
+            .and_where(Expr::col(self.cluster.clone()).eq(gap.cluster.as_str()))
+            .and_where(Expr::col(self.topic.clone()).eq(gap.topic.as_str()))
+            .and_where(Expr::col(self.partition.clone()).eq(gap.partition))
+            .and_where(Expr::col(self.next_offset.clone()).eq(gap.from))
+            .to_owned()
     }
 
     /// The statement reading the stored next offsets of one cluster's

@@ -270,14 +270,20 @@ impl Database {
         Ok((plan, sql))
     }
 
-    /// Records an offset gap in `CTL_KAFKA_GAP`; false when it was recorded
-    /// before, so it is reported once. (Without that table in the catalog
-    /// nothing is recorded, and every finding is reported.)
+    /// Records an offset gap in `CTL_KAFKA_GAP` and moves the partition's
+    /// stored offset to where consumption continues, in one transaction;
+    /// false when the gap was recorded before, so it is reported once.
+    /// (Without that table in the catalog only the offset moves, and every
+    /// finding is reported.)
     pub async fn record_gap(&self, gap: &OffsetGap) -> Result<bool, SinkError> {
-        match &self.control.gaps {
-            Some(gaps) => Ok(gaps.record(&self.connection, gap).await?),
-            None => Ok(true),
-        }
+        let txn = self.connection.begin().await?;
+        let new = match &self.control.gaps {
+            Some(gaps) => gaps.record(&txn, gap).await?,
+            None => true,
+        };
+        txn.execute(&self.control.offsets.skip(gap)).await?;
+        txn.commit().await?;
+        Ok(new)
     }
 
     /// The discards `filter` selects, oldest first.

@@ -56,8 +56,8 @@ pub enum SinkError {
     MissingMember { table: String, member: String },
     #[error(
         "partition {partition} of `{topic}` is already loaded past offset {first}, where this batch starts; \
-         it was rolled back. Either another consumer took the partition in a rebalance (a restart \
-         resumes from the stored offsets) or the topic was recreated (then reset its rows in CTL_KAFKA_OFFSET)"
+         it was rolled back: another consumer took the partition in a rebalance (a restart \
+         resumes from the stored offsets)"
     )]
     OffsetsMoved {
         topic: String,

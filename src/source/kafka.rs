@@ -32,46 +32,100 @@ pub trait Positions: Send + Sync {
     /// Called before partitions are taken away: everything read from them
     /// must be committed (or dropped unread) when this returns.
     fn release(&self);
-    /// A partition's stored position is below the broker's earliest offset:
-    /// the messages from `stored` to `earliest` were deleted (retention)
-    /// before they were loaded. Consumption continues from `earliest`.
-    fn gap(&self, topic: &str, partition: i32, stored: i64, earliest: i64);
+    /// A partition's next offset is one the broker does not have (see
+    /// [`Gap`]); consumption continues at `gap.to`.
+    fn gap(&self, topic: &str, partition: i32, gap: Gap);
 }
 
-/// Where a partition with a stored position starts: there, unless the
-/// broker no longer has that offset because retention deleted it, and then
-/// at the earliest offset it has (with the gap reported). Never left to
-/// `auto.offset.reset`, which would skip the gap silently.
-pub fn start_offset(stored: i64, earliest: Option<i64>) -> (i64, Option<(i64, i64)>) {
-    match earliest {
-        Some(earliest) if stored < earliest => (earliest, Some((stored, earliest))),
-        _ => (stored, None),
+/// Why a partition's next offset is not one the broker has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapKind {
+    /// Below the earliest offset: retention deleted messages before they
+    /// were loaded.
+    Retention,
+    /// Beyond the end of the partition: the topic was deleted and created
+    /// again (or the log truncated), so its offsets start over.
+    BeyondEnd,
+}
+
+impl GapKind {
+    /// Its name in `CTL_KAFKA_GAP.KIND`, metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapKind::Retention => "retention",
+            GapKind::BeyondEnd => "beyond-end",
+        }
     }
 }
 
-/// How long the earliest offset of a partition is waited for at assignment.
+/// A jump in a partition's consumption: from the next offset martmap held
+/// (`from`) to where it continues (`to`, the earliest offset the broker
+/// has). For [`GapKind::Retention`] the messages `from..to` were never
+/// loaded; for [`GapKind::BeyondEnd`] `to` is below `from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    pub from: i64,
+    pub to: i64,
+    pub kind: GapKind,
+}
+
+/// Where a partition whose next offset is `next` continues, given the
+/// broker's earliest offset and, when known, its end: at `next` while the
+/// broker has it (or cannot say), else at the earliest offset, with the gap.
+/// Never left to `auto.offset.reset`, which would jump silently.
+pub fn start_offset(next: i64, earliest: Option<i64>, end: Option<i64>) -> (i64, Option<Gap>) {
+    let (kind, to) = match (earliest, end) {
+        (Some(low), _) if next < low => (GapKind::Retention, low),
+        (low, Some(high)) if next > high => (GapKind::BeyondEnd, low.unwrap_or(0)),
+        _ => return (next, None),
+    };
+    (
+        to,
+        Some(Gap {
+            from: next,
+            to,
+            kind,
+        }),
+    )
+}
+
+/// How long a partition's watermarks are waited for.
 const WATERMARKS: Duration = Duration::from_secs(10);
 
-/// The offset to take a partition at: `stored`, or past a retention gap
-/// (reported to `positions`). When the broker cannot say its earliest
-/// offset, the stored one is used.
+/// Where the partition's end is taken from when checking a position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Not checked: at assignment, the fetch at the position tells (a
+    /// position beyond the end is out of range, see
+    /// [`TopicConsumer::out_of_range`]). ListOffsets' end is not relied on
+    /// there: some brokers answer it late (tansu's memory engine answers
+    /// the start of the last record batch), which would look like a topic
+    /// recreated under a correct position.
+    Unchecked,
+    /// ListOffsets' end, once the broker said the position is out of range.
+    Listed,
+}
+
+/// The offset to take a partition at: `next`, or past a gap (reported to
+/// `positions`). When the broker cannot say its watermarks, `next`.
 fn position<P: Positions, C: Consumer<Context<P>>>(
     consumer: &C,
     positions: &P,
-    topic: &str,
-    partition: i32,
-    stored: i64,
+    (topic, partition): (&str, i32),
+    next: i64,
+    end: End,
 ) -> i64 {
-    let earliest = match consumer.fetch_watermarks(topic, partition, WATERMARKS) {
-        Ok((low, _)) => Some(low),
+    let (earliest, high) = match consumer.fetch_watermarks(topic, partition, WATERMARKS) {
+        Ok((low, high)) => (Some(low), Some(high)),
         Err(error) => {
-            tracing::debug!(topic, partition, %error, "cannot read the earliest offset");
-            None
+            tracing::debug!(topic, partition, %error, "cannot read the partition's watermarks");
+            (None, None)
         }
     };
-    let (start, gap) = start_offset(stored, earliest);
-    if let Some((from, to)) = gap {
-        positions.gap(topic, partition, from, to);
+    let high = high.filter(|_| end == End::Listed);
+    let (start, gap) = start_offset(next, earliest, high);
+    if let Some(gap) = gap {
+        positions.gap(topic, partition, gap);
     }
     start
 }
@@ -169,8 +223,9 @@ struct Context<P> {
     /// Where a partition without a stored offset starts: the database is the
     /// truth for progress, so offsets committed to Kafka are not used.
     unstored: Offset,
-    /// The partitions this consumer owns now.
-    assigned: Mutex<Vec<i32>>,
+    /// The partitions this consumer owns now, each with the next offset it
+    /// reads (`None` until known: taken where `unstored` says, nothing read).
+    assigned: Mutex<Vec<(i32, Option<i64>)>>,
     /// librdkafka's explanations of its errors since the last poll ("SASL
     /// SCRAM-SHA-256 mechanism handshake failed: ..."), which polled errors lack.
     reasons: Mutex<Vec<String>>,
@@ -232,24 +287,22 @@ impl<P: Positions> ConsumerContext for Context<P> {
                 for element in tpl.elements() {
                     let (topic, partition) = (element.topic(), element.partition());
                     let stored = self.positions.stored(topic);
-                    let offset = stored
-                        .iter()
-                        .find(|(stored, _)| *stored == partition)
-                        .map_or(self.unstored, |(_, next)| {
-                            Offset::Offset(position(
-                                consumer,
-                                &self.positions,
-                                topic,
-                                partition,
-                                *next,
-                            ))
-                        });
-                    let _ = positioned.add_partition_offset(
-                        element.topic(),
-                        element.partition(),
-                        offset,
-                    );
-                    owned.push(element.partition());
+                    let next =
+                        stored
+                            .iter()
+                            .find(|(stored, _)| *stored == partition)
+                            .map(|(_, next)| {
+                                position(
+                                    consumer,
+                                    &self.positions,
+                                    (topic, partition),
+                                    *next,
+                                    End::Unchecked,
+                                )
+                            });
+                    let offset = next.map_or(self.unstored, Offset::Offset);
+                    let _ = positioned.add_partition_offset(topic, partition, offset);
+                    owned.push((partition, next));
                 }
                 if let Err(error) = consumer.assign(&positioned) {
                     tracing::error!(%error, "cannot take the assigned partitions");
@@ -341,8 +394,11 @@ impl<P: Positions + 'static> TopicConsumer<P> {
             reasons: Mutex::new(Vec::new()),
             codes: Mutex::new(Vec::new()),
         };
-        let consumer: BaseConsumer<Context<P>> =
-            client_config(options).create_with_context(context)?;
+        // An offset out of range is martmap's to handle (a gap, recorded),
+        // never librdkafka's to reset silently.
+        let consumer: BaseConsumer<Context<P>> = client_config(options)
+            .set("auto.offset.reset", "error")
+            .create_with_context(context)?;
         if membership == Membership::Group {
             consumer.subscribe(&[topic])?;
         }
@@ -374,25 +430,28 @@ impl<P: Positions + 'static> TopicConsumer<P> {
         let stored = context.positions.stored(&self.topic);
         let mut list = TopicPartitionList::new();
         let mut owned = Vec::new();
-        for partition in topic.partitions() {
-            let offset = stored
+        for partition in topic.partitions().iter().map(|p| p.id()) {
+            let next = stored
                 .iter()
-                .find(|(stored, _)| *stored == partition.id())
-                .map_or(context.unstored, |(_, next)| {
-                    let at = position(
+                .find(|(stored, _)| *stored == partition)
+                .map(|(_, next)| {
+                    position(
                         &self.consumer,
                         &context.positions,
-                        &self.topic,
-                        partition.id(),
+                        (&self.topic, partition),
                         *next,
-                    );
-                    Offset::Offset(at)
+                        End::Unchecked,
+                    )
                 });
-            list.add_partition_offset(&self.topic, partition.id(), offset)?;
-            owned.push(partition.id());
+            list.add_partition_offset(
+                &self.topic,
+                partition,
+                next.map_or(context.unstored, Offset::Offset),
+            )?;
+            owned.push((partition, next));
         }
         self.consumer.assign(&list)?;
-        owned.sort_unstable();
+        owned.sort_unstable_by_key(|(partition, _)| *partition);
         *context.assigned.lock().unwrap_or_else(|e| e.into_inner()) = owned;
         self.unassigned = false;
         Ok(())
@@ -428,16 +487,66 @@ impl<P: Positions + 'static> TopicConsumer<P> {
         }
         match self.consumer.poll(timeout) {
             None => Polled::Idle,
-            Some(Ok(message)) => Polled::Message(Message {
-                source: self.topic.clone(),
-                partition: Some(message.partition()),
-                position: message.offset(),
-                key: message.key().map(<[u8]>::to_vec),
-                payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-            }),
+            Some(Ok(message)) => {
+                self.read(message.partition(), message.offset());
+                Polled::Message(Message {
+                    source: self.topic.clone(),
+                    partition: Some(message.partition()),
+                    position: message.offset(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                })
+            }
             Some(Err(KafkaError::PartitionEOF(partition))) => Polled::End(partition),
+            Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
+                self.out_of_range();
+                Polled::Idle
+            }
             Some(Err(error)) => self.error(error),
         }
+    }
+
+    /// Notes that `partition` was read up to `offset`.
+    fn read(&self, partition: i32, offset: i64) {
+        let context = self.consumer.context();
+        let mut assigned = context.assigned.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, next)) = assigned.iter_mut().find(|(owned, _)| *owned == partition) {
+            *next = Some(offset + 1);
+        }
+    }
+
+    /// librdkafka found a partition's fetch position out of range and
+    /// stopped it (`auto.offset.reset` is `error` for it; which partition
+    /// it does not say): every owned partition is taken again at its next
+    /// offset, or past the gap (recorded) where the broker no longer has it.
+    fn out_of_range(&self) {
+        let context = self.consumer.context();
+        let owned = context
+            .assigned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut taken = Vec::with_capacity(owned.len());
+        for (partition, next) in owned {
+            let next = next.map(|next| {
+                position(
+                    &self.consumer,
+                    &context.positions,
+                    (&self.topic, partition),
+                    next,
+                    End::Listed,
+                )
+            });
+            let offset = next.map_or(context.unstored, Offset::Offset);
+            if let Err(error) = self
+                .consumer
+                .seek(&self.topic, partition, offset, WATERMARKS)
+            {
+                tracing::error!(topic = self.topic, partition, %error, "cannot take the partition again");
+            }
+            taken.push((partition, next));
+        }
+        *context.assigned.lock().unwrap_or_else(|e| e.into_inner()) = taken;
     }
 
     /// A client error, classified by its code and those of librdkafka's
@@ -467,7 +576,9 @@ impl<P: Positions + 'static> TopicConsumer<P> {
             .assigned
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .iter()
+            .map(|(partition, _)| *partition)
+            .collect()
     }
 
     /// Messages in `partition` after the consumer's position, from the high

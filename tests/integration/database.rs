@@ -917,20 +917,43 @@ fn messages_in_audit(url: &str) -> i64 {
         .expect("a number")
 }
 
-/// An offset gap (a stored position below the broker's earliest offset) is
-/// recorded once in CTL_KAFKA_GAP with its exact range, on every backend;
-/// the decision itself is `source::kafka::start_offset`'s. (The test broker
-/// deletes no records and misreports high watermarks of batched produces,
-/// so the gap cannot be made end to end against it.)
+/// An offset gap is recorded once in CTL_KAFKA_GAP with its exact range, on
+/// every backend; the decision is `source::kafka::start_offset`'s, including
+/// where consumption continues. (`kafka::run_records_a_retention_gap_once_and_loads_the_rest`
+/// makes a retention gap against the broker; the test broker never answers
+/// a fetch as out of range, so a recreated topic is decided here only.)
 #[test]
 fn an_offset_gap_is_recorded_once_with_its_range() {
     use martmap::catalog::Catalog;
     use martmap::sink::{Database, OffsetGap};
-    use martmap::source::kafka::start_offset;
-    assert_eq!(start_offset(120, Some(500)), (500, Some((120, 500))));
-    assert_eq!(start_offset(500, Some(500)), (500, None));
-    assert_eq!(start_offset(700, Some(500)), (700, None));
-    assert_eq!(start_offset(120, None), (120, None));
+    use martmap::source::kafka::{Gap, GapKind, start_offset};
+    let gap = |from, to, kind| Some(Gap { from, to, kind });
+    // Below the earliest offset: the deleted messages are the gap.
+    assert_eq!(
+        start_offset(120, Some(500), Some(900)),
+        (500, gap(120, 500, GapKind::Retention))
+    );
+    assert_eq!(
+        start_offset(120, Some(500), None),
+        (500, gap(120, 500, GapKind::Retention))
+    );
+    // Inside the partition, or at its end: no gap.
+    for next in [500, 700, 900] {
+        assert_eq!(start_offset(next, Some(500), Some(900)), (next, None));
+    }
+    assert_eq!(start_offset(0, Some(0), Some(0)), (0, None));
+    // Beyond the end: the topic started over; continue at its beginning.
+    assert_eq!(
+        start_offset(950, Some(0), Some(40)),
+        (0, gap(950, 0, GapKind::BeyondEnd))
+    );
+    assert_eq!(
+        start_offset(950, Some(10), Some(10)),
+        (10, gap(950, 10, GapKind::BeyondEnd))
+    );
+    // The end not checked, or the broker cannot say: where it was.
+    assert_eq!(start_offset(950, Some(0), None), (950, None));
+    assert_eq!(start_offset(120, None, None), (120, None));
 
     let catalog = Catalog::load(&repository().join("schemas")).expect("catalog");
     for (_guard, url) in backends("gap") {

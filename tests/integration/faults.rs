@@ -3,8 +3,7 @@
 //! the database goes away and comes back, and security options that the
 //! broker cannot honour.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use sea_orm::{ConnectionTrait, Database};
@@ -13,10 +12,11 @@ use crate::database::{
     SAMPLE, block_on, init_db, postgres_database, postgres_server, sqlite_database,
 };
 use crate::kafka::{
-    assert_loaded_exactly_once, assert_logged_once, bootstrap, client, create_topic,
-    messages_committed, options_file, options_file_for, send_lines, spawn_run, stderr_of_run,
+    Broker, assert_loaded_exactly_once, assert_logged_once, bootstrap, client, create_topic,
+    free_port, messages_committed, options_file, options_file_for, send_lines, spawn_run,
+    stderr_of_run,
 };
-use crate::{repository, wait_until};
+use crate::repository;
 
 /// A `martmap run` in the background whose standard error is read as it
 /// comes (a full pipe would stall it).
@@ -71,60 +71,6 @@ impl Running {
         assert!(exit.success(), "martmap failed ({exit}):\n{stderr}");
         stderr
     }
-}
-
-/// A tansu broker with in-memory storage on a given port, killed on drop.
-struct Broker {
-    child: Child,
-    bootstrap: String,
-}
-
-impl Broker {
-    /// Starts tansu; with `tls` (certificate and key files) it serves TLS.
-    fn start(port: u16, tls: Option<(&Path, &Path)>) -> Broker {
-        let listener = format!("tcp://127.0.0.1:{port}");
-        let mut command = Command::new("tansu");
-        command
-            .args(["broker", "--storage-engine", "memory://tansu/"])
-            .args(["--listener-url", &listener])
-            .args(["--advertised-listener-url", &listener]);
-        if let Some((cert, key)) = tls {
-            command.arg("--cert").arg(cert).arg("--key").arg(key);
-        }
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect(
-                "this test starts its own tansu broker: \
-                 run scripts/test, which installs it and puts it on PATH",
-            );
-        let bootstrap = format!("127.0.0.1:{port}");
-        wait_until("tansu listens", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(&bootstrap).is_ok()
-        });
-        Broker { child, bootstrap }
-    }
-
-    /// Kills the broker as a crash would; its in-memory log is gone.
-    fn kill(mut self) {
-        self.child.kill().expect("kill tansu");
-        self.child.wait().expect("tansu reaped");
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 fn sample_lines() -> Vec<Vec<u8>> {

@@ -23,6 +23,73 @@ pub fn bootstrap() -> String {
     )
 }
 
+/// tansu built with its SQLite storage engine, which keeps the log and
+/// SCRAM users in a file and answers ListOffsets exactly (`scripts/test`
+/// installs it and runs the shared broker with it too).
+pub fn tansu() -> String {
+    std::env::var("MARTMAP_TEST_TANSU_SCRAM").expect(
+        "this test needs tansu built with its SQLite storage engine: run scripts/test, \
+         which installs it (cargo install tansu --features dynostore,libsql) and sets \
+         MARTMAP_TEST_TANSU_SCRAM",
+    )
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A tansu broker of a test's own on `port`, killed on drop. It keeps its
+/// log in memory, or with `dir` in an SQLite file there (so, like a Kafka
+/// broker, it comes back with its log when started again there, and it
+/// applies retention when it starts).
+pub struct Broker {
+    child: std::process::Child,
+    pub bootstrap: String,
+}
+
+impl Broker {
+    pub fn start(port: u16, dir: Option<&std::path::Path>) -> Broker {
+        let listener = format!("tcp://127.0.0.1:{port}");
+        let mut command = Command::new(tansu());
+        match dir {
+            Some(dir) => {
+                command
+                    .current_dir(dir)
+                    .args(["broker", "--storage-engine", "sqlite://tansu.db"])
+            }
+            None => command.args(["broker", "--storage-engine", "memory://tansu/"]),
+        };
+        let child = command
+            .args(["--listener-url", &listener])
+            .args(["--advertised-listener-url", &listener])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tansu starts");
+        let bootstrap = format!("127.0.0.1:{port}");
+        wait_until("tansu listens", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(&bootstrap).is_ok()
+        });
+        Broker { child, bootstrap }
+    }
+
+    /// Kills the broker as a crash would.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill tansu");
+        self.child.wait().expect("tansu reaped");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Creates `topic` with `partitions` partitions on the shared broker and
 /// produces every line of `file` to it.
 pub fn produce(topic: &str, partitions: i32, file: &str) -> usize {
@@ -57,11 +124,42 @@ pub fn create_topic(client: &ClientConfig, topic: &str, partitions: i32) {
         for result in created {
             result.expect("topic created");
         }
-    })
+    });
+    await_partitions(client, topic, partitions);
+}
+
+/// Waits until the broker's metadata shows `topic` with all its partitions:
+/// creating a topic completes asynchronously (with Kafka as with tansu),
+/// and a producer that sees fewer partitions fails its messages.
+fn await_partitions(client: &ClientConfig, topic: &str, partitions: i32) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = client.create().expect("metadata client");
+    wait_until("the topic's partitions", Duration::from_secs(30), || {
+        consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .is_ok_and(|metadata| {
+                metadata.topics().iter().any(|t| {
+                    t.name() == topic
+                        && t.error().is_none()
+                        && t.partitions().len() == partitions as usize
+                })
+            })
+    });
 }
 
 /// Produces `lines` to `topic`, each keyed by the event's id when it has one.
 pub fn send_lines(client: &ClientConfig, topic: &str, lines: &[&[u8]]) -> usize {
+    send_lines_at(client, topic, lines, None)
+}
+
+/// [`send_lines`], with `timestamp` (epoch milliseconds) as the messages'
+/// create time when given.
+pub fn send_lines_at(
+    client: &ClientConfig,
+    topic: &str,
+    lines: &[&[u8]],
+    timestamp: Option<i64>,
+) -> usize {
     block_on(async {
         let producer: FutureProducer = client
             .clone()
@@ -79,7 +177,10 @@ pub fn send_lines(client: &ClientConfig, topic: &str, lines: &[&[u8]]) -> usize 
                         .map(str::to_owned)
                 })
                 .unwrap_or_else(|| format!("line-{sent}"));
-            let record = FutureRecord::to(topic).key(&key).payload(*line);
+            let mut record = FutureRecord::to(topic).key(&key).payload(*line);
+            if let Some(timestamp) = timestamp {
+                record = record.timestamp(timestamp);
+            }
             producer
                 .send(record, Duration::from_secs(10))
                 .await
@@ -865,4 +966,128 @@ fn run_reloads_a_changed_configuration_without_a_restart() {
         "SELECT CAST(COUNT(DISTINCT mapping_hash) AS TEXT) FROM ctl_audit_log WHERE mapping_name = 'COBROWSE'",
     );
     assert_eq!(hashes[0][0].as_deref(), Some("2"));
+}
+
+/// The rows of CTL_KAFKA_GAP and the stored next offsets of `topic`.
+fn gaps_and_offsets(database: &str, topic: &str) -> (Vec<String>, Vec<String>) {
+    let gaps = query(
+        database,
+        &format!(
+            "SELECT CAST(kafka_partition AS TEXT), CAST(from_offset AS TEXT), \
+             CAST(to_offset AS TEXT), kind FROM ctl_kafka_gap WHERE topic = '{topic}'"
+        ),
+    );
+    let offsets = query(
+        database,
+        &format!(
+            "SELECT CAST(kafka_partition AS TEXT), CAST(next_offset AS TEXT) \
+             FROM ctl_kafka_offset WHERE topic = '{topic}' ORDER BY kafka_partition"
+        ),
+    );
+    let line = |row: Vec<Option<String>>| {
+        row.into_iter()
+            .map(Option::unwrap_or_default)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    (
+        gaps.into_iter().map(line).collect(),
+        offsets.into_iter().map(line).collect(),
+    )
+}
+
+/// The facts `load` makes of `lines`, for comparison.
+fn facts_loaded_from(lines: &[&[u8]]) -> Vec<Vec<Option<String>>> {
+    let (dir, database) = sqlite_database();
+    let file = dir.path().join("events.jsonl");
+    std::fs::write(&file, lines.join(&b'\n')).expect("events file");
+    assert_success(&load(&database, &[file.to_str().expect("path")]));
+    query(&database, FACTS_BY_NATURAL_VALUES)
+}
+
+/// Retention deleted messages before `run` loaded them: the range is
+/// recorded once in CTL_KAFKA_GAP (with MM-20001), and the rest loads.
+/// tansu's SQLite engine applies a topic's `retention.ms` to its messages'
+/// timestamps when it starts, so the deleted messages are produced with
+/// timestamps two hours old and the broker started again.
+#[test]
+fn run_records_a_retention_gap_once_and_loads_the_rest() {
+    let lines = std::fs::read(repository().join(SAMPLE)).expect("sample");
+    let lines: Vec<&[u8]> = lines
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .collect();
+    let (loaded, rest) = lines.split_at(100);
+    let (deleted, kept) = rest.split_at(200);
+    let old = chrono::Utc::now().timestamp_millis() - 2 * 3600 * 1000;
+
+    let (port, log) = (
+        free_port(),
+        tempfile::tempdir().expect("the broker's directory"),
+    );
+    let broker = Broker::start(port, Some(log.path()));
+    let topic = "cobrowse-retention";
+    let kafka = client(&broker.bootstrap, &[]);
+    block_on(async {
+        let admin: AdminClient<DefaultClientContext> = kafka.create().expect("admin client");
+        let new = NewTopic::new(topic, 1, TopicReplication::Fixed(1))
+            .set("cleanup.policy", "delete")
+            .set("retention.ms", "3600000");
+        for result in admin
+            .create_topics([&new], &AdminOptions::new())
+            .await
+            .expect("create topics")
+        {
+            result.expect("topic created");
+        }
+    });
+    await_partitions(&kafka, topic, 1);
+    send_lines_at(&kafka, topic, loaded, Some(old));
+    let (dir, database) = sqlite_database();
+    let options = options_file_for(&broker.bootstrap, "", dir.path(), topic, "group-retention");
+    assert_success(&run_once(&options, &database));
+    assert_eq!(gaps_and_offsets(&database, topic).1, ["0 100"]);
+
+    send_lines_at(&kafka, topic, deleted, Some(old));
+    send_lines_at(&kafka, topic, kept, None);
+    broker.kill();
+    let broker = Broker::start(port, Some(log.path()));
+    wait_until(
+        "retention deletes the old messages",
+        Duration::from_secs(30),
+        || earliest_offset(&broker.bootstrap, topic) == Some(300),
+    );
+
+    let first = run_once(&options, &database);
+    assert_success(&first);
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert_logged_once(&stderr, "MM-20001");
+    assert!(
+        stderr.contains("offsets 100 to 299 of partition 0 of cobrowse-retention were deleted"),
+        "{stderr}"
+    );
+    let end = format!("0 {}", lines.len());
+    assert_eq!(
+        gaps_and_offsets(&database, topic),
+        (vec!["0 100 300 retention".to_owned()], vec![end.clone()])
+    );
+    let expected = facts_loaded_from(&[loaded, kept].concat());
+    assert_eq!(query(&database, FACTS_BY_NATURAL_VALUES), expected);
+
+    // Recorded once: the next cycle finds nothing new.
+    let again = run_once(&options, &database);
+    assert_success(&again);
+    assert!(!String::from_utf8_lossy(&again.stderr).contains("MM-20001"));
+    assert_eq!(gaps_and_offsets(&database, topic).0.len(), 1);
+    drop(broker);
+}
+
+/// The broker's earliest offset of partition 0 of `topic`.
+fn earliest_offset(bootstrap: &str, topic: &str) -> Option<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = client(bootstrap, &[]).create().ok()?;
+    let (low, _) = consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(5))
+        .ok()?;
+    Some(low)
 }

@@ -14,28 +14,13 @@ use std::time::Duration;
 
 use crate::database::{SAMPLE, sqlite_database};
 use crate::kafka::{
-    assert_loaded_exactly_once, client, create_topic, run_once, send_lines, stderr_of_run,
+    assert_loaded_exactly_once, client, create_topic, free_port, run_once, send_lines,
+    stderr_of_run, tansu,
 };
 use crate::{repository, wait_until};
 
 const USER: &str = "infomart";
 const PASSWORD: &str = "Scram-s3cret-42";
-
-/// tansu with a storage engine that keeps SCRAM credentials.
-fn tansu() -> String {
-    std::env::var("MARTMAP_TEST_TANSU_SCRAM").expect(
-        "this test needs tansu built with its SQLite storage engine: run scripts/test, \
-         which installs it (cargo install tansu --features dynostore,libsql) and sets \
-         MARTMAP_TEST_TANSU_SCRAM",
-    )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
-}
 
 fn run(program: &str, args: &[&str], dir: &Path) {
     let output = Command::new(program)
