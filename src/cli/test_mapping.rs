@@ -5,6 +5,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
+use martmap::plan::coverage::{Coverage, Unread};
 use martmap::plan::{Cell, Plan};
 use serde_json::Value;
 
@@ -18,7 +19,15 @@ use super::{CatalogArgs, Color, Format, Outcome, load_plan};
 /// be discarded. With --expect, the rows are compared with a file written by
 /// `--format json`, and any difference is shown as a diff (exit code 1).
 ///
-/// Example: martmap test-mapping mappings/COBROWSE.yaml session.json --expect session.rows.json
+/// With --coverage it prints no rows but what drifted between the mapping
+/// and the events: every attribute path the events carry that the mapping
+/// does not read (with how many events carry it and an example value), and
+/// every path the mapping reads that no event carried. Arrays are written
+/// `[*]`.
+///
+/// Examples:
+///   martmap test-mapping mappings/COBROWSE.yaml session.json --expect session.rows.json
+///   martmap test-mapping --coverage mappings/COBROWSE.yaml samples/cobrowse-sessions.jsonl
 #[derive(Debug, clap::Args)]
 pub struct TestMappingArgs {
     /// The mapping file.
@@ -30,8 +39,13 @@ pub struct TestMappingArgs {
     events: Vec<PathBuf>,
 
     /// Compare the rows with this file (the JSON that `--format json` prints).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "coverage")]
     expect: Option<PathBuf>,
+
+    /// Report attribute paths the events carry that the mapping does not
+    /// read, and paths it reads that no event carried, instead of rows.
+    #[arg(long)]
+    coverage: bool,
 
     #[command(flatten)]
     catalog: CatalogArgs,
@@ -49,6 +63,9 @@ pub fn run(args: TestMappingArgs) -> Result<Outcome, Box<dyn std::error::Error>>
     let Some(plan) = load_plan(&args.mapping, &args.catalog, args.color)? else {
         return Ok(Outcome::Invalid);
     };
+    if args.coverage {
+        return coverage(&plan, &args);
+    }
     let mut results = Vec::new();
     for path in &args.events {
         for (label, payload) in events(path)? {
@@ -107,6 +124,83 @@ pub fn run(args: TestMappingArgs) -> Result<Outcome, Box<dyn std::error::Error>>
                     }
                     Err(reason) => writeln!(stdout, "{label}: discarded: {reason}")?,
                 }
+            }
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+/// At most this many distinct unread paths are listed.
+const COVERAGE_CAP: usize = 10_000;
+
+/// `--coverage`: the drift report.
+fn coverage(plan: &Plan, args: &TestMappingArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
+    let mut coverage = Coverage::new(plan.reads.clone(), COVERAGE_CAP);
+    let mut not_json = Vec::new();
+    for path in &args.events {
+        for (label, payload) in events(path)? {
+            match serde_json::from_slice::<Value>(&payload) {
+                Ok(event) => coverage.add(&event),
+                Err(error) => not_json.push(format!("{label}: not JSON: {error}")),
+            }
+        }
+    }
+    let unread: Vec<(&str, &Unread)> = coverage.unread().collect();
+    let never = coverage.never_carried();
+    let mut stdout = std::io::stdout().lock();
+    match args.format {
+        Format::Json => {
+            let report = serde_json::json!({
+                "mapping": plan.mapping,
+                "events": coverage.events,
+                "unread": unread.iter().map(|(path, u)| serde_json::json!({
+                    "path": path, "events": u.events, "example": u.example,
+                })).collect::<Vec<_>>(),
+                "unread_beyond_cap": coverage.dropped,
+                "never_carried": never.iter().map(|(path, by)| serde_json::json!({
+                    "path": path, "read_by": by,
+                })).collect::<Vec<_>>(),
+                "not_json": not_json,
+            });
+            writeln!(stdout, "{}", serde_json::to_string_pretty(&report)?)?;
+        }
+        Format::Human => {
+            writeln!(
+                stdout,
+                "coverage of mapping {} over {} event(s)",
+                plan.mapping, coverage.events
+            )?;
+            writeln!(
+                stdout,
+                "\nattribute paths the events carry that the mapping does not read: {}",
+                unread.len()
+            )?;
+            let width = unread.iter().map(|(path, _)| path.len()).max().unwrap_or(0);
+            for (path, u) in &unread {
+                writeln!(
+                    stdout,
+                    "  {path:<width$}  in {} event(s), e.g. {}",
+                    u.events, u.example
+                )?;
+            }
+            if coverage.dropped > 0 {
+                writeln!(
+                    stdout,
+                    "  … and {} occurrence(s) of paths beyond the first {COVERAGE_CAP}",
+                    coverage.dropped
+                )?;
+            }
+            writeln!(
+                stdout,
+                "\npaths the mapping reads that no event carried: {}",
+                never.len()
+            )?;
+            let width = never.iter().map(|(path, _)| path.len()).max().unwrap_or(0);
+            for (path, by) in &never {
+                writeln!(stdout, "  {path:<width$}  read by {by}")?;
+            }
+            for line in &not_json {
+                writeln!(stdout, "\n{line}")?;
             }
         }
     }

@@ -5,6 +5,7 @@
 
 use super::model::{Binding, Constant, Derivation, Mapping};
 use crate::catalog::ColumnType;
+use crate::plan::coverage::{Read, absolute};
 use crate::plan::{Cell, Default, Plan, PlanDimension, PlanScope, Selector, Target, ValuePlan};
 
 /// Compiles a mapping; `content_hash` identifies the mapping file's text in
@@ -64,7 +65,57 @@ pub fn compile(mapping: &Mapping, content_hash: String) -> Plan {
         dimensions,
         key: mapping.key.clone(),
         replace_by: mapping.replace_by.clone(),
+        reads: reads(mapping),
     }
+}
+
+/// Every attribute path the mapping reads, absolute from the event's root:
+/// each scope's array, each value's path and each default's.
+fn reads(mapping: &Mapping) -> Vec<Read> {
+    let mut prefixes: Vec<String> = Vec::with_capacity(mapping.scopes.len());
+    let mut reads = Vec::new();
+    for scope in &mapping.scopes {
+        let parent = scope.parent.map_or("$", |parent| prefixes[parent].as_str());
+        let (path, _) = absolute(parent, &scope.each.steps());
+        if path != parent {
+            reads.push(Read {
+                path: path.clone(),
+                by: format!("scope {}", scope.name),
+                subtree: false,
+            });
+        }
+        prefixes.push(path);
+    }
+    let dimensions = mapping
+        .dimensions
+        .iter()
+        .flat_map(|d| d.matches.iter().map(move |b| (Some(d.table.as_str()), b)));
+    let columns = mapping.columns.iter().map(|b| (None, b));
+    for (table, binding) in columns.chain(dimensions) {
+        let prefix = &prefixes[binding.scope];
+        let by = match table {
+            Some(table) => format!("{table}.{}", binding.column),
+            None => binding.column.clone(),
+        };
+        let default = match &binding.default {
+            Some(Derivation::UrlPart(_, path) | Derivation::Quantified { path, .. }) => Some(path),
+            _ => None,
+        };
+        for (path, by) in binding
+            .path
+            .iter()
+            .map(|path| (path, by.clone()))
+            .chain(default.map(|path| (path, format!("{by} (default)"))))
+        {
+            let (path, _) = absolute(prefix, &path.steps());
+            reads.push(Read {
+                path,
+                by,
+                subtree: true,
+            });
+        }
+    }
+    reads
 }
 
 fn value_plan(binding: &Binding, slot: usize) -> ValuePlan {

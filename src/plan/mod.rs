@@ -3,6 +3,7 @@
 //! at run time. `mapping::compile` builds a [`Plan`] from a validated
 //! mapping; sources hand payloads to [`Plan::apply`]; the sink writes rows.
 
+pub mod coverage;
 mod interpret;
 mod select;
 
@@ -97,6 +98,8 @@ pub struct Plan {
     pub dimensions: Vec<PlanDimension>,
     pub key: Vec<String>,
     pub replace_by: Vec<String>,
+    /// Every attribute path the mapping reads, absolute (for drift reports).
+    pub reads: Vec<coverage::Read>,
 }
 
 #[derive(Debug, Clone)]

@@ -149,3 +149,26 @@ fn survey_mapping_runs_through_the_same_engine() {
     ];
     settings.bind(|| insta::assert_snapshot!("rows", martmap(&args)));
 }
+
+/// Drift: `test-mapping --coverage` over co-browse events that carry
+/// attributes the mapping does not read (a new top-level field, a nested
+/// object under one it reads field by field, fields in segments and pages,
+/// an array of tags), and lack some it reads.
+#[test]
+fn coverage_lists_unread_and_never_carried_paths() {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(repository().join("tests/cases/coverage"));
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_omit_expression(true);
+    for (name, format) in [("expected", "human"), ("expected-json", "json")] {
+        let args = [
+            "test-mapping",
+            "--coverage",
+            "--format",
+            format,
+            "mappings/COBROWSE.yaml",
+            "tests/cases/coverage/events.jsonl",
+        ];
+        settings.bind(|| insta::assert_snapshot!(name, martmap(&args)));
+    }
+}
