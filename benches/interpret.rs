@@ -1,14 +1,17 @@
 //! The interpreter against plain JSON parsing of the same bytes: how much
-//! turning events into rows costs beyond parsing them. Run:
-//! `cargo bench --bench interpret`; compare the two throughputs (rows/s).
+//! turning events into rows costs beyond parsing them; and the batcher
+//! (interpretation and batching, what `load` and `run` do before the
+//! database) with and without drift counting. Run:
+//! `cargo bench --bench interpret`; compare the throughputs (rows/s).
 
 use std::hint::black_box;
 use std::path::Path;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use martmap::catalog::Catalog;
 use martmap::diagnostic::SourceFile;
 use martmap::mapping;
+use martmap::pipeline::{Batcher, DRIFT_SAMPLE, Message};
 
 /// The allocator the martmap binary runs with, so that both sides are
 /// measured as shipped.
@@ -48,6 +51,44 @@ fn interpret(c: &mut Criterion) {
             }
         })
     });
+    group.finish();
+
+    // Drift counting's cost, against the part of a load it adds to (the
+    // database's share would only make it smaller).
+    let messages: Vec<Message> = events
+        .iter()
+        .enumerate()
+        .map(|(at, event)| Message {
+            source: "sample".into(),
+            partition: None,
+            position: at as i64,
+            key: None,
+            payload: event.to_vec(),
+        })
+        .collect();
+    let mut group = c.benchmark_group("batcher");
+    group.throughput(Throughput::Elements(rows as u64));
+    for (name, every) in [
+        ("drift off", 0),
+        ("drift on (default sampling)", DRIFT_SAMPLE),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || messages.clone(),
+                |messages| {
+                    let mut batcher = Batcher::new(plan.clone()).counting_drift(every);
+                    for message in messages {
+                        batcher.push(message);
+                        if batcher.len() >= 1000 {
+                            black_box(batcher.take());
+                        }
+                    }
+                    black_box(batcher.take())
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
     group.finish();
 }
 

@@ -9,6 +9,7 @@
 //! watermark less the consumer's position. `martmap_kafka_broker_down` (per
 //! topic) and `martmap_database_down` are 1 during an outage.
 
+use crate::pipeline::DRIFT_SAMPLE;
 use crate::source::kafka::Gap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,6 +37,7 @@ pub struct Metrics {
     database_down: Gauge,
     reloads: Family<Labels, Counter>,
     gaps: Family<Labels, Counter>,
+    unread: Family<Labels, Counter>,
     /// Topics whose broker is down now, for /health.
     brokers_down: AtomicU64,
     database_is_down: AtomicBool,
@@ -65,6 +67,7 @@ impl Metrics {
         let database_down = Gauge::default();
         let reloads = Family::<Labels, Counter>::default();
         let gaps = Family::<Labels, Counter>::default();
+        let unread = Family::<Labels, Counter>::default();
         registry.register(
             "messages",
             "Messages committed to the database (loaded or discarded)",
@@ -107,6 +110,13 @@ impl Metrics {
             "Partitions whose next offset the broker no longer had (kind retention: messages deleted before they were loaded; beyond-end: the topic recreated), by topic and kind",
             gaps.clone(),
         );
+        registry.register(
+            "unread_attribute_events",
+            format!(
+                "Sampled loaded events (one in {DRIFT_SAMPLE}) carrying an attribute path the mapping does not read, by topic and path (arrays as [*]; at most 100 paths per topic)"
+            ),
+            unread.clone(),
+        );
         Metrics {
             registry,
             messages,
@@ -119,6 +129,7 @@ impl Metrics {
             database_down,
             reloads,
             gaps,
+            unread,
             brokers_down: AtomicU64::new(0),
             database_is_down: AtomicBool::new(false),
         }
@@ -139,6 +150,15 @@ impl Metrics {
             ("kind", gap.kind.as_str().to_owned()),
         ];
         self.gaps.get_or_create(&labels).inc();
+    }
+
+    /// A committed batch's sampled events carrying paths the mapping of
+    /// `topic` does not read.
+    pub fn unread(&self, topic: &str, unread: &[(String, u64)]) {
+        for (path, events) in unread {
+            let labels = vec![("topic", topic.to_owned()), ("path", path.clone())];
+            self.unread.get_or_create(&labels).inc_by(*events);
+        }
     }
 
     /// One batch of `topic` committed.

@@ -135,6 +135,7 @@ pub fn run(args: LoadArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
         if totals.discards > 0 {
             println!("discarded events are in CTL_DISCARD with their payload and the reason");
         }
+        super::print_unread(&totals);
         if !maintained.is_empty() {
             println!("aggregates kept exact with every batch: {}", maintained.join(", "));
         }

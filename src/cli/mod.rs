@@ -212,3 +212,30 @@ pub fn load_plan(
     eprint!("{}", render(problems, color.enabled()));
     Ok(None)
 }
+
+/// The summary's line on drift: attribute paths the sampled loaded events
+/// carried that the mapping does not read, most frequent first.
+pub fn print_unread(totals: &martmap::runtime::Totals) {
+    if totals.unread.is_empty() {
+        return;
+    }
+    let mut paths: Vec<(&String, &u64)> = totals.unread.iter().collect();
+    paths.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let shown: Vec<String> = paths
+        .iter()
+        .take(10)
+        .map(|(path, events)| format!("{path} ({events})"))
+        .collect();
+    let more = paths.len().saturating_sub(shown.len());
+    println!(
+        "attribute paths the mapping does not read, in sampled events (1 in {}): {}{}; \
+         see `martmap test-mapping --coverage`",
+        martmap::pipeline::DRIFT_SAMPLE,
+        shown.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
+    );
+}

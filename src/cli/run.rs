@@ -229,6 +229,7 @@ pub fn run(args: RunArgs) -> Result<Outcome, Box<dyn std::error::Error>> {
             elapsed,
             totals.events as f64 / elapsed.max(1e-9)
         );
+        super::print_unread(&totals);
         Ok(Outcome::Success)
     })
 }

@@ -22,6 +22,9 @@ pub struct Batch {
     pub prepared: Option<Prepared>,
     /// When the events are discards replayed: which they are.
     pub replay: Option<Replay>,
+    /// Attribute paths the mapping does not read, each with the number of
+    /// the batch's sampled loaded events that carried it.
+    pub unread: Vec<(String, u64)>,
 }
 
 /// A batch of replayed discards (`martmap replay-discards`): which

@@ -10,6 +10,7 @@ mod batch;
 pub use batch::{Batch, CopyLine, DiscardRecord, KeyPart, NextOffset, Prepared, Preparer, Replay};
 
 use crate::plan::Plan;
+use crate::plan::coverage::Coverage;
 
 /// One event as a source delivers it.
 #[derive(Debug, Clone)]
@@ -32,7 +33,25 @@ pub struct Batcher {
     /// with the batch.
     cluster: Option<String>,
     preparer: Option<Preparer>,
+    /// Drift: the sampled loaded events' attribute paths against the
+    /// mapping's (`None`: not counted).
+    drift: Option<Drift>,
 }
+
+/// Every `every`-th loaded event's attribute paths, against the mapping's.
+struct Drift {
+    coverage: Coverage,
+    every: u64,
+    loaded: u64,
+}
+
+/// Distinct unread attribute paths counted per mapping at most: the rest
+/// are left out (metric labels stay bounded).
+const DRIFT_PATHS: usize = 100;
+
+/// One loaded event in this many has its attribute paths counted: a full
+/// parse of every event would cost more than the drift report is worth.
+pub const DRIFT_SAMPLE: u64 = 64;
 
 impl Batcher {
     pub fn new(plan: Plan) -> Self {
@@ -42,7 +61,19 @@ impl Batcher {
             events: 0,
             cluster: None,
             preparer: None,
+            drift: None,
         }
+    }
+
+    /// Counts the attribute paths of one loaded event in `every` that the
+    /// mapping does not read (`Batch::unread`); 0 counts none.
+    pub fn counting_drift(self, every: u64) -> Self {
+        let drift = (every > 0).then(|| Drift {
+            coverage: Coverage::new(self.plan.reads.clone(), DRIFT_PATHS),
+            every,
+            loaded: 0,
+        });
+        Batcher { drift, ..self }
     }
 
     /// Prepares each batch for its sink as it is handed over, on this
@@ -95,7 +126,17 @@ impl Batcher {
             }
         }
         match self.plan.apply(&message.payload) {
-            Ok(rows) => self.batch.events.push(rows),
+            Ok(rows) => {
+                self.batch.events.push(rows);
+                if let Some(drift) = &mut self.drift {
+                    if drift.loaded % drift.every == 0
+                        && let Ok(event) = serde_json::from_slice(&message.payload)
+                    {
+                        drift.coverage.add(&event);
+                    }
+                    drift.loaded += 1;
+                }
+            }
             Err(discard) => self.batch.discards.push(DiscardRecord {
                 source: message.source,
                 partition: message.partition,
@@ -120,6 +161,9 @@ impl Batcher {
     pub fn take(&mut self) -> Batch {
         self.events = 0;
         let mut batch = std::mem::take(&mut self.batch);
+        if let Some(drift) = &mut self.drift {
+            batch.unread = drift.coverage.drain();
+        }
         if let Some(preparer) = &self.preparer {
             preparer.prepare(&mut batch);
         }

@@ -76,6 +76,8 @@ pub struct Coverage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unread {
     pub events: u64,
+    /// Of `events`, those since the last [`Coverage::drain`].
+    pending: u64,
     /// The first value seen there, as JSON, cut to 60 characters.
     pub example: String,
 }
@@ -114,11 +116,13 @@ impl Coverage {
             }
             if let Some(unread) = self.unread.get_mut(&path) {
                 unread.events += 1;
+                unread.pending += 1;
             } else if self.unread.len() < self.cap {
                 self.unread.insert(
                     path,
                     Unread {
                         events: 1,
+                        pending: 1,
                         example: example(value),
                     },
                 );
@@ -131,9 +135,21 @@ impl Coverage {
         }
     }
 
+    /// The unread paths carried since the last drain, with how many
+    /// events carried each.
+    pub fn drain(&mut self) -> Vec<(String, u64)> {
+        self.unread
+            .iter_mut()
+            .filter(|(_, unread)| unread.pending > 0)
+            .map(|(path, unread)| (path.clone(), std::mem::take(&mut unread.pending)))
+            .collect()
+    }
+
     /// Paths carried but not read, in path order.
     pub fn unread(&self) -> impl Iterator<Item = (&str, &Unread)> {
-        self.unread.iter().map(|(path, unread)| (path.as_str(), unread))
+        self.unread
+            .iter()
+            .map(|(path, unread)| (path.as_str(), unread))
     }
 
     /// Paths read that no event carried, each with what reads it (one

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use crate::metrics::Metrics;
-use crate::pipeline::{Batch, Batcher, Message, Preparer};
+use crate::pipeline::{Batch, Batcher, DRIFT_SAMPLE, Message, Preparer};
 use crate::plan::Plan;
 use crate::sink::{Database, OffsetGap, Sink, SinkError};
 use crate::source::kafka::{Gap, GapKind, Membership, Polled, Positions, TopicConsumer, Trouble};
@@ -122,7 +122,8 @@ pub async fn run(
                     report.discards,
                     writing.elapsed(),
                 );
-                totals.add(&report);
+                metrics.unread(&job.topic, &job.batch.unread);
+                totals.add(&job.batch, &report);
                 // The batch goes back to be freed on the thread that allocated it.
                 let _ = job.done.send(Ok(job.batch));
             }
@@ -184,7 +185,11 @@ impl Feed {
             topic: binding.topic.clone(),
             mapping: plan.mapping.clone(),
             batch_size: binding.batch_size.max(1),
-            batcher: Mutex::new(Batcher::for_cluster(plan, &binding.cluster).preparing(preparer)),
+            batcher: Mutex::new(
+                Batcher::for_cluster(plan, &binding.cluster)
+                    .preparing(preparer)
+                    .counting_drift(DRIFT_SAMPLE),
+            ),
             done,
             acks: Mutex::new(acks),
             in_flight: AtomicUsize::new(0),

@@ -8,7 +8,7 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use crate::metrics::Metrics;
-use crate::pipeline::{Batch, Batcher};
+use crate::pipeline::{Batch, Batcher, DRIFT_SAMPLE};
 use crate::sink::{Sink, SinkError};
 use crate::source::file::read_lines;
 
@@ -45,7 +45,9 @@ pub async fn load(
     let (sender, mut batches) = tokio::sync::mpsc::channel::<Batch>(2);
     let (spent_sender, spent) = std::sync::mpsc::channel::<Batch>();
     let (files, size) = (files.to_vec(), batch_size.max(1));
-    let mut batcher = Batcher::new(sink.plan().clone()).preparing(sink.preparer());
+    let mut batcher = Batcher::new(sink.plan().clone())
+        .preparing(sink.preparer())
+        .counting_drift(DRIFT_SAMPLE);
     let reader = std::thread::spawn(move || -> std::io::Result<()> {
         for file in &files {
             let mut writer_gone = false;
@@ -87,8 +89,8 @@ pub async fn load(
         };
         let Some(batch) = batch else { break };
         let report = write_with_retry(sink, &batch, stop, &metrics).await?;
+        totals.add(&batch, &report);
         let _ = spent_sender.send(batch); // the reader may have finished
-        totals.add(&report);
         progress(&totals);
     }
     reader.join().map_err(|_| LoadError::ReaderPanicked)??;

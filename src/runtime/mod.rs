@@ -17,12 +17,14 @@ pub mod load;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use crate::metrics::Metrics;
 use crate::pipeline::Batch;
 use crate::sink::{BatchReport, Sink, SinkError};
 
 /// What committed batches added up to.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Totals {
     /// Messages committed, loaded or discarded.
     pub events: usize,
@@ -30,6 +32,9 @@ pub struct Totals {
     pub discards: usize,
     pub new_members: usize,
     pub batches: usize,
+    /// Attribute paths the mapping does not read, by the sampled loaded
+    /// events that carried each (see `Batch::unread`).
+    pub unread: BTreeMap<String, u64>,
 }
 
 impl Totals {
@@ -40,14 +45,21 @@ impl Totals {
         self.discards += other.discards;
         self.new_members += other.new_members;
         self.batches += other.batches;
+        for (path, events) in other.unread {
+            *self.unread.entry(path).or_default() += events;
+        }
     }
 
-    pub fn add(&mut self, report: &BatchReport) {
+    /// Adds a committed batch.
+    pub fn add(&mut self, batch: &Batch, report: &BatchReport) {
         self.events += report.events + report.discards;
         self.rows += report.rows;
         self.discards += report.discards;
         self.new_members += report.new_members;
         self.batches += 1;
+        for (path, events) in &batch.unread {
+            *self.unread.entry(path.clone()).or_default() += events;
+        }
     }
 }
 

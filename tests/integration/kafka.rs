@@ -695,8 +695,24 @@ fn sample_value(text: &str, series: &str) -> Option<f64> {
 #[test]
 fn metrics_count_what_is_committed_and_health_says_ok() {
     let topic = format!("cobrowse-metrics-{}", std::process::id());
-    let produced = produce(&topic, 3, SAMPLE) as f64;
+    // Every event carries an attribute the mapping does not read (drift).
     let (dir, database) = sqlite_database();
+    let drifted = dir.path().join("drifted.jsonl");
+    let text = std::fs::read_to_string(repository().join(SAMPLE)).expect("sample");
+    let lines: Vec<String> = text
+        .lines()
+        .map(
+            |line| match serde_json::from_str::<serde_json::Value>(line) {
+                Ok(serde_json::Value::Object(mut event)) => {
+                    event.insert("channel".into(), "web".into());
+                    serde_json::Value::Object(event).to_string()
+                }
+                _ => line.to_owned(),
+            },
+        )
+        .collect();
+    std::fs::write(&drifted, lines.join("\n")).expect("drifted sample");
+    let produced = produce(&topic, 3, drifted.to_str().expect("path")) as f64;
     let options = options_file(dir.path(), &topic, &format!("group-{topic}"));
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
@@ -760,6 +776,18 @@ fn metrics_count_what_is_committed_and_health_says_ok() {
         Some(batches)
     );
     assert_eq!(sample_value(&text, "martmap_database_down"), Some(0.0));
+    // One loaded event in 64 is sampled, the first included.
+    let sampled = ((produced - 5.0) / 64.0).ceil();
+    assert_eq!(
+        sample_value(
+            &text,
+            &format!(
+                "martmap_unread_attribute_events_total{{topic=\"{topic}\",path=\"$.channel\"}}"
+            )
+        ),
+        Some(sampled),
+        "{text}"
+    );
     let (status, body) = http_get(&addr, "/health");
     assert!(status.contains("200"), "{status}: {body}");
     assert_eq!(body, "ok\n");
