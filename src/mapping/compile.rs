@@ -5,7 +5,8 @@
 
 use super::model::{Binding, Constant, Derivation, Mapping};
 use crate::catalog::ColumnType;
-use crate::plan::coverage::{Read, absolute};
+use crate::catalog::PathStep;
+use crate::plan::coverage::{Read, push_name};
 use crate::plan::{Cell, Default, Plan, PlanDimension, PlanScope, Selector, Target, ValuePlan};
 
 /// Compiles a mapping; `content_hash` identifies the mapping file's text in
@@ -76,7 +77,7 @@ fn reads(mapping: &Mapping) -> Vec<Read> {
     let mut reads = Vec::new();
     for scope in &mapping.scopes {
         let parent = scope.parent.map_or("$", |parent| prefixes[parent].as_str());
-        let (path, _) = absolute(parent, &scope.each.steps());
+        let path = absolute(parent, &scope.each.steps());
         if path != parent {
             reads.push(Read {
                 path: path.clone(),
@@ -107,7 +108,7 @@ fn reads(mapping: &Mapping) -> Vec<Read> {
             .map(|path| (path, by.clone()))
             .chain(default.map(|path| (path, format!("{by} (default)"))))
         {
-            let (path, _) = absolute(prefix, &path.steps());
+            let path = absolute(prefix, &path.steps());
             reads.push(Read {
                 path,
                 by,
@@ -179,5 +180,35 @@ fn target(ty: ColumnType) -> Target {
             max_chars: ty.max_chars(),
         },
         ColumnType::Bytes => Target::Bytes,
+    }
+}
+
+/// A path in normal form (see `plan::coverage`) from steps after `prefix`;
+/// a step that cannot be followed (recursive descent, say) ends it.
+fn absolute(prefix: &str, steps: &[PathStep]) -> String {
+    let mut path = prefix.to_owned();
+    for step in steps {
+        match step {
+            PathStep::Property(name) => push_name(&mut path, name),
+            PathStep::Item => path.push_str("[*]"),
+            PathStep::Unknown => break,
+        }
+    }
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_paths_are_written_in_one_normal_form() {
+        let steps = [
+            PathStep::Property("segments".into()),
+            PathStep::Item,
+            PathStep::Property("page title".into()),
+        ];
+        assert_eq!(absolute("$", &steps), "$.segments[*]['page title']");
+        assert_eq!(absolute("$.a", &[PathStep::Unknown]), "$.a");
     }
 }

@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::catalog::PathStep;
 
 /// An absolute path a mapping reads, and what reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,21 +26,9 @@ pub struct Read {
     pub subtree: bool,
 }
 
-/// A path in normal form from steps after `prefix`; a step that cannot be
-/// followed (recursive descent, say) ends it, reading all below.
-pub fn absolute(prefix: &str, steps: &[PathStep]) -> (String, bool) {
-    let mut path = prefix.to_owned();
-    for step in steps {
-        match step {
-            PathStep::Property(name) => push_name(&mut path, name),
-            PathStep::Item => path.push_str("[*]"),
-            PathStep::Unknown => return (path, true),
-        }
-    }
-    (path, false)
-}
-
-fn push_name(path: &mut String, name: &str) {
+/// Appends a member name to a path in normal form: `.name`, or
+/// `['odd name']` when it is not a plain identifier.
+pub fn push_name(path: &mut String, name: &str) {
     let plain = !name.is_empty()
         && name
             .chars()
@@ -274,22 +261,5 @@ mod tests {
         coverage.add(&json!({"a": 1, "d": 4}));
         assert_eq!(coverage.unread().count(), 2);
         assert_eq!(coverage.dropped, 2);
-    }
-
-    #[test]
-    fn paths_are_written_in_one_normal_form() {
-        let steps = [
-            PathStep::Property("segments".into()),
-            PathStep::Item,
-            PathStep::Property("page title".into()),
-        ];
-        assert_eq!(
-            absolute("$", &steps),
-            ("$.segments[*]['page title']".to_owned(), false)
-        );
-        assert_eq!(
-            absolute("$.a", &[PathStep::Unknown]),
-            ("$.a".to_owned(), true)
-        );
     }
 }
