@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-
 /// An absolute path a mapping reads, and what reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Read {
