@@ -76,7 +76,7 @@ pub fn epoch_seconds(value: &Value) -> Result<i64, Mismatch> {
 
 /// RFC 3339, plus the ISO-8601 forms producers also write: no seconds, or an
 /// offset without a colon. A timestamp without an offset is not an instant.
-fn parse_iso8601(text: &str) -> Option<i64> {
+pub fn parse_iso8601(text: &str) -> Option<i64> {
     if let Ok(instant) = DateTime::parse_from_rfc3339(text) {
         return Some(instant.timestamp());
     }

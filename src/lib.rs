@@ -29,5 +29,6 @@ pub mod options;
 pub mod pipeline;
 pub mod plan;
 pub mod runtime;
+pub mod scaffold;
 pub mod sink;
 pub mod source;

@@ -7,6 +7,7 @@ mod init_db;
 mod load;
 mod replay;
 mod run;
+mod scaffold;
 mod test_mapping;
 mod validate;
 
@@ -49,6 +50,7 @@ pub enum Command {
     ReplayDiscards(replay::ReplayArgs),
     Run(run::RunArgs),
     Aggregate(aggregate::AggregateArgs),
+    Scaffold(scaffold::ScaffoldArgs),
 }
 
 /// How a command ended when it ran to completion.
@@ -163,6 +165,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Box<dyn std::error::Error>> {
         Command::ReplayDiscards(args) => replay::run(args),
         Command::Run(args) => run::run(args),
         Command::Aggregate(args) => aggregate::run(args),
+        Command::Scaffold(args) => scaffold::run(args),
     }
 }
 

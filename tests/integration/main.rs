@@ -18,6 +18,8 @@
 //!   `tests/cases/rows/`, the discard corpus under `tests/cases/discards/`.
 //! - `sasl`: `run` over SASL_SSL (stunnel4 in front of a tansu that keeps
 //!   SCRAM users in PostgreSQL).
+//! - `scaffold`: `martmap scaffold` proposals pinned under
+//!   `tests/cases/scaffold/`, validated and loaded on SQLite and PostgreSQL.
 //! - `schema`: the JSON Schemas under `schemas/` agree with martmap's own
 //!   reading of mappings and catalog files.
 //! - `validate`: `martmap validate-mapping`; a new golden case is a new
@@ -33,6 +35,7 @@ mod replay;
 
 mod rows;
 mod sasl;
+mod scaffold;
 mod schema;
 mod validate;
 
