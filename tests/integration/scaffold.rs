@@ -4,8 +4,9 @@
 //! Each directory under `tests/cases/scaffold/` holds `samples.jsonl` of one
 //! shape (a flat event; orders with items; survey responses with sections
 //! of answers beside tags and reviewers) and `expected.snap`, the proposal
-//! (`--dry-run`). The co-browse sample is scaffolded too and compared with
-//! the shipped mapping.
+//! (`--dry-run`). The co-browse sample's loadable events are scaffolded
+//! too (pinned in `cobrowse/expected.snap`) and compared with the shipped
+//! mapping.
 
 use std::path::Path;
 use std::process::Command;
@@ -174,6 +175,21 @@ fn scaffolding_the_cobrowse_sample_loads_as_many_rows_as_the_shipped_mapping() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let file = dir.path().join("cobrowse.jsonl");
     std::fs::write(&file, good.join("\n")).expect("events");
+
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(repository().join("tests/cases/scaffold/cobrowse"));
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_omit_expression(true);
+    let args = [
+        "scaffold",
+        "--name",
+        "cobrowse_proposal",
+        "--topic",
+        "all-cobrowse-historical",
+        "--dry-run",
+        file.to_str().expect("path"),
+    ];
+    settings.bind(|| insta::assert_snapshot!("expected", martmap(&args)));
 
     let (_db_dir, url) = crate::database::sqlite_database();
     assert_success(&crate::database::load(
