@@ -58,6 +58,11 @@ pub enum ScaffoldError {
     Conflict { path: String, found: String },
     #[error("the samples carry no attribute to load")]
     Empty,
+    #[error(
+        "no attribute is present in every sample event, so there is nothing to key the fact on; \
+         give samples that share an id"
+    )]
+    NoKey,
 }
 
 /// What was seen at one path across the samples.
@@ -407,8 +412,8 @@ pub fn scaffold(name: &str, samples: &[Value]) -> Result<Proposal, ScaffoldError
             dimension_tables.push(table);
         }
     }
-    if key.is_empty() {
-        return Err(ScaffoldError::Empty);
+    if id.is_none() {
+        return Err(ScaffoldError::NoKey);
     }
     // Key columns are NOT NULL.
     for column in &key {

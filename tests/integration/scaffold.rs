@@ -233,6 +233,15 @@ fn bad_samples_are_refused_with_where_and_what() {
             "martmap: FILE:2: an event is a JSON object, found an array\n".into()
         )
     );
+    assert_eq!(
+        scaffold_stderr("{\"a\": 1}\n{\"b\": 2}\n"),
+        (
+            Some(1),
+            "martmap: no attribute is present in every sample event, so there is nothing to key \
+             the fact on; give samples that share an id\n"
+                .into()
+        )
+    );
     let (code, text) = scaffold_stderr("{\"id\": 1}\n{\"id\": \n");
     assert_eq!(code, Some(1));
     assert!(text.starts_with("martmap: FILE:2: not JSON: "), "{text}");
