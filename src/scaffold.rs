@@ -284,6 +284,13 @@ pub fn scaffold(name: &str, samples: &[Value]) -> Result<Proposal, ScaffoldError
         };
         if at > 0 {
             let column = fact.column(&format!("{prefix}POSITION"), "integer not null".into());
+            fact.explain(
+                &column,
+                format!(
+                    "the {}'s 0-based position in its array; -1: none",
+                    scope.name
+                ),
+            );
             writeln!(
                 mapping_columns,
                 "  # The item's 0-based position in its parent's array (-1: none).\n  \
@@ -331,6 +338,7 @@ pub fn scaffold(name: &str, samples: &[Value]) -> Result<Proposal, ScaffoldError
                 &format!("{prefix}{}", snake_path(&leaf.names)),
                 sql_type(&leaf.kind, is_id),
             );
+            fact.explain(&column, why(leaf, is_id));
             let mut binding = format!(
                 "{{from: {}, path: \"{}\"{}",
                 scope.name,
@@ -349,6 +357,10 @@ pub fn scaffold(name: &str, samples: &[Value]) -> Result<Proposal, ScaffoldError
             if at == 0 && Some(index) == first_timestamp && !date_time_key_done {
                 date_time_key_done = true;
                 let column = fact.column("DATE_TIME_KEY", "integer".into());
+                fact.explain(
+                    &column,
+                    format!("start of the 15-minute interval of {}", leaf.path()),
+                );
                 writeln!(
                     mapping_columns,
                     "  # The 15-minute interval of the first timestamp, for the calendar.\n  \
@@ -375,6 +387,7 @@ pub fn scaffold(name: &str, samples: &[Value]) -> Result<Proposal, ScaffoldError
                 &fact.name,
             ));
             let key_column = fact.column(&format!("{group}_KEY"), "integer not null".into());
+            fact.explain(&key_column, format!("the member of {}", table.name));
             table.column("ID", "integer not null".into());
             writeln!(
                 dimensions_text,
@@ -397,6 +410,14 @@ pub fn scaffold(name: &str, samples: &[Value]) -> Result<Proposal, ScaffoldError
                 let column = table.column(
                     &snake_path(&leaf.names[object.len()..]),
                     format!("{} not null", text_type(chars.max("NO_VALUE".len()))),
+                );
+                table.explain(
+                    &column,
+                    format!(
+                        "{}; {} distinct values seen",
+                        why(leaf, false),
+                        leaf.stats.distinct.len()
+                    ),
                 );
                 writeln!(
                     dimensions_text,
@@ -733,10 +754,12 @@ fn unique_identifier(base: &str, taken: impl Fn(&str) -> bool) -> String {
     name
 }
 
-/// A table being proposed: columns in order with their declarations.
+/// A table being proposed: columns in order with their declarations,
+/// and why each was proposed.
 struct Table {
     name: String,
     columns: IndexMap<String, String>,
+    comments: IndexMap<String, String>,
     natural_key: Vec<String>,
 }
 
@@ -745,6 +768,7 @@ impl Table {
         Table {
             name,
             columns: IndexMap::new(),
+            comments: IndexMap::new(),
             natural_key: Vec::new(),
         }
     }
@@ -755,6 +779,11 @@ impl Table {
         let name = unique_identifier(wanted, |name| self.columns.contains_key(name));
         self.columns.insert(name.clone(), declaration);
         name
+    }
+
+    /// Says why `column` was proposed as it is (a comment beside it).
+    fn explain(&mut self, column: &str, why: String) {
+        self.comments.insert(column.to_owned(), why);
     }
 }
 
@@ -770,9 +799,7 @@ fn tables_text(fact: &Table, dimensions: &[Table], key: &[String], grain: &str) 
         fact.name
     )
     .ok();
-    for (column, declaration) in &fact.columns {
-        writeln!(out, "      {column}: {declaration}").ok();
-    }
+    write_columns(&mut out, fact);
     writeln!(
         out,
         "    primary_key: [{}]\n    audit: {{create: CREATE_AUDIT_KEY, update: UPDATE_AUDIT_KEY}}",
@@ -786,9 +813,7 @@ fn tables_text(fact: &Table, dimensions: &[Table], key: &[String], grain: &str) 
             table.name
         )
         .ok();
-        for (column, declaration) in &table.columns {
-            writeln!(out, "      {column}: {declaration}").ok();
-        }
+        write_columns(&mut out, table);
         writeln!(
             out,
             "    primary_key: [ID]\n    surrogate_key: ID\n    natural_key: [{}]\n    audit: {{create: CREATE_AUDIT_KEY}}",
@@ -797,6 +822,37 @@ fn tables_text(fact: &Table, dimensions: &[Table], key: &[String], grain: &str) 
         .ok();
     }
     out
+}
+
+fn write_columns(out: &mut String, table: &Table) {
+    for (column, declaration) in &table.columns {
+        match table.comments.get(column) {
+            Some(why) => writeln!(out, "      {column}: {declaration}  # {why}"),
+            None => writeln!(out, "      {column}: {declaration}"),
+        }
+        .ok();
+    }
+}
+
+/// Why a leaf's column has its type, from what was seen.
+fn why(leaf: &Leaf, key: bool) -> String {
+    let stats = leaf.stats;
+    let seen = match &leaf.kind {
+        Kind::Flag => "booleans or 0/1 seen".to_owned(),
+        Kind::Int { .. } => format!("integers {} to {} seen", stats.min, stats.max),
+        Kind::Timestamp => {
+            "timestamps seen (epoch milliseconds or ISO-8601), stored as epoch seconds".to_owned()
+        }
+        Kind::Text { chars } if stats.ints > 0 => {
+            format!("text and integers of up to {chars} characters seen")
+        }
+        Kind::Text { chars } => format!("text of up to {chars} characters seen"),
+    };
+    if key {
+        format!("{seen}; the key, present in every sample")
+    } else {
+        seen
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
