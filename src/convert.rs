@@ -40,6 +40,14 @@ pub fn text<'v>(value: &'v Value) -> Result<Cow<'v, str>, Mismatch> {
     }
 }
 
+/// A JSON number, fractions included, as its JSON text.
+pub fn number(value: &Value) -> Result<String, Mismatch> {
+    match value {
+        Value::Number(number) => Ok(number.to_string()),
+        _ => Err(Mismatch::new("a number", value)),
+    }
+}
+
 /// A JSON integer that fits 64 bits.
 pub fn int(value: &Value) -> Result<i64, Mismatch> {
     value
@@ -176,6 +184,13 @@ mod tests {
         check(text, json!(u64::MAX), Ok("18446744073709551615".to_owned()));
         check(text, json!(true), Err("a string / boolean true"));
         check(text, json!(1.5), Err("a string / number 1.5"));
+    }
+
+    #[test]
+    fn numbers_accept_integers_and_fractions_only() {
+        check(number, json!(1.5), Ok("1.5".to_owned()));
+        check(number, json!(-42), Ok("-42".to_owned()));
+        check(number, json!("1.5"), Err("a number / string \"1.5\""));
     }
 
     #[test]

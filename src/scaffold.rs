@@ -148,6 +148,7 @@ impl Stats {
 enum Kind {
     Flag,
     Int { big: bool },
+    Number,
     Timestamp,
     Text { chars: usize },
 }
@@ -563,6 +564,11 @@ fn collect<'s>(
                             "`{shown}`: integers and strings seen, widened to text"
                         ));
                     }
+                    if kind == Kind::Number && field.ints > 0 {
+                        notes.push(format!(
+                            "`{shown}`: integers and fractions seen, widened to a number (double)"
+                        ));
+                    }
                     if field.scalars() == 0 {
                         notes.push(format!(
                             "`{shown}`: only null seen; proposed as text, check its type"
@@ -586,7 +592,12 @@ fn collect<'s>(
 fn kind(stats: &Stats) -> Result<Kind, &'static str> {
     let only = |count: u64| count > 0 && count == stats.scalars();
     if stats.fractions > 0 {
-        return Err("numbers with fractions: the catalog has no decimal column type yet");
+        // Integers and fractions widen to a number.
+        return if stats.fractions + stats.ints == stats.scalars() {
+            Ok(Kind::Number)
+        } else {
+            Err("numbers mixed with other values")
+        };
     }
     let bits = stats.ints == 0 || (stats.min >= 0 && stats.max <= 1);
     if stats.bools > 0 && !(bits && stats.strings == 0) {
@@ -644,6 +655,7 @@ fn sql_type(kind: &Kind, key: bool) -> String {
         Kind::Flag => "smallint".to_owned(),
         Kind::Int { big: false } => "integer".to_owned(),
         Kind::Int { big: true } | Kind::Timestamp => "bigint".to_owned(),
+        Kind::Number => "double".to_owned(),
         Kind::Text { chars } => text_type(*chars),
     };
     if key { ty + " not null" } else { ty }
@@ -653,7 +665,7 @@ fn convert(kind: &Kind) -> &'static str {
     match kind {
         Kind::Flag => ", convert: flag",
         Kind::Timestamp => ", convert: epoch_seconds",
-        Kind::Int { .. } | Kind::Text { .. } => "",
+        Kind::Int { .. } | Kind::Number | Kind::Text { .. } => "",
     }
 }
 
@@ -840,6 +852,10 @@ fn why(leaf: &Leaf, key: bool) -> String {
     let seen = match &leaf.kind {
         Kind::Flag => "booleans or 0/1 seen".to_owned(),
         Kind::Int { .. } => format!("integers {} to {} seen", stats.min, stats.max),
+        Kind::Number if stats.ints > 0 => {
+            "integers and fractions seen, widened to a number".to_owned()
+        }
+        Kind::Number => "numbers with fractions seen".to_owned(),
         Kind::Timestamp => {
             "timestamps seen (epoch milliseconds or ISO-8601), stored as epoch seconds".to_owned()
         }
@@ -1023,7 +1039,8 @@ mod tests {
             kind(&stats(&[json!("abc"), json!(12345)])),
             Ok(Kind::Text { chars: 5 })
         );
-        assert!(kind(&stats(&[json!(1.5)])).is_err());
+        assert_eq!(kind(&stats(&[json!(1.5), json!(2)])), Ok(Kind::Number));
+        assert!(kind(&stats(&[json!(1.5), json!("x")])).is_err());
         assert!(kind(&stats(&[json!(true), json!("x")])).is_err());
     }
 }

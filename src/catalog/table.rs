@@ -47,6 +47,8 @@ pub enum ColumnType {
     Varchar(usize),
     Text,
     Bytes,
+    /// A double-precision floating-point number.
+    Double,
 }
 
 impl ColumnType {
@@ -79,6 +81,7 @@ impl fmt::Display for ColumnType {
             ColumnType::Varchar(size) => write!(f, "varchar({size})"),
             ColumnType::Text => f.write_str("text"),
             ColumnType::Bytes => f.write_str("bytes"),
+            ColumnType::Double => f.write_str("double"),
         }
     }
 }
@@ -106,6 +109,7 @@ impl FromStr for Column {
             "bigint" => ColumnType::BigInt,
             "text" => ColumnType::Text,
             "bytes" => ColumnType::Bytes,
+            "double" => ColumnType::Double,
             _ => {
                 let size = ty
                     .strip_prefix("varchar(")
@@ -115,7 +119,7 @@ impl FromStr for Column {
                     .ok_or_else(|| {
                         format!(
                             "invalid column type `{spec}`: expected smallint, integer, bigint, \
-                             varchar(N), text or bytes, optionally followed by `not null`"
+                             double, varchar(N), text or bytes, optionally followed by `not null`"
                         )
                     })?;
                 ColumnType::Varchar(size)

@@ -176,7 +176,8 @@ fn target(ty: ColumnType) -> Target {
             min: i64::MIN,
             max: i64::MAX,
         },
-        ColumnType::Varchar(_) | ColumnType::Text => Target::Text {
+        // A number travels as its JSON text, which the database reads.
+        ColumnType::Varchar(_) | ColumnType::Text | ColumnType::Double => Target::Text {
             max_chars: ty.max_chars(),
         },
         ColumnType::Bytes => Target::Bytes,

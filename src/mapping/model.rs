@@ -61,12 +61,16 @@ pub struct Binding {
 pub enum ValueKind {
     Integer,
     Text,
+    /// A number, fractions included (`double` columns).
+    Number,
 }
 
 impl ValueKind {
     pub fn of(ty: ColumnType) -> ValueKind {
         if ty.is_integer() {
             ValueKind::Integer
+        } else if ty == ColumnType::Double {
+            ValueKind::Number
         } else {
             ValueKind::Text
         }
@@ -76,6 +80,7 @@ impl ValueKind {
         match self {
             ValueKind::Integer => "an integer",
             ValueKind::Text => "text",
+            ValueKind::Number => "a number",
         }
     }
 }

@@ -421,10 +421,10 @@ impl<'c> Checker<'c> {
         let kind = ValueKind::of(column.ty);
         let convert = match &raw.convert {
             Some(convert) => self.check_conversion(convert, raw, column.ty),
-            None => Some(if kind == ValueKind::Integer {
-                Conversion::Int
-            } else {
-                Conversion::String
+            None => Some(match kind {
+                ValueKind::Integer => Conversion::Int,
+                ValueKind::Number => Conversion::Number,
+                ValueKind::Text => Conversion::String,
             }),
         };
         let default = match (&raw.default, scope) {
@@ -468,6 +468,7 @@ impl<'c> Checker<'c> {
         let conversion = match (raw.name.as_str(), &raw.argument) {
             ("string", None) => Conversion::String,
             ("int", None) => Conversion::Int,
+            ("number", None) => Conversion::Number,
             ("flag", None) => Conversion::Flag,
             ("epoch_seconds", None) => Conversion::EpochSeconds,
             ("date_time_key", Some(interval)) => match u32::try_from(interval.value) {
@@ -587,7 +588,9 @@ impl<'c> Checker<'c> {
         ty: ColumnType,
         span: SourceSpan,
     ) -> bool {
-        let fits = yields == ValueKind::of(ty);
+        // An integer is a number too.
+        let column = ValueKind::of(ty);
+        let fits = yields == column || (yields, column) == (ValueKind::Integer, ValueKind::Number);
         if !fits {
             self.errors.push(MappingError::ValueType {
                 what,

@@ -58,6 +58,12 @@ pub const CONVERSIONS: &[Word] = &[
     ),
     word("int", Argument::None, ValueKind::Integer, "a JSON integer"),
     word(
+        "number",
+        Argument::None,
+        ValueKind::Number,
+        "a JSON number, fractions included (double columns)",
+    ),
+    word(
         "flag",
         Argument::None,
         ValueKind::Integer,
@@ -141,6 +147,7 @@ pub fn conversion(conversion: Conversion) -> Word {
     let name = match conversion {
         Conversion::String => "string",
         Conversion::Int => "int",
+        Conversion::Number => "number",
         Conversion::Flag => "flag",
         Conversion::EpochSeconds => "epoch_seconds",
         Conversion::DateTimeKey { .. } => "date_time_key",
@@ -157,6 +164,7 @@ mod tests {
         for conversion in [
             Conversion::String,
             Conversion::Int,
+            Conversion::Number,
             Conversion::Flag,
             Conversion::EpochSeconds,
             Conversion::DateTimeKey { interval: 900 },

@@ -341,6 +341,7 @@ fn convert_value(conversion: Conversion, value: &Value) -> Result<Cell, Mismatch
     Ok(match conversion {
         Conversion::String => Cell::Text(Arc::from(&*convert::text(value)?)),
         Conversion::Int => Cell::Int(convert::int(value)?),
+        Conversion::Number => Cell::Text(Arc::from(convert::number(value)?.as_str())),
         Conversion::Flag => Cell::Int(convert::flag(value)?),
         Conversion::EpochSeconds => Cell::Int(convert::epoch_seconds(value)?),
         Conversion::DateTimeKey { interval } => Cell::Int(convert::interval_start(

@@ -40,6 +40,9 @@ pub enum Conversion {
     String,
     /// A JSON integer.
     Int,
+    /// A JSON number, fractions included, as its JSON text (a `double`
+    /// column reads it).
+    Number,
     /// true/false or 0/1, stored as 1/0.
     Flag,
     /// Epoch milliseconds or ISO-8601 with offset, stored as whole epoch seconds.
@@ -53,6 +56,7 @@ impl Conversion {
         match self {
             Conversion::String => "string".into(),
             Conversion::Int => "int".into(),
+            Conversion::Number => "number".into(),
             Conversion::Flag => "flag".into(),
             Conversion::EpochSeconds => "epoch_seconds".into(),
             Conversion::DateTimeKey { interval } => format!("date_time_key: {interval}"),

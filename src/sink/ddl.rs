@@ -138,6 +138,7 @@ pub fn column_def(
         (ColumnType::BigInt, ..) => def.big_integer(),
         (ColumnType::Varchar(size), ..) => def.string_len(size as u32),
         (ColumnType::Text, ..) => def.text(),
+        (ColumnType::Double, ..) => def.double(),
         (ColumnType::Bytes, _, DbBackend::Postgres) => def.binary(),
         (ColumnType::Bytes, ..) => def.blob(),
     };

@@ -495,6 +495,7 @@ fn live_type(declared: &str, length: Option<i64>) -> Option<ColumnType> {
         "bigint" => ColumnType::BigInt,
         "text" => ColumnType::Text,
         "bytea" | "blob" => ColumnType::Bytes,
+        "double precision" | "double" | "real" => ColumnType::Double,
         "character varying" => ColumnType::Varchar(usize::try_from(length?).ok()?),
         other => {
             let size = other.strip_prefix("varchar(")?.strip_suffix(')')?;

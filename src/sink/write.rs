@@ -346,6 +346,10 @@ pub(super) struct FoundMembers {
 /// Integers fit: the plan discarded every event whose values do not.
 pub(super) fn value(cell: &Cell, ty: ColumnType) -> Value {
     match (cell, ty) {
+        (Cell::Int(n), ColumnType::Double) => Value::Double(Some(*n as f64)),
+        // The plan's `number` conversion made the text of a JSON number.
+        (Cell::Text(text), ColumnType::Double) => Value::Double(text.parse().ok()),
+        (Cell::Null, ColumnType::Double) => Value::Double(None),
         (Cell::Int(n), ColumnType::SmallInt) => Value::SmallInt(Some(*n as i16)),
         (Cell::Int(n), ColumnType::Integer) => Value::Int(Some(*n as i32)),
         (Cell::Int(n), _) => Value::BigInt(Some(*n)),

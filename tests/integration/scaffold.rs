@@ -88,6 +88,14 @@ fn count(url: &str, sql: &str) -> usize {
 /// mapping, loads `file` on both databases with no discard; returns the
 /// fact rows per backend.
 fn scaffold_and_load(name: &str, file: &Path) -> Vec<usize> {
+    scaffold_and_load_summing(name, file, None)
+        .into_iter()
+        .map(|(rows, _)| rows)
+        .collect()
+}
+
+/// [`scaffold_and_load`], with the sum of a fact column per backend.
+fn scaffold_and_load_summing(name: &str, file: &Path, sum: Option<&str>) -> Vec<(usize, f64)> {
     let out = catalog_copy();
     let output = scaffold_into(out.path(), name, file);
     assert_success(&output);
@@ -103,7 +111,8 @@ fn scaffold_and_load(name: &str, file: &Path) -> Vec<usize> {
         .expect("martmap runs");
     assert_success(&validated);
     let mut counts = Vec::new();
-    for (_dir, url) in backends(&format!("scaffold_{name}")) {
+    let purpose = if sum.is_some() { "sum" } else { "rows" };
+    for (_dir, url) in backends(&format!("scaffold_{name}_{purpose}")) {
         let loaded = load_with(
             &url,
             catalog.to_str().expect("path"),
@@ -117,10 +126,21 @@ fn scaffold_and_load(name: &str, file: &Path) -> Vec<usize> {
             "{name} on {url}: no discard\n{}",
             String::from_utf8_lossy(&loaded.stdout)
         );
-        counts.push(count(
+        let rows = count(
             &url,
             &format!("SELECT CAST(COUNT(*) AS TEXT) FROM {upper}_FACT"),
-        ));
+        );
+        let total = sum.map_or(0.0, |column| {
+            query(
+                &url,
+                &format!("SELECT CAST(SUM({column}) AS TEXT) FROM {upper}_FACT"),
+            )[0][0]
+                .as_deref()
+                .expect("a sum")
+                .parse()
+                .expect("a number")
+        });
+        counts.push((rows, total));
     }
     counts
 }
@@ -149,6 +169,24 @@ fn scaffolded_proposals_are_pinned_validate_and_load_their_samples() {
             [expected, expected],
             "{case}"
         );
+    }
+}
+
+/// Fractions land in `double` columns as the numbers they are.
+#[test]
+fn numbers_with_fractions_load_as_doubles() {
+    let file = repository().join("tests/cases/scaffold/orders/samples.jsonl");
+    let mut latest: indexmap::IndexMap<String, Value> = indexmap::IndexMap::new();
+    for event in samples(&file) {
+        latest.insert(event["orderId"].to_string(), event);
+    }
+    let expected: f64 = latest
+        .values()
+        .flat_map(|order| order["items"].as_array().cloned().unwrap_or_default())
+        .map(|item| item["price"].as_f64().expect("a price"))
+        .sum();
+    for (_, total) in scaffold_and_load_summing("orders", &file, Some("ITEM_PRICE")) {
+        assert!((total - expected).abs() < 1e-6, "{total} vs {expected}");
     }
 }
 
