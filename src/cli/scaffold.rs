@@ -29,6 +29,7 @@ use super::Outcome;
 /// `martmap load --mapping mappings/ORDERS.yaml orders.jsonl`):
 ///   martmap scaffold --name orders --topic all-orders orders.jsonl
 #[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
 pub struct ScaffoldArgs {
     /// The events' name: the mapping is its upper-case form (`orders` →
     /// ORDERS, fact table ORDERS_FACT).

@@ -29,6 +29,7 @@ use super::{CatalogArgs, Color, Format, Outcome, load_plan};
 ///   martmap test-mapping mappings/COBROWSE.yaml session.json --expect session.rows.json
 ///   martmap test-mapping --coverage mappings/COBROWSE.yaml samples/cobrowse-sessions.jsonl
 #[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
 pub struct TestMappingArgs {
     /// The mapping file.
     #[arg(value_name = "MAPPING")]
