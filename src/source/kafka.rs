@@ -258,6 +258,43 @@ impl<P: Positions> ClientContext for Context<P> {
     }
 }
 
+impl<P: Positions> Context<P> {
+    /// Places `partitions` of `topic` in `list` and `owned`: each at its
+    /// stored next offset (or past a gap, see [`position`]), or where
+    /// `unstored` says. The stored offsets are read once.
+    fn take<C: Consumer<Self>>(
+        &self,
+        consumer: &C,
+        topic: &str,
+        partitions: impl Iterator<Item = i32>,
+        list: &mut TopicPartitionList,
+        owned: &mut Vec<(i32, Option<i64>)>,
+    ) -> Result<(), KafkaError> {
+        let stored = self.positions.stored(topic);
+        for partition in partitions {
+            let next = stored
+                .iter()
+                .find(|(stored, _)| *stored == partition)
+                .map(|(_, next)| {
+                    position(
+                        consumer,
+                        &self.positions,
+                        (topic, partition),
+                        *next,
+                        End::Unchecked,
+                    )
+                });
+            list.add_partition_offset(
+                topic,
+                partition,
+                next.map_or(self.unstored, Offset::Offset),
+            )?;
+            owned.push((partition, next));
+        }
+        Ok(())
+    }
+}
+
 impl<P> Context<P> {
     fn explain(&self, reason: &str) {
         let mut reasons = self.reasons.lock().unwrap_or_else(|e| e.into_inner());
@@ -284,25 +321,20 @@ impl<P: Positions> ConsumerContext for Context<P> {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let mut positioned = TopicPartitionList::new();
                 let mut owned = Vec::new();
-                for element in tpl.elements() {
-                    let (topic, partition) = (element.topic(), element.partition());
-                    let stored = self.positions.stored(topic);
-                    let next =
-                        stored
-                            .iter()
-                            .find(|(stored, _)| *stored == partition)
-                            .map(|(_, next)| {
-                                position(
-                                    consumer,
-                                    &self.positions,
-                                    (topic, partition),
-                                    *next,
-                                    End::Unchecked,
-                                )
-                            });
-                    let offset = next.map_or(self.unstored, Offset::Offset);
-                    let _ = positioned.add_partition_offset(topic, partition, offset);
-                    owned.push((partition, next));
+                let elements = tpl.elements();
+                let mut topics: Vec<&str> = elements.iter().map(|e| e.topic()).collect();
+                topics.sort_unstable();
+                topics.dedup();
+                for topic in topics {
+                    let partitions = elements
+                        .iter()
+                        .filter(|e| e.topic() == topic)
+                        .map(|e| e.partition());
+                    if let Err(error) =
+                        self.take(consumer, topic, partitions, &mut positioned, &mut owned)
+                    {
+                        tracing::error!(%error, topic, "cannot place the assigned partitions");
+                    }
                 }
                 if let Err(error) = consumer.assign(&positioned) {
                     tracing::error!(%error, "cannot take the assigned partitions");
@@ -427,29 +459,16 @@ impl<P: Positions + 'static> TopicConsumer<P> {
             return Err(KafkaError::MetadataFetch(error.into()));
         }
         let context = self.consumer.context();
-        let stored = context.positions.stored(&self.topic);
         let mut list = TopicPartitionList::new();
         let mut owned = Vec::new();
-        for partition in topic.partitions().iter().map(|p| p.id()) {
-            let next = stored
-                .iter()
-                .find(|(stored, _)| *stored == partition)
-                .map(|(_, next)| {
-                    position(
-                        &self.consumer,
-                        &context.positions,
-                        (&self.topic, partition),
-                        *next,
-                        End::Unchecked,
-                    )
-                });
-            list.add_partition_offset(
-                &self.topic,
-                partition,
-                next.map_or(context.unstored, Offset::Offset),
-            )?;
-            owned.push((partition, next));
-        }
+        let partitions = topic.partitions().iter().map(|p| p.id());
+        context.take(
+            &self.consumer,
+            &self.topic,
+            partitions,
+            &mut list,
+            &mut owned,
+        )?;
         self.consumer.assign(&list)?;
         owned.sort_unstable_by_key(|(partition, _)| *partition);
         *context.assigned.lock().unwrap_or_else(|e| e.into_inner()) = owned;
