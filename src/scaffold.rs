@@ -164,12 +164,18 @@ struct Leaf<'s> {
 
 impl Leaf<'_> {
     fn path(&self) -> String {
-        let mut path = "$".to_owned();
-        for name in &self.names {
-            crate::plan::coverage::push_name(&mut path, name);
-        }
-        path
+        path_of(&self.names)
     }
+}
+
+/// The relative path through `names`, in the normal form of
+/// `plan::coverage` (`$.creator.userAgent`).
+fn path_of(names: &[&str]) -> String {
+    let mut path = "$".to_owned();
+    for name in names {
+        crate::plan::coverage::push_name(&mut path, name);
+    }
+    path
 }
 
 /// One explode of the grain.
@@ -213,11 +219,7 @@ pub fn scaffold(name: &str, samples: &[Value]) -> Result<Proposal, ScaffoldError
         else {
             break;
         };
-        let mut each = "$".to_owned();
-        for name in &names {
-            crate::plan::coverage::push_name(&mut each, name);
-        }
-        each.push_str("[*]");
+        let each = path_of(&names) + "[*]";
         let base = singular(names.last().copied().unwrap_or("item"));
         let taken: Vec<&str> = scopes.iter().map(|s| s.name.as_str()).collect();
         let scope_name = unique_lower(&base, &taken);
@@ -275,7 +277,6 @@ pub fn scaffold(name: &str, samples: &[Value]) -> Result<Proposal, ScaffoldError
     let mut dimension_tables: Vec<Table> = Vec::new();
     let mut key: Vec<String> = Vec::new();
     let mut replace_by: Vec<String> = Vec::new();
-    let mut date_time_key_done = false;
 
     for (at, (scope, found)) in scopes.iter().zip(&leaves).enumerate() {
         let prefix = if at == 0 {
@@ -355,8 +356,7 @@ pub fn scaffold(name: &str, samples: &[Value]) -> Result<Proposal, ScaffoldError
             }
             binding.push('}');
             writeln!(mapping_columns, "  {column}: {binding}").ok();
-            if at == 0 && Some(index) == first_timestamp && !date_time_key_done {
-                date_time_key_done = true;
+            if at == 0 && Some(index) == first_timestamp {
                 let column = fact.column("DATE_TIME_KEY", "integer".into());
                 fact.explain(
                     &column,
@@ -516,10 +516,7 @@ fn collect<'s>(
 ) -> Result<(), ScaffoldError> {
     for (name, field) in &stats.fields {
         names.push(name);
-        let mut path = "$".to_owned();
-        for name in names.iter() {
-            crate::plan::coverage::push_name(&mut path, name);
-        }
+        let path = path_of(names);
         let shown = if each == "$" {
             path.clone()
         } else {
@@ -934,25 +931,19 @@ fn mapping_text(
 /// A JSON Schema accepting what the samples held (and null everywhere
 /// below the root: absent and null are alike to a mapping).
 fn schema_of(event: &str, stats: &Stats, root: bool) -> Value {
-    let mut types: BTreeSet<&str> = BTreeSet::new();
-    if stats.bools > 0 {
-        types.insert("boolean");
-    }
-    if stats.ints > 0 {
-        types.insert("integer");
-    }
-    if stats.fractions > 0 {
-        types.insert("number");
-    }
-    if stats.strings > 0 {
-        types.insert("string");
-    }
-    if stats.objects > 0 {
-        types.insert("object");
-    }
-    if stats.arrays > 0 {
-        types.insert("array");
-    }
+    let seen = [
+        (stats.bools, "boolean"),
+        (stats.ints, "integer"),
+        (stats.fractions, "number"),
+        (stats.strings, "string"),
+        (stats.objects, "object"),
+        (stats.arrays, "array"),
+    ];
+    let mut types: BTreeSet<&str> = seen
+        .iter()
+        .filter(|(count, _)| *count > 0)
+        .map(|(_, ty)| *ty)
+        .collect();
     if !root {
         types.insert("null");
     }

@@ -1,9 +1,10 @@
 //! `martmap scaffold`: onboarding a topic from sample events.
 
-use std::io::Read as _;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use martmap::scaffold::{Proposal, scaffold};
+use martmap::source::file::read_lines;
 use serde_json::Value;
 
 use super::Outcome;
@@ -136,37 +137,31 @@ fn files(proposal: &Proposal) -> [(PathBuf, &str); 3] {
 fn read_samples(paths: &[PathBuf]) -> Result<Vec<Value>, String> {
     let mut samples = Vec::new();
     for path in paths {
-        let (name, bytes) = if path.as_os_str() == "-" {
-            let mut bytes = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut bytes)
-                .map_err(|e| format!("cannot read standard input: {e}"))?;
-            ("standard input".to_owned(), bytes)
-        } else {
-            let bytes =
-                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            (path.display().to_string(), bytes)
-        };
-        for (at, line) in bytes.split(|&b| b == b'\n').enumerate() {
-            if line.trim_ascii().is_empty() {
-                continue;
+        let mut problem = None;
+        read_lines(path, |message| {
+            let at = format!("{}:{}", message.source, message.position);
+            match serde_json::from_slice::<Value>(&message.payload) {
+                Ok(value @ Value::Object(_)) => {
+                    samples.push(value);
+                    return ControlFlow::Continue(());
+                }
+                Ok(value) => {
+                    let found = match value {
+                        Value::Array(_) => "an array",
+                        Value::String(_) => "a string",
+                        Value::Number(_) => "a number",
+                        Value::Bool(_) => "a boolean",
+                        _ => "null",
+                    };
+                    problem = Some(format!("{at}: an event is a JSON object, found {found}"));
+                }
+                Err(e) => problem = Some(format!("{at}: not JSON: {e}")),
             }
-            let value: Value = serde_json::from_slice(line)
-                .map_err(|e| format!("{name}:{}: not JSON: {e}", at + 1))?;
-            if !value.is_object() {
-                let found = match value {
-                    Value::Array(_) => "an array",
-                    Value::String(_) => "a string",
-                    Value::Number(_) => "a number",
-                    Value::Bool(_) => "a boolean",
-                    _ => "null",
-                };
-                return Err(format!(
-                    "{name}:{}: an event is a JSON object, found {found}",
-                    at + 1
-                ));
-            }
-            samples.push(value);
+            ControlFlow::Break(())
+        })
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if let Some(problem) = problem {
+            return Err(problem);
         }
     }
     Ok(samples)

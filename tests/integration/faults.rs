@@ -8,15 +8,12 @@ use std::time::{Duration, Instant};
 
 use sea_orm::{ConnectionTrait, Database};
 
-use crate::database::{
-    SAMPLE, block_on, init_db, postgres_database, postgres_server, sqlite_database,
-};
+use crate::database::{block_on, init_db, postgres_database, postgres_server, sqlite_database};
 use crate::kafka::{
     Broker, assert_loaded_exactly_once, assert_logged_once, bootstrap, client, create_topic,
-    free_port, messages_committed, options_file, options_file_for, send_lines, spawn_run,
-    stderr_of_run,
+    free_port, messages_committed, options_file, options_file_for, sample_lines, send_lines,
+    spawn_run, stderr_of_run,
 };
-use crate::repository;
 
 /// A `martmap run` in the background whose standard error is read as it
 /// comes (a full pipe would stall it).
@@ -71,15 +68,6 @@ impl Running {
         assert!(exit.success(), "martmap failed ({exit}):\n{stderr}");
         stderr
     }
-}
-
-fn sample_lines() -> Vec<Vec<u8>> {
-    std::fs::read(repository().join(SAMPLE))
-        .expect("sample")
-        .split(|&b| b == b'\n')
-        .filter(|line| !line.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect()
 }
 
 #[test]

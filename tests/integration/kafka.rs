@@ -23,6 +23,16 @@ pub fn bootstrap() -> String {
     )
 }
 
+/// The sample's lines, each one message.
+pub fn sample_lines() -> Vec<Vec<u8>> {
+    std::fs::read(repository().join(SAMPLE))
+        .expect("sample")
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
 /// tansu built with its SQLite storage engine, which keeps the log and
 /// SCRAM users in a file and answers ListOffsets exactly (`scripts/test`
 /// installs it and runs the shared broker with it too).
@@ -114,9 +124,22 @@ pub fn client(bootstrap: &str, extra: &[(&str, &str)]) -> ClientConfig {
 }
 
 pub fn create_topic(client: &ClientConfig, topic: &str, partitions: i32) {
+    create_topic_with(client, topic, partitions, &[]);
+}
+
+/// [`create_topic`] with topic configuration entries.
+pub fn create_topic_with(
+    client: &ClientConfig,
+    topic: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) {
     block_on(async {
         let admin: AdminClient<DefaultClientContext> = client.create().expect("admin client");
-        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        for (key, value) in configs {
+            new = new.set(key, value);
+        }
         let created = admin
             .create_topics([&new], &AdminOptions::new())
             .await
@@ -1040,11 +1063,8 @@ fn facts_loaded_from(lines: &[&[u8]]) -> Vec<Vec<Option<String>>> {
 /// timestamps two hours old and the broker started again.
 #[test]
 fn run_records_a_retention_gap_once_and_loads_the_rest() {
-    let lines = std::fs::read(repository().join(SAMPLE)).expect("sample");
-    let lines: Vec<&[u8]> = lines
-        .split(|&b| b == b'\n')
-        .filter(|line| !line.is_empty())
-        .collect();
+    let lines = sample_lines();
+    let lines: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
     let (loaded, rest) = lines.split_at(100);
     let (deleted, kept) = rest.split_at(200);
     let old = chrono::Utc::now().timestamp_millis() - 2 * 3600 * 1000;
@@ -1056,20 +1076,8 @@ fn run_records_a_retention_gap_once_and_loads_the_rest() {
     let broker = Broker::start(port, Some(log.path()));
     let topic = "cobrowse-retention";
     let kafka = client(&broker.bootstrap, &[]);
-    block_on(async {
-        let admin: AdminClient<DefaultClientContext> = kafka.create().expect("admin client");
-        let new = NewTopic::new(topic, 1, TopicReplication::Fixed(1))
-            .set("cleanup.policy", "delete")
-            .set("retention.ms", "3600000");
-        for result in admin
-            .create_topics([&new], &AdminOptions::new())
-            .await
-            .expect("create topics")
-        {
-            result.expect("topic created");
-        }
-    });
-    await_partitions(&kafka, topic, 1);
+    let retention = [("cleanup.policy", "delete"), ("retention.ms", "3600000")];
+    create_topic_with(&kafka, topic, 1, &retention);
     send_lines_at(&kafka, topic, loaded, Some(old));
     let (dir, database) = sqlite_database();
     let options = options_file_for(&broker.bootstrap, "", dir.path(), topic, "group-retention");

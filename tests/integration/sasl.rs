@@ -12,12 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::database::{SAMPLE, sqlite_database};
+use crate::database::sqlite_database;
 use crate::kafka::{
-    assert_loaded_exactly_once, client, create_topic, free_port, run_once, send_lines,
-    stderr_of_run, tansu,
+    assert_loaded_exactly_once, client, create_topic, free_port, run_once, sample_lines,
+    send_lines, stderr_of_run, tansu,
 };
-use crate::{repository, wait_until};
+use crate::wait_until;
 
 const USER: &str = "infomart";
 const PASSWORD: &str = "Scram-s3cret-42";
@@ -231,11 +231,8 @@ fn run_over_sasl_ssl_loads_exactly_and_reports_a_wrong_password_or_ca() {
         .collect();
     let producer = client(&secured.bootstrap, &extra);
     create_topic(&producer, &topic, 3);
-    let text = std::fs::read(repository().join(SAMPLE)).expect("sample");
-    let lines: Vec<&[u8]> = text
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .collect();
+    let lines = sample_lines();
+    let lines: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
     let produced = send_lines(&producer, &topic, &lines) as i64;
 
     let (dir, database) = sqlite_database();
