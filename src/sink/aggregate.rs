@@ -1,16 +1,21 @@
 //! The calendar and the aggregates, kept exact in each batch's transaction:
 //! the orchestration. `Aggregation` holds what one database aggregates;
 //! `Database::aggregate` sets it up (tables, backfill, the calendar ahead)
-//! and every batch calls `before` and `after` around its fact writes.
+//! and every batch's `Upkeep` runs around its fact writes.
 //!
 //! Before a batch writes its facts (with the aggregate's turn taken on
-//! PostgreSQL), what it will change is read: the identities it affects and
-//! their rows' contribution (`delta.rs`), or, for an aggregate deltas cannot
-//! keep, the time keys of the rows it replaces and adds and of the facts
-//! joined to the join values it changes (`recompute.rs`). After the writes,
-//! the calendar days of the batch's keys are filled (`date_time.rs`) and
-//! the change is applied: the contributions' difference added, or the
-//! touched buckets recomputed.
+//! PostgreSQL), `Aggregation::before` reads what it will change: the
+//! identities it affects and their rows' contribution (`delta.rs`), or,
+//! for an aggregate deltas cannot keep, the time keys of the rows it
+//! replaces and adds and of the facts joined to the join values it changes
+//! (`recompute.rs`). Where the batch's rows are the whole after-state of
+//! their identities, the contributions are summed in memory instead: the
+//! rows replaced are the ones PostgreSQL's COPY path deletes, which it
+//! hands back (`Upkeep::replaced`), and the sums run while the server loads
+//! the COPY (`Upkeep::compute`). After the writes, `Upkeep::finish` fills
+//! the calendar days of the batch's keys (`date_time.rs`) and applies the
+//! change: the contributions' difference added, or the touched buckets
+//! recomputed.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -19,7 +24,7 @@ use chrono::NaiveDate;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Index, IndexType, Query};
 use sea_orm::{ConnectionTrait, DbErr};
 
-use super::delta::{self, Contribution, DeltaPlan};
+use super::delta::{self, Contribution, DeltaPlan, InMemory, Joined};
 use super::recompute::recompute;
 use super::txn::{Scalar, Txn};
 use super::write::{CHUNK, Facts, value};
@@ -63,19 +68,48 @@ enum Touch {
 enum Change {
     /// The interval keys whose buckets are recomputed.
     Buckets(BTreeSet<i64>),
-    /// The affected identities, and what their rows contributed before.
-    Delta {
+    /// Kept by deltas read from the database: the affected identities, and
+    /// what their rows contributed before the writes.
+    Read {
         identities: BTreeSet<Vec<Cell>>,
         old: Contribution,
-        /// The after-state is the batch's own rows (no read back).
-        in_memory: bool,
     },
+    /// Kept by deltas computed in memory: the batch's rows are the whole
+    /// after-state of its identities.
+    InMemory(InMemoryChange),
 }
 
-/// What a batch changes, per aggregate (index into `Aggregation::aggregates`).
-#[derive(Default)]
-pub(super) struct Touched {
+/// A delta computed from rows in memory: the batch's, and those it
+/// replaces.
+struct InMemoryChange {
+    /// What the replaced rows contributed, read before the writes; `None`
+    /// when the write hands them back instead (PostgreSQL's COPY path
+    /// deletes them with RETURNING).
+    old: Option<Contribution>,
+    /// The rows the write handed back: the values of `Upkeep::returning`.
+    replaced: Vec<Vec<Cell>>,
+    joined: Option<Joined>,
+    new: Option<Contribution>,
+}
+
+/// One batch's upkeep of the aggregates, from before its facts are written
+/// to after: [`Aggregation::before`] reads what the batch will change; a
+/// write that deletes the rows it replaces hands them to
+/// [`Upkeep::replaced`] (reading the joined rows then, while the
+/// connection is free) and runs [`Upkeep::compute`] while the server loads
+/// the new rows; [`Upkeep::finish`] does whatever of that is left and
+/// applies the change.
+pub(super) struct Upkeep<'a> {
+    aggregation: &'a Aggregation,
+    facts: &'a Facts<'a>,
+    rows: &'a [&'a Row],
+    keys: &'a [Vec<i64>],
+    /// What the batch changes, per aggregate (index into `aggregates`).
     changes: Vec<(usize, Change)>,
+    /// The fact columns the write returns of the rows it replaces.
+    returning: Vec<String>,
+    /// Whether the joined rows are read (after the replaced rows came).
+    joined: bool,
 }
 
 impl Aggregation {
@@ -143,14 +177,22 @@ impl Aggregation {
     /// Reads what the batch's rows will change, before they are written:
     /// the affected identities and their rows' contribution (deltas), or
     /// the interval keys of the buckets to recompute.
-    pub(super) async fn before(
-        &self,
+    pub(super) async fn before<'a>(
+        &'a self,
         txn: &mut Txn,
-        facts: &Facts<'_>,
-        rows: &[&Row],
-        keys: &[Vec<i64>],
-    ) -> Result<Touched, DbErr> {
-        let mut touched = Touched::default();
+        facts: &'a Facts<'a>,
+        rows: &'a [&'a Row],
+        keys: &'a [Vec<i64>],
+    ) -> Result<Upkeep<'a>, DbErr> {
+        let mut upkeep = Upkeep {
+            aggregation: self,
+            facts,
+            rows,
+            keys,
+            changes: Vec::new(),
+            returning: Vec::new(),
+            joined: false,
+        };
         let names = facts.names;
         let touches = self.touches(&facts.table.name);
         // Batches of an aggregate's fact and of its joined tables take
@@ -170,6 +212,9 @@ impl Aggregation {
                 txn.execute(&lock).await?;
             }
         }
+        // PostgreSQL's COPY path deletes every stored row of the batch's
+        // identities before it loads theirs: it can return them.
+        let handed_back = txn.is_postgres() && facts.preparer.copy;
         for (at, touch) in touches {
             let aggregate = &self.aggregates[at];
             let fact = &self.facts[at];
@@ -181,8 +226,8 @@ impl Aggregation {
             };
             // The batch's rows are the whole after-state of its identities
             // when the delta identity is the mapping's own: then the stored
-            // rows of its identities are the ones it replaces (their
-            // contribution is read before), and nothing is read after.
+            // rows of its identities are the ones it replaces, and nothing
+            // is read after the write.
             let in_memory = matches!(touch, Touch::Fact)
                 && self.deltas[at]
                     .as_ref()
@@ -212,6 +257,14 @@ impl Aggregation {
                 continue;
             }
             let change = match &self.deltas[at] {
+                Some(_) if in_memory && handed_back => {
+                    for column in delta::fact_columns(aggregate) {
+                        if !upkeep.returning.iter().any(|c| c == column) {
+                            upkeep.returning.push(column.to_owned());
+                        }
+                    }
+                    Change::InMemory(InMemoryChange::new(None))
+                }
                 Some(delta) => {
                     let identities = found;
                     let old = delta::contribution(
@@ -224,10 +277,10 @@ impl Aggregation {
                         &identities,
                     )
                     .await?;
-                    Change::Delta {
-                        identities,
-                        old,
-                        in_memory,
+                    if in_memory {
+                        Change::InMemory(InMemoryChange::new(Some(old)))
+                    } else {
+                        Change::Read { identities, old }
                     }
                 }
                 None => Change::Buckets(
@@ -240,94 +293,9 @@ impl Aggregation {
                         .collect(),
                 ),
             };
-            touched.changes.push((at, change));
+            upkeep.changes.push((at, change));
         }
-        Ok(touched)
-    }
-
-    /// Fills the calendar for the batch's keys and recomputes the touched
-    /// buckets, after the facts are written. Returns the days it filled,
-    /// to be remembered once the transaction commits.
-    pub(super) async fn after(
-        &self,
-        txn: &mut Txn,
-        facts: &Facts<'_>,
-        rows: &[&Row],
-        row_keys: &[Vec<i64>],
-        touched: Touched,
-    ) -> Result<Vec<NaiveDate>, DbErr> {
-        let names = facts.names;
-        let mut keys: BTreeSet<i64> = BTreeSet::new();
-        for (at, (_, value)) in facts.plan.columns.iter().enumerate() {
-            if matches!(
-                facts.plan.values[*value].convert,
-                Conversion::DateTimeKey { interval } if i64::from(interval) % INTERVAL == 0
-            ) {
-                keys.extend(rows.iter().filter_map(|row| match row.values[at] {
-                    Cell::Int(key) => Some(key),
-                    _ => None,
-                }));
-            }
-        }
-        for (_, change) in &touched.changes {
-            if let Change::Buckets(found) = change {
-                keys.extend(found.iter().copied());
-            }
-        }
-        let days = self.fill_days(txn, names, &keys).await?;
-        self.fill_ahead(txn, names).await?;
-        for (at, change) in touched.changes {
-            let aggregate = &self.aggregates[at];
-            match change {
-                Change::Buckets(found) => {
-                    for &level in &aggregate.levels {
-                        let buckets: BTreeSet<(i64, i64)> = found
-                            .iter()
-                            .map(|key| self.calendar.bucket(level, *key))
-                            .collect();
-                        recompute(txn, names, aggregate, level, Some(&buckets)).await?;
-                    }
-                }
-                Change::Delta {
-                    identities,
-                    old,
-                    in_memory,
-                } => {
-                    let (fact, delta) = (&self.facts[at], self.deltas[at].as_ref());
-                    let delta = delta.expect("a delta change has a delta plan");
-                    let new = if in_memory {
-                        let joined = &self.joined[at];
-                        let batch = delta::BatchRows {
-                            facts,
-                            rows,
-                            keys: row_keys,
-                        };
-                        delta::batch_contribution(
-                            txn,
-                            names,
-                            &self.calendar,
-                            aggregate,
-                            joined,
-                            &batch,
-                        )
-                        .await?
-                    } else {
-                        delta::contribution(
-                            txn,
-                            names,
-                            &self.calendar,
-                            aggregate,
-                            fact,
-                            delta,
-                            &identities,
-                        )
-                        .await?
-                    };
-                    delta::apply(txn, names, aggregate, delta, old, new).await?;
-                }
-            }
-        }
-        Ok(days)
+        Ok(upkeep)
     }
 
     /// Remembers days filled by a committed transaction.
@@ -418,6 +386,168 @@ impl Aggregation {
     }
 }
 
+impl InMemoryChange {
+    fn new(old: Option<Contribution>) -> Self {
+        InMemoryChange {
+            old,
+            replaced: Vec::new(),
+            joined: None,
+            new: None,
+        }
+    }
+}
+
+impl<'a> Upkeep<'a> {
+    /// The fact columns the write should return of the rows it replaces
+    /// (none: it need not).
+    pub fn returning(&self) -> &[String] {
+        &self.returning
+    }
+
+    fn batch(&self) -> InMemory<'a> {
+        InMemory::Batch {
+            facts: self.facts,
+            rows: self.rows,
+            keys: self.keys,
+        }
+    }
+
+    /// Takes the rows the write deleted to replace them (the values of
+    /// [`Upkeep::returning`]), and reads the joined rows that they and the
+    /// batch's rows join to.
+    pub async fn replaced(&mut self, txn: &mut Txn, rows: Vec<Vec<Scalar>>) -> Result<(), DbErr> {
+        let rows: Vec<Vec<Cell>> = rows
+            .into_iter()
+            .map(|row| row.into_iter().map(scalar_cell).collect())
+            .collect();
+        let mut changes = std::mem::take(&mut self.changes);
+        for (at, change) in &mut changes {
+            let Change::InMemory(change) = change else {
+                continue;
+            };
+            if change.old.is_none() {
+                change.replaced = rows.clone();
+            }
+            let replaced = InMemory::Read {
+                columns: &self.returning,
+                rows: &change.replaced,
+            };
+            let aggregation = self.aggregation;
+            change.joined = Some(
+                delta::read_joined(
+                    txn,
+                    self.facts.names,
+                    &aggregation.aggregates[*at],
+                    &aggregation.joined[*at],
+                    &[&self.batch(), &replaced],
+                )
+                .await?,
+            );
+        }
+        self.changes = changes;
+        self.joined = true;
+        Ok(())
+    }
+
+    /// Sums what the batch's rows, and the rows handed back, contribute:
+    /// CPU only, so it runs while the server loads a COPY.
+    pub fn compute(&mut self) {
+        let aggregation = self.aggregation;
+        let batch = self.batch();
+        for (at, change) in &mut self.changes {
+            let Change::InMemory(change) = change else {
+                continue;
+            };
+            let Some(joined) = &change.joined else {
+                continue;
+            };
+            let aggregate = &aggregation.aggregates[*at];
+            let calendar = &aggregation.calendar;
+            change.new = Some(delta::accumulate(calendar, aggregate, joined, &batch));
+            if change.old.is_none() {
+                let replaced = InMemory::Read {
+                    columns: &self.returning,
+                    rows: &change.replaced,
+                };
+                change.old = Some(delta::accumulate(calendar, aggregate, joined, &replaced));
+            }
+        }
+    }
+
+    /// After the facts are written: fills the calendar for the batch's keys,
+    /// then adds each delta or recomputes the touched buckets. Returns the
+    /// days it filled, to be remembered once the transaction commits.
+    pub async fn finish(mut self, txn: &mut Txn) -> Result<Vec<NaiveDate>, DbErr> {
+        if !self.joined {
+            if !self.returning.is_empty() {
+                return Err(DbErr::Custom(
+                    "the fact write did not hand back the rows it replaced".into(),
+                ));
+            }
+            self.replaced(txn, Vec::new()).await?;
+            self.compute();
+        }
+        let (aggregation, facts, rows) = (self.aggregation, self.facts, self.rows);
+        let names = facts.names;
+        let mut keys: BTreeSet<i64> = BTreeSet::new();
+        for (at, (_, value)) in facts.plan.columns.iter().enumerate() {
+            if matches!(
+                facts.plan.values[*value].convert,
+                Conversion::DateTimeKey { interval } if i64::from(interval) % INTERVAL == 0
+            ) {
+                keys.extend(rows.iter().filter_map(|row| match row.values[at] {
+                    Cell::Int(key) => Some(key),
+                    _ => None,
+                }));
+            }
+        }
+        for (_, change) in &self.changes {
+            if let Change::Buckets(found) = change {
+                keys.extend(found.iter().copied());
+            }
+        }
+        let days = aggregation.fill_days(txn, names, &keys).await?;
+        aggregation.fill_ahead(txn, names).await?;
+        for (at, change) in self.changes {
+            let aggregate = &aggregation.aggregates[at];
+            let plan = aggregation.deltas[at].as_ref();
+            match change {
+                Change::Buckets(found) => {
+                    for &level in &aggregate.levels {
+                        let buckets: BTreeSet<(i64, i64)> = found
+                            .iter()
+                            .map(|key| aggregation.calendar.bucket(level, *key))
+                            .collect();
+                        recompute(txn, names, aggregate, level, Some(&buckets)).await?;
+                    }
+                }
+                Change::Read { identities, old } => {
+                    let plan = plan.expect("a delta change has a delta plan");
+                    let new = delta::contribution(
+                        txn,
+                        names,
+                        &aggregation.calendar,
+                        aggregate,
+                        &aggregation.facts[at],
+                        plan,
+                        &identities,
+                    )
+                    .await?;
+                    delta::apply(txn, names, aggregate, plan, old, new).await?;
+                }
+                Change::InMemory(InMemoryChange { old, new, .. }) => {
+                    let plan = plan.expect("a delta change has a delta plan");
+                    let (Some(old), Some(new)) = (old, new) else {
+                        return Err(DbErr::Custom("a delta was not computed".into()));
+                    };
+                    delta::apply(txn, names, aggregate, plan, old, new).await?;
+                }
+            }
+        }
+        Ok(days)
+    }
+}
+
 /// Where a fact column's value is in a batch row: a mapped value, a
 /// dimension key, or neither.
 #[derive(Debug, Clone, Copy)]
@@ -458,7 +588,7 @@ pub(super) fn scalar_cell(scalar: Scalar) -> Cell {
 
 /// A column read back as BIGINT when it is an integer (PostgreSQL hands
 /// integers back only as their own width).
-fn read_column(names: Names, table: &Table, alias: Option<&str>, column: &str) -> Expr {
+pub(super) fn read_column(names: Names, table: &Table, alias: Option<&str>, column: &str) -> Expr {
     let col = match alias {
         Some(alias) => Expr::col((Alias::new(alias), names.column(column))),
         None => Expr::col(names.column(column)),

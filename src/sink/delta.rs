@@ -26,7 +26,7 @@ use sea_orm::DbErr;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Func, OnConflict, Query, Value};
 
 use super::aggregate::scalar_cell;
-use super::aggregate::{Place, batch_values, fact_values, membership};
+use super::aggregate::{Place, fact_values, membership};
 use super::recompute::{fact_rows, tuples};
 use super::txn::Txn;
 use super::write::{CHUNK, Facts, value};
@@ -138,7 +138,9 @@ pub(super) async fn contribution(
 /// Whether a batch's rows are the whole after-state of the identities it
 /// affects, and every fact column the aggregate reads is one the batch
 /// carries (a mapped column or a dimension key): the delta identity is the
-/// mapping's `replace_by` (or, without one, its key).
+/// mapping's `replace_by` (or, without one, its key). And the aggregate
+/// joins no table the batch writes: its joined rows are read while the
+/// batch's own are not yet written.
 pub(super) fn covers_batch(plan: &DeltaPlan, aggregate: &Aggregate, facts: &Facts<'_>) -> bool {
     let mapping: &[String] = if facts.plan.replace_by.is_empty() {
         &facts.plan.key
@@ -150,11 +152,13 @@ pub(super) fn covers_batch(plan: &DeltaPlan, aggregate: &Aggregate, facts: &Fact
     identity.sort();
     mapping.sort();
     let carried = |column: &str| !matches!(Place::of(facts, column), Place::Absent);
-    identity == mapping && fact_columns(aggregate).iter().all(|c| carried(c))
+    identity == mapping
+        && fact_columns(aggregate).iter().all(|c| carried(c))
+        && aggregate.joins.iter().all(|j| j.table != facts.table.name)
 }
 
 /// Every fact column an aggregate reads.
-fn fact_columns(aggregate: &Aggregate) -> Vec<&str> {
+pub(super) fn fact_columns(aggregate: &Aggregate) -> Vec<&str> {
     let mut columns: Vec<&str> = vec![aggregate.time_key.as_str()];
     for join in &aggregate.joins {
         columns.extend(join.on.iter().map(|(_, fact)| fact.as_str()));
@@ -188,36 +192,84 @@ fn references(aggregate: &Aggregate) -> Vec<&ColumnRef> {
     found
 }
 
-/// A batch's rows as the sink writes them.
-pub(super) struct BatchRows<'a> {
-    pub facts: &'a Facts<'a>,
-    pub rows: &'a [&'a Row],
-    pub keys: &'a [Vec<i64>],
+/// Fact rows held in memory, and where each fact column is in them.
+pub(super) enum InMemory<'a> {
+    /// A batch's rows as the sink writes them: the mapped values, and the
+    /// dimension keys beside them.
+    Batch {
+        facts: &'a Facts<'a>,
+        rows: &'a [&'a Row],
+        keys: &'a [Vec<i64>],
+    },
+    /// Rows read back: the values of `columns`, in that order.
+    Read {
+        columns: &'a [String],
+        rows: &'a [Vec<Cell>],
+    },
 }
 
-/// What the batch's own rows contribute, joined to the stored rows of the
-/// joined tables (read for the batch's join values only): the same rows,
-/// flags and values as [`fact_rows`] would select after the write.
-pub(super) async fn batch_contribution(
+impl InMemory<'_> {
+    /// Where a fact column's value is in these rows.
+    fn resolve(&self, column: &str) -> Resolved {
+        match self {
+            InMemory::Batch { facts, .. } => match Place::of(facts, column) {
+                Place::Value(at) => Resolved::Value(at),
+                Place::Key(at) => Resolved::Key(at),
+                Place::Absent => Resolved::Null,
+            },
+            InMemory::Read { columns, .. } => columns
+                .iter()
+                .position(|c| c == column)
+                .map_or(Resolved::Null, Resolved::Value),
+        }
+    }
+
+    /// Calls `f` with each row's values and dimension keys.
+    fn each(&self, mut f: impl FnMut(&[Cell], &[i64])) {
+        match self {
+            InMemory::Batch { rows, keys, .. } => {
+                for (row, keys) in rows.iter().zip(*keys) {
+                    f(&row.values, keys);
+                }
+            }
+            InMemory::Read { rows, .. } => rows.iter().for_each(|row| f(row, &[])),
+        }
+    }
+
+    /// The distinct values of fact `columns` in these rows, without NULLs.
+    fn values(&self, columns: &[&str]) -> BTreeSet<Vec<Cell>> {
+        let at: Vec<Resolved> = columns.iter().map(|c| self.resolve(c)).collect();
+        let mut values = BTreeSet::new();
+        let (mut tuple, mut last): (Vec<Cell>, Vec<Cell>) = Default::default();
+        self.each(|row, keys| {
+            tuple.clear();
+            tuple.extend(at.iter().map(|r| r.eval(row, keys, &[]).into_owned()));
+            // An event's rows are adjacent and mostly share these values.
+            if tuple != last && tuple.iter().all(|v| !v.is_null()) {
+                values.insert(tuple.clone());
+            }
+            std::mem::swap(&mut tuple, &mut last);
+        });
+        values
+    }
+}
+
+/// The stored rows of an aggregate's joined tables that rows in memory
+/// join to: per join, the columns the aggregate reads from it, and its
+/// rows (those columns) by join values.
+pub(super) struct Joined {
+    matches: Vec<Matches>,
+}
+
+/// Reads the rows of the joined tables that any of `sets` joins to, one
+/// statement per join.
+pub(super) async fn read_joined(
     txn: &mut Txn,
     names: Names,
-    calendar: &Calendar,
     aggregate: &Aggregate,
     joined: &[Table],
-    batch: &BatchRows<'_>,
-) -> Result<Contribution, DbErr> {
-    // Where each fact column is in a batch row: a mapped value or a
-    // dimension key (`covers_batch` checked that each is one).
-    let mut sources: HashMap<&str, Place> = HashMap::new();
-    for column in fact_columns(aggregate) {
-        sources.insert(column, Place::of(batch.facts, column));
-    }
-    let fact_source = |column: &str| match sources.get(column) {
-        Some(Place::Value(at)) => Resolved::Value(*at),
-        Some(Place::Key(at)) => Resolved::Key(*at),
-        _ => Resolved::Null,
-    };
-    // Per join: its referenced columns, and the stored rows by join values.
+    sets: &[&InMemory<'_>],
+) -> Result<Joined, DbErr> {
     let refs = references(aggregate);
     let mut matches: Vec<Matches> = Vec::new();
     for (j, join) in aggregate.joins.iter().enumerate() {
@@ -229,8 +281,10 @@ pub(super) async fn batch_contribution(
         }
         let fact_side: Vec<&str> = join.on.iter().map(|(_, f)| f.as_str()).collect();
         let joined_side: Vec<&str> = join.on.iter().map(|(c, _)| c.as_str()).collect();
-        let mut values = batch_values(batch.facts, batch.rows, batch.keys, &fact_side);
-        values.retain(|tuple| tuple.iter().all(|v| !v.is_null()));
+        let mut values: BTreeSet<Vec<Cell>> = BTreeSet::new();
+        for set in sets {
+            values.extend(set.values(&fact_side));
+        }
         let selected: Vec<&str> = joined_side
             .iter()
             .copied()
@@ -250,12 +304,24 @@ pub(super) async fn batch_contribution(
         }
         matches.push((used, by_values));
     }
+    Ok(Joined { matches })
+}
 
-    // Every column reference resolved once: where its value is in a batch
-    // row or in a joined row, and its `no_match` value.
+/// What `rows` contribute, joined to the stored rows in `joined` (read for
+/// their join values): the same rows, flags and values as [`fact_rows`]
+/// would select. CPU only.
+pub(super) fn accumulate(
+    calendar: &Calendar,
+    aggregate: &Aggregate,
+    joined: &Joined,
+    rows: &InMemory<'_>,
+) -> Contribution {
+    let matches = &joined.matches;
+    // Every column reference resolved once: where its value is in a row in
+    // memory or in a joined row, and its `no_match` value.
     let resolve = |reference: &ColumnRef| -> Resolved {
         match reference.join {
-            None => fact_source(&reference.column),
+            None => rows.resolve(&reference.column),
             Some(j) => Resolved::Joined {
                 join: j,
                 at: matches[j]
@@ -273,10 +339,7 @@ pub(super) async fn batch_contribution(
         }
     };
     let (tuples, _) = tuples(aggregate);
-    let time = resolve(&ColumnRef {
-        join: None,
-        column: aggregate.time_key.clone(),
-    });
+    let time = rows.resolve(&aggregate.time_key);
     let groups: Vec<Resolved> = aggregate
         .group_by
         .iter()
@@ -309,17 +372,7 @@ pub(super) async fn batch_contribution(
     let on: Vec<Vec<Resolved>> = aggregate
         .joins
         .iter()
-        .map(|join| {
-            join.on
-                .iter()
-                .map(|(_, fact)| {
-                    resolve(&ColumnRef {
-                        join: None,
-                        column: fact.clone(),
-                    })
-                })
-                .collect()
-        })
+        .map(|join| join.on.iter().map(|(_, fact)| rows.resolve(fact)).collect())
         .collect();
 
     let mut sums = Accumulator::new(calendar, aggregate);
@@ -330,8 +383,7 @@ pub(super) async fn batch_contribution(
     let mut found: Vec<&[Vec<Cell>]> = vec![&[]; on.len()];
     let mut combo: Vec<Option<&Vec<Cell>>> = vec![None; on.len()];
     let mut at = vec![0usize; on.len()];
-    for (row, keys) in batch.rows.iter().zip(batch.keys) {
-        let values = &row.values;
+    rows.each(|values, keys| {
         for (j, columns) in on.iter().enumerate() {
             key.clear();
             key.extend(
@@ -392,8 +444,8 @@ pub(super) async fn batch_contribution(
                 break;
             }
         }
-    }
-    Ok(sums.finish())
+    });
+    sums.finish()
 }
 
 /// How one measure is evaluated on a batch row.

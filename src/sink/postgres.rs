@@ -13,7 +13,8 @@ use sea_orm::sea_query::{
     SelectStatement, Value,
 };
 
-use super::txn::Txn;
+use super::aggregate::{Upkeep, read_column};
+use super::txn::{Scalar, Txn};
 use super::write::{Facts, FoundMembers};
 use super::{HASH_COLUMN, Names};
 use crate::catalog::Table;
@@ -24,40 +25,50 @@ use crate::plan::{Cell, Row};
 /// Rows per JSON document (one bound parameter each).
 const JSON_CHUNK: usize = 5000;
 
+/// A batch's fact rows: as the sink writes them, as the preparer encoded
+/// them, and their dimension keys.
+pub(super) struct FactRows<'a> {
+    pub rows: &'a [&'a Row],
+    pub prepared: &'a Prepared,
+    pub keys: &'a [Vec<i64>],
+}
+
 /// Writes the rows: by delete-then-COPY when the preparer made COPY text,
 /// else by upsert and a delete of what the replaced events no longer have.
+/// The aggregates' upkeep gets the rows a COPY replaces, and computes while
+/// the server loads the new ones.
 pub(super) async fn write_facts(
     facts: &Facts<'_>,
     txn: &mut Txn,
-    rows: &[&Row],
-    prepared: &Prepared,
-    keys: &[Vec<i64>],
+    batch: &FactRows<'_>,
     audit_key: i64,
     copy_buffer: &mut Vec<u8>,
+    upkeep: Option<&mut Upkeep<'_>>,
 ) -> Result<(), DbErr> {
     if facts.preparer.copy {
         copy_buffer.clear();
-        return replace_facts(facts, txn, rows, prepared, keys, audit_key, copy_buffer).await;
+        return replace_facts(facts, txn, batch, audit_key, copy_buffer, upkeep).await;
     }
-    upsert_facts(facts, txn, rows, keys, audit_key).await?;
-    delete_replaced(facts, txn, rows, audit_key).await
+    upsert_facts(facts, txn, batch.rows, batch.keys, audit_key).await?;
+    delete_replaced(facts, txn, batch.rows, audit_key).await
 }
 
 /// PostgreSQL with `replace_by`: the batch's events replace their rows
 /// wholesale, so the rows are deleted (keeping each key's
-/// `CREATE_AUDIT_KEY`) and the new ones arrive by COPY, PostgreSQL's bulk
-/// path. Advisory locks on the replaced identities, taken in one order,
-/// make a second writer of the same events wait for the first to commit,
-/// and its DELETE then sees the first one's rows.
+/// `CREATE_AUDIT_KEY`, and handing the columns the aggregates read to
+/// their upkeep) and the new ones arrive by COPY, PostgreSQL's bulk path.
+/// Advisory locks on the replaced identities, taken in one order, make a
+/// second writer of the same events wait for the first to commit, and its
+/// DELETE then sees the first one's rows.
 async fn replace_facts(
     facts: &Facts<'_>,
     txn: &mut Txn,
-    rows: &[&Row],
-    prepared: &Prepared,
-    keys: &[Vec<i64>],
+    batch: &FactRows<'_>,
     audit_key: i64,
     data: &mut Vec<u8>,
+    mut upkeep: Option<&mut Upkeep<'_>>,
 ) -> Result<(), DbErr> {
+    let rows = batch.rows;
     if rows.is_empty() {
         return Ok(());
     }
@@ -66,7 +77,8 @@ async fn replace_facts(
     let replaced = replaced_arrays(facts, rows);
     txn.execute(&replaced.lock()).await?;
 
-    // DELETE … RETURNING each row's key as text and its creator.
+    // DELETE … RETURNING each row's key as text, its creator, and the
+    // columns the aggregates read.
     let mut returning: Vec<Expr> = facts
         .plan
         .key
@@ -75,13 +87,21 @@ async fn replace_facts(
         .collect();
     let create = facts.table.audit.create.as_deref();
     returning.extend(create.map(|c| Expr::col(names.column(c)).cast_as(Alias::new("BIGINT"))));
+    let read: &[String] = upkeep.as_deref().map_or(&[], Upkeep::returning);
+    returning.extend(
+        read.iter()
+            .map(|column| read_column(names, facts.table, None, column)),
+    );
+    let read = read.len();
     let delete = Query::delete()
         .from_table(names.table(&facts.table.name))
         .cond_where(replaced.rows(None))
         .returning(Query::returning().exprs(returning))
         .to_owned();
     let mut created_by: HashMap<Vec<String>, i64> = HashMap::new();
-    for row in txn.query(&delete).await? {
+    let mut deleted: Vec<Vec<Scalar>> = Vec::new();
+    for mut row in txn.query(&delete).await? {
+        deleted.push(row.split_off(row.len() - read));
         if let Some((last, key)) = row.split_last().filter(|_| create.is_some()) {
             created_by.insert(
                 key.iter().map(|k| k.text()).collect::<Result<_, _>>()?,
@@ -89,10 +109,13 @@ async fn replace_facts(
             );
         }
     }
+    if let Some(upkeep) = upkeep.as_deref_mut() {
+        upkeep.replaced(txn, deleted).await?;
+    }
 
-    for (at, (row, dimension_keys)) in rows.iter().zip(keys).enumerate() {
+    for (at, (row, dimension_keys)) in rows.iter().zip(batch.keys).enumerate() {
         // The mapped values were encoded when the batch was prepared.
-        data.extend_from_slice(prepared.copy_text(at));
+        data.extend_from_slice(batch.prepared.copy_text(at));
         let mut line = CopyLine::after_values(data);
         for id in dimension_keys {
             line.int(*id);
@@ -120,7 +143,8 @@ async fn replace_facts(
         names.quoted(&facts.table.name),
         list.join(", ")
     );
-    txn.copy_in(&copy, data).await?;
+    txn.copy_in(&copy, data, || upkeep.map_or((), Upkeep::compute))
+        .await?;
     Ok(())
 }
 

@@ -163,12 +163,20 @@ impl Txn {
     }
 
     /// `COPY … FROM STDIN` with `data` in COPY's text format (PostgreSQL).
-    pub async fn copy_in(&mut self, statement: &str, data: &[u8]) -> Result<u64, DbErr> {
+    /// `meanwhile` runs once the data is sent, while the server loads it
+    /// (most of a COPY's time).
+    pub async fn copy_in(
+        &mut self,
+        statement: &str,
+        data: &[u8],
+        meanwhile: impl FnOnce(),
+    ) -> Result<u64, DbErr> {
         let Txn::Postgres(txn) = self else {
             return Err(DbErr::Custom("COPY is for PostgreSQL".into()));
         };
         let mut copy = txn.copy_in_raw(statement).await.map_err(sqlx_error)?;
         copy.send(data).await.map_err(sqlx_error)?;
+        meanwhile();
         copy.finish().await.map_err(sqlx_error)
     }
 

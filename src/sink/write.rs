@@ -139,7 +139,7 @@ impl Sink {
         };
         let keys = &resolved.keys;
         let aggregation = self.db.aggregation.clone();
-        let touched = match &aggregation {
+        let mut upkeep = match &aggregation {
             Some(aggregation) => Some(aggregation.before(&mut txn, &facts, &rows, keys).await?),
             None => None,
         };
@@ -149,17 +149,18 @@ impl Sink {
             }
             Backend::Postgres => {
                 let buffer = &mut self.copy_buffer;
-                postgres::write_facts(&facts, &mut txn, &rows, prepared, keys, audit_key, buffer)
-                    .await?
+                let upkeep = upkeep.as_mut();
+                let batch = postgres::FactRows {
+                    rows: &rows,
+                    prepared,
+                    keys,
+                };
+                postgres::write_facts(&facts, &mut txn, &batch, audit_key, buffer, upkeep).await?
             }
         }
-        let days = match (&aggregation, touched) {
-            (Some(aggregation), Some(touched)) => {
-                aggregation
-                    .after(&mut txn, &facts, &rows, keys, touched)
-                    .await?
-            }
-            _ => Vec::new(),
+        let days = match upkeep {
+            Some(upkeep) => upkeep.finish(&mut txn).await?,
+            None => Vec::new(),
         };
         let discards = &control.discards;
         discards
