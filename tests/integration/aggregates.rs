@@ -221,12 +221,44 @@ fn assert_check_aggregate_exact(url: &str, when: &str) {
     }
 }
 
+/// The test aggregate AGT_COBROWSE_PAGE (deltas, joined to a dimension
+/// the co-browse mapping creates members in) equals its GROUP BY in SQL:
+/// sessions and page visits per day (DATE_TIME's day key) and page path.
+fn assert_page_aggregate_exact(url: &str, when: &str) {
+    let rows = |sql: &str| -> BTreeMap<(i64, String), (i64, i64)> {
+        query(url, sql)
+            .into_iter()
+            .map(|row| {
+                let path = row[1].clone().unwrap_or_default();
+                let (sessions, visits) = (int(&row[2]).unwrap(), int(&row[3]).unwrap());
+                ((int(&row[0]).unwrap(), path), (sessions, visits))
+            })
+            .collect()
+    };
+    let expected = rows(
+        "SELECT CAST(d.date_time_day_key AS TEXT), p.page_path,
+                CAST(COUNT(DISTINCT f.session_id) AS TEXT),
+                CAST(SUM(CASE WHEN f.page_index >= 0 THEN 1 ELSE 0 END) AS TEXT)
+         FROM cobrowse_fact f
+         JOIN cobrowse_page p ON p.id = f.cobrowse_page_key
+         JOIN date_time d ON d.date_time_key = f.start_date_time_key
+         GROUP BY d.date_time_day_key, p.page_path",
+    );
+    let stored = rows(
+        "SELECT CAST(date_time_key AS TEXT), page_path, CAST(sessions AS TEXT),
+                CAST(page_visits AS TEXT)
+         FROM agt_cobrowse_page_day",
+    );
+    assert_eq!(stored, expected, "{when}: AGT_COBROWSE_PAGE_DAY");
+}
+
 /// `assert_aggregates_exact` from inside an async block.
 fn exact_outside_runtime(url: &str, when: &str) {
     std::thread::scope(|scope| {
         let check = scope.spawn(|| {
             assert_aggregates_exact(url, when);
             assert_check_aggregate_exact(url, when);
+            assert_page_aggregate_exact(url, when);
         });
         if let Err(panic) = check.join() {
             std::panic::resume_unwind(panic);
@@ -258,14 +290,16 @@ impl Rng {
 const IXNS: [&str; 6] = ["IXN-A", "IXN-B", "IXN-C", "IXN-D", "IXN-E", "IXN-F"];
 
 /// A co-browse session event: its start within three days around the
-/// 2026-11-01 DST change in New York, so buckets cross it.
-fn session(rng: &mut Rng, id: usize, max_segments: u64) -> serde_json::Value {
+/// 2026-11-01 DST change in New York, so buckets cross it; its segments in
+/// one of the first `modes` modes (WRITE last, so a later batch may be the
+/// first to create its member).
+fn session(rng: &mut Rng, id: usize, max_segments: u64, modes: u64) -> serde_json::Value {
     let start = 1_761_955_200_000 + rng.below(3 * 24 * 3600) as i64 * 1000; // 2026-11-01T00:00Z
     let mut clock = start;
     let mut page_index = 0;
     let segments: Vec<serde_json::Value> = (0..rng.below(max_segments + 1))
         .map(|s| {
-            let mode = ["POINTER", "WRITE", "DRAW"][rng.below(3) as usize];
+            let mode = ["POINTER", "DRAW", "WRITE"][rng.below(modes.clamp(1, 3)) as usize];
             let pages: Vec<serde_json::Value> = (0..rng.below(4))
                 .map(|_| {
                     let begin = clock;
@@ -378,7 +412,7 @@ fn aggregates_equal_the_group_by_after_every_batch_on_every_backend() {
                             let fresh: Vec<_> = (0..1 + rng.below(5))
                                 .map(|_| {
                                     let id = sessions.len() + rng.below(1000) as usize;
-                                    session(&mut rng, id, 3)
+                                    session(&mut rng, id, 3, 1 + step / 3)
                                 })
                                 .collect();
                             sessions.extend(fresh.iter().cloned());
@@ -397,7 +431,7 @@ fn aggregates_equal_the_group_by_after_every_batch_on_every_backend() {
                                         .unwrap()
                                         .trim_start_matches("session-");
                                     let id: usize = id.parse().unwrap();
-                                    event = session(&mut rng, id, 1);
+                                    event = session(&mut rng, id, 1, 1 + step / 3);
                                     sessions[at] = event.clone();
                                 }
                                 again.push(event);
