@@ -23,7 +23,10 @@ use std::ops::Range;
 use foldhash::{HashMap, HashMapExt};
 
 use sea_orm::DbErr;
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Func, OnConflict, Query, Value};
+use sea_orm::sea_query::{
+    Alias, CommonTableExpression, Expr, ExprTrait, Func, InsertStatement, OnConflict, Query, Value,
+    WithClause,
+};
 
 use super::aggregate::scalar_cell;
 use super::aggregate::{Place, fact_values, membership};
@@ -680,6 +683,7 @@ fn intern(ids: &mut HashMap<Vec<Cell>, usize>, values: &[Cell]) -> usize {
 
 /// Adds `new − old` to each level table, and deletes the rows of the
 /// affected buckets and groups that no fact row contributes to any more.
+/// On PostgreSQL the levels' additions are one statement.
 pub(super) async fn apply(
     txn: &mut Txn,
     names: Names,
@@ -689,6 +693,15 @@ pub(super) async fn apply(
     new: Contribution,
 ) -> Result<(), DbErr> {
     let measures = aggregate.measures.len();
+    let columns: Vec<&str> = std::iter::once(TIME_COLUMN)
+        .chain(aggregate.group_by.iter().map(|g| g.name.as_str()))
+        .chain(aggregate.measures.iter().map(|m| m.name.as_str()))
+        .collect();
+    let key_columns = 1 + aggregate.group_by.len();
+    // PostgreSQL: each level's addition, run together at the end.
+    let mut additions: Vec<InsertStatement> = Vec::new();
+    // Per level whose presence fell somewhere: its table and those buckets.
+    let mut emptied: Vec<(Alias, Vec<i64>)> = Vec::new();
     for (l, level) in aggregate.levels.iter().enumerate() {
         let table = aggregate.table(*level);
         let table_name = names.table(&table.name);
@@ -709,15 +722,10 @@ pub(super) async fn apply(
             continue;
         }
         changed.sort_by(|a, b| a.0.cmp(b.0));
-        let columns: Vec<&str> = std::iter::once(TIME_COLUMN)
-            .chain(aggregate.group_by.iter().map(|g| g.name.as_str()))
-            .chain(aggregate.measures.iter().map(|m| m.name.as_str()))
-            .collect();
         let types: Vec<ColumnType> = columns
             .iter()
             .map(|c| table.column(c).map_or(ColumnType::BigInt, |c| c.ty))
             .collect();
-        let key_columns = 1 + aggregate.group_by.len();
         let add = OnConflict::columns(columns[..key_columns].iter().map(|c| names.column(c)))
             .values(columns[key_columns..].iter().map(|c| {
                 (
@@ -728,8 +736,8 @@ pub(super) async fn apply(
             }))
             .to_owned();
         if txn.is_postgres() {
-            // One statement per level: each column's values as one array
-            // parameter, expanded by unnest.
+            // Each column's values as one array parameter, expanded by
+            // unnest.
             let arrays: Vec<Expr> = (0..columns.len())
                 .map(|c| {
                     let cells: Vec<Cell> = changed
@@ -753,8 +761,8 @@ pub(super) async fn apply(
                 .columns(columns.iter().map(|c| names.column(c)))
                 .select_from(select)
                 .map_err(|e| DbErr::Custom(e.to_string()))?
-                .on_conflict(add.clone());
-            txn.execute(&insert).await?;
+                .on_conflict(add);
+            additions.push(insert);
         } else {
             for chunk in changed.chunks(CHUNK / 2) {
                 let mut insert = Query::insert();
@@ -777,19 +785,38 @@ pub(super) async fn apply(
             }
         }
         // Groups left without rows: only where the presence fell.
-        if changed.iter().all(|(_, delta)| delta[plan.presence] >= 0) {
-            continue;
-        }
-        let presence = names.column(&aggregate.measures[plan.presence].name);
-        let buckets: Vec<i64> = {
+        if changed.iter().any(|(_, delta)| delta[plan.presence] < 0) {
             let mut buckets: Vec<i64> = changed.iter().map(|((b, _), _)| *b).collect();
             buckets.dedup();
-            buckets
-        };
-        let time = Expr::col(names.column(TIME_COLUMN));
+            emptied.push((table_name, buckets));
+        }
+    }
+    // `WITH l0 AS (INSERT …), l1 AS (INSERT …) INSERT …`: PostgreSQL runs
+    // each data-modifying part once, to completion.
+    if let Some(last) = additions.pop() {
+        let mut with = WithClause::new();
+        for (at, insert) in additions.into_iter().enumerate() {
+            with.cte(
+                CommonTableExpression::new()
+                    .query(insert)
+                    .table_name(Alias::new(format!("l{at}")))
+                    .to_owned(),
+            );
+        }
+        txn.execute(&with.query(last)).await?;
+    }
+    let presence = names.column(&aggregate.measures[plan.presence].name);
+    let time = Expr::col(names.column(TIME_COLUMN));
+    for (table_name, buckets) in emptied {
         let cells: Vec<Cell> = buckets.iter().map(|b| Cell::Int(*b)).collect();
         let tuples: Vec<&[Cell]> = cells.iter().map(std::slice::from_ref).collect();
-        for condition in membership(txn.is_postgres(), &[time], &[ColumnType::BigInt], &tuples) {
+        let conditions = membership(
+            txn.is_postgres(),
+            std::slice::from_ref(&time),
+            &[ColumnType::BigInt],
+            &tuples,
+        );
+        for condition in conditions {
             let delete = Query::delete()
                 .from_table(table_name.clone())
                 .and_where(condition)

@@ -10,7 +10,7 @@ use sea_orm::{
     SqliteTransactionMode, StatementBuilder, TransactionOptions, TransactionTrait,
 };
 use sea_query_sqlx::SqlxValues;
-use sqlx::Row as _;
+use sqlx::{Column as _, Row as _, TypeInfo as _};
 
 pub(super) enum Txn {
     SeaOrm(DatabaseTransaction),
@@ -147,17 +147,27 @@ impl Txn {
         .fetch_all(&mut **txn)
         .await
         .map_err(sqlx_error)?;
+        // Which columns are BIGINT, read off the first row's description
+        // (trying each cell as an integer first would build a decoding
+        // error for every text cell).
+        let integers: Vec<bool> = rows.first().map_or_else(Vec::new, |row| {
+            (row.columns().iter())
+                .map(|column| column.type_info().name() == "INT8")
+                .collect()
+        });
         rows.iter()
             .map(|row| {
-                (0..row.len())
-                    .map(|at| match row.try_get::<Option<i64>, _>(at) {
-                        Ok(value) => Ok(value.map_or(Scalar::Null, Scalar::Int)),
-                        Err(_) => Ok(row
+                (integers.iter().enumerate())
+                    .map(|(at, integer)| match integer {
+                        true => row
+                            .try_get::<Option<i64>, _>(at)
+                            .map(|value| value.map_or(Scalar::Null, Scalar::Int)),
+                        false => row
                             .try_get::<Option<String>, _>(at)
-                            .map_err(sqlx_error)?
-                            .map_or(Scalar::Null, Scalar::Text)),
+                            .map(|value| value.map_or(Scalar::Null, Scalar::Text)),
                     })
-                    .collect()
+                    .collect::<Result<_, _>>()
+                    .map_err(sqlx_error)
             })
             .collect()
     }
