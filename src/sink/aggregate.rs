@@ -108,6 +108,9 @@ pub(super) struct Upkeep<'a> {
     changes: Vec<(usize, Change)>,
     /// The fact columns the write returns of the rows it replaces.
     returning: Vec<String>,
+    /// The aggregates' turns (advisory lock keys) the write takes first,
+    /// with its identities' locks.
+    locks: Vec<String>,
     /// Whether the joined rows are read (after the replaced rows came).
     joined: bool,
 }
@@ -191,30 +194,48 @@ impl Aggregation {
             keys,
             changes: Vec::new(),
             returning: Vec::new(),
+            locks: Vec::new(),
             joined: false,
         };
         let names = facts.names;
         let touches = self.touches(&facts.table.name);
+        // PostgreSQL's COPY path deletes every stored row of the batch's
+        // identities before it loads theirs: it can return them.
+        let handed_back = txn.is_postgres() && facts.preparer.copy;
+        // The batch's rows are the whole after-state of its identities when
+        // the delta identity is the mapping's own: then the stored rows of
+        // its identities are the ones it replaces, and nothing is read
+        // after the write.
+        let in_memory = |at: usize, touch: &Touch| {
+            let aggregate = &self.aggregates[at];
+            matches!(touch, Touch::Fact)
+                && (self.deltas[at].as_ref())
+                    .is_some_and(|delta| delta::covers_batch(delta, aggregate, facts))
+        };
         // Batches of an aggregate's fact and of its joined tables take
         // turns on PostgreSQL, each reading what the other committed: one
         // writing a session while another writes its interaction's agent
         // would otherwise each miss the other's rows. (SQLite has one
-        // writer at a time already.) Always in the same order.
+        // writer at a time already.) Always in the same order, before the
+        // batch's identities. When nothing is read before the write, the
+        // write takes them with its identities' locks, in one statement.
         if txn.is_postgres() {
-            for (at, _) in &touches {
-                let key = format!("martmap:aggregate:{}", self.aggregates[*at].name);
-                let lock = Query::select()
-                    .expr(Expr::cust_with_values(
-                        "pg_advisory_xact_lock(hashtextextended($1, 0))",
-                        [key],
-                    ))
-                    .to_owned();
-                txn.execute(&lock).await?;
+            let keys = (touches.iter())
+                .map(|(at, _)| format!("martmap:aggregate:{}", self.aggregates[*at].name));
+            if handed_back && touches.iter().all(|(at, touch)| in_memory(*at, touch)) {
+                upkeep.locks.extend(keys);
+            } else {
+                for key in keys {
+                    let lock = Query::select()
+                        .expr(Expr::cust_with_values(
+                            "pg_advisory_xact_lock(hashtextextended($1, 0))",
+                            [key],
+                        ))
+                        .to_owned();
+                    txn.execute(&lock).await?;
+                }
             }
         }
-        // PostgreSQL's COPY path deletes every stored row of the batch's
-        // identities before it loads theirs: it can return them.
-        let handed_back = txn.is_postgres() && facts.preparer.copy;
         for (at, touch) in touches {
             let aggregate = &self.aggregates[at];
             let fact = &self.facts[at];
@@ -224,14 +245,7 @@ impl Aggregation {
                 Some(delta) => delta.identity.iter().map(String::as_str).collect(),
                 None => vec![aggregate.time_key.as_str()],
             };
-            // The batch's rows are the whole after-state of its identities
-            // when the delta identity is the mapping's own: then the stored
-            // rows of its identities are the ones it replaces, and nothing
-            // is read after the write.
-            let in_memory = matches!(touch, Touch::Fact)
-                && self.deltas[at]
-                    .as_ref()
-                    .is_some_and(|delta| delta::covers_batch(delta, aggregate, facts));
+            let in_memory = in_memory(at, &touch);
             let mut found = match touch {
                 Touch::Fact if in_memory => batch_values(facts, rows, keys, &selected),
                 Touch::Fact => changed(txn, facts, rows, keys, &selected).await?,
@@ -404,6 +418,12 @@ impl<'a> Upkeep<'a> {
         &self.returning
     }
 
+    /// The advisory lock keys the write should take before its
+    /// identities' (none: they are taken).
+    pub fn locks(&self) -> &[String] {
+        &self.locks
+    }
+
     fn batch(&self) -> InMemory<'a> {
         InMemory::Batch {
             facts: self.facts,
@@ -479,9 +499,11 @@ impl<'a> Upkeep<'a> {
     /// days it filled, to be remembered once the transaction commits.
     pub async fn finish(mut self, txn: &mut Txn) -> Result<Vec<NaiveDate>, DbErr> {
         if !self.joined {
-            if !self.returning.is_empty() {
+            // A change left to the write that never came (a batch without
+            // rows changes nothing, and needs no turn).
+            if !self.returning.is_empty() || (!self.locks.is_empty() && !self.changes.is_empty()) {
                 return Err(DbErr::Custom(
-                    "the fact write did not hand back the rows it replaced".into(),
+                    "the fact write neither took the aggregates' turn nor handed back the rows it replaced".into(),
                 ));
             }
             self.replaced(txn, Vec::new()).await?;

@@ -10,7 +10,7 @@ use foldhash::{HashMap, HashMapExt};
 use sea_orm::DbErr;
 use sea_orm::sea_query::{
     Alias, ArrayType, Expr, ExprTrait, Func, InsertStatement, OnConflict, Order, Query,
-    SelectStatement, Value,
+    SelectStatement, UnionType, Value,
 };
 
 use super::aggregate::{Upkeep, read_column};
@@ -74,8 +74,10 @@ async fn replace_facts(
     }
     let names = facts.names;
     let columns = facts.columns();
+    // The aggregates' turns first, when their upkeep left them to the write.
     let replaced = replaced_arrays(facts, rows);
-    txn.execute(&replaced.lock()).await?;
+    let first: &[String] = upkeep.as_deref().map_or(&[], Upkeep::locks);
+    txn.execute(&replaced.lock(first)).await?;
 
     // DELETE … RETURNING each row's key as text, its creator, and the
     // columns the aggregates read.
@@ -156,7 +158,7 @@ pub(super) async fn lock_identities(
     rows: &[&Row],
 ) -> Result<(), DbErr> {
     if !rows.is_empty() {
-        txn.execute(&replaced_arrays(facts, rows).lock()).await?;
+        txn.execute(&replaced_arrays(facts, rows).lock(&[])).await?;
     }
     Ok(())
 }
@@ -304,25 +306,35 @@ struct ReplacedArrays {
 }
 
 impl ReplacedArrays {
-    /// `SELECT pg_advisory_xact_lock(l.h) FROM (SELECT DISTINCT
-    /// hashtextextended(r::text, 0) AS h FROM unnest(…) AS r) AS l ORDER BY
-    /// l.h`: a transaction lock per identity, taken in one order.
-    fn lock(&self) -> SelectStatement {
-        let hashes = Query::select()
+    /// `SELECT pg_advisory_xact_lock(l.h) FROM (SELECT DISTINCT n AS o,
+    /// hashtextextended(r::text, 0) AS h FROM unnest(…) AS r UNION ALL
+    /// SELECT 0, hashtextextended($key, 0) …) AS l ORDER BY l.o, l.h`: a
+    /// transaction lock per identity, taken in one order, after the `n`
+    /// keys of `first` (in their order).
+    fn lock(&self, first: &[String]) -> SelectStatement {
+        let mut hashes = Query::select()
             .distinct()
+            .expr_as(Expr::val(first.len() as i64), Alias::new("o"))
             .expr_as(Expr::cust("hashtextextended(r::text, 0)"), Alias::new("h"))
             .from_function(
                 Func::cust("unnest").args(self.arrays.iter().cloned()),
                 Alias::new("r"),
             )
             .to_owned();
+        for (at, key) in first.iter().enumerate() {
+            let hash = Expr::cust_with_values("hashtextextended($1, 0)", [key.clone()]);
+            let first = Query::select()
+                .expr_as(Expr::val(at as i64), Alias::new("o"))
+                .expr_as(hash, Alias::new("h"))
+                .to_owned();
+            hashes.union(UnionType::All, first);
+        }
+        let column = |name: &str| (Alias::new("l"), Alias::new(name));
         Query::select()
-            .expr(
-                Func::cust("pg_advisory_xact_lock")
-                    .arg(Expr::col((Alias::new("l"), Alias::new("h")))),
-            )
+            .expr(Func::cust("pg_advisory_xact_lock").arg(Expr::col(column("h"))))
             .from_subquery(hashes, Alias::new("l"))
-            .order_by((Alias::new("l"), Alias::new("h")), Order::Asc)
+            .order_by(column("o"), Order::Asc)
+            .order_by(column("h"), Order::Asc)
             .to_owned()
     }
 
