@@ -24,8 +24,8 @@ use foldhash::{HashMap, HashMapExt};
 
 use sea_orm::DbErr;
 use sea_orm::sea_query::{
-    Alias, CommonTableExpression, Expr, ExprTrait, Func, InsertStatement, OnConflict, Query, Value,
-    WithClause,
+    Alias, CommonTableExpression, Expr, ExprTrait, Func, InsertStatement, OnConflict, Query,
+    SelectStatement, UnionType, Value, WithClause,
 };
 
 use super::aggregate::scalar_cell;
@@ -264,8 +264,13 @@ pub(super) struct Joined {
     matches: Vec<Matches>,
 }
 
-/// Reads the rows of the joined tables that any of `sets` joins to, one
-/// statement per join.
+/// Per join: the columns read of it, its join columns, and the values the
+/// rows in memory join to.
+type JoinRead<'a> = (Vec<String>, Vec<&'a str>, BTreeSet<Vec<Cell>>);
+
+/// Reads the rows of the joined tables that any of `sets` joins to: on
+/// PostgreSQL in one statement for all joins (one `UNION ALL` branch per
+/// join, each in its own columns), elsewhere one per join.
 pub(super) async fn read_joined(
     txn: &mut Txn,
     names: Names,
@@ -274,7 +279,9 @@ pub(super) async fn read_joined(
     sets: &[&InMemory<'_>],
 ) -> Result<Joined, DbErr> {
     let refs = references(aggregate);
-    let mut matches: Vec<Matches> = Vec::new();
+    // Per join: the columns read of it, its join columns, and the values
+    // the rows in memory join to.
+    let mut reads: Vec<JoinRead> = Vec::new();
     for (j, join) in aggregate.joins.iter().enumerate() {
         let mut used: Vec<String> = Vec::new();
         for reference in refs.iter().filter(|r| r.join == Some(j)) {
@@ -288,22 +295,105 @@ pub(super) async fn read_joined(
         for set in sets {
             values.extend(set.values(&fact_side));
         }
-        let selected: Vec<&str> = joined_side
-            .iter()
-            .copied()
-            .chain(used.iter().map(String::as_str))
+        reads.push((used, joined_side, values));
+    }
+    let selected = |(used, joined_side, _): &JoinRead| -> Vec<String> {
+        (joined_side.iter().map(|c| c.to_string()))
+            .chain(used.iter().cloned())
+            .collect()
+    };
+    // Each join's rows as its selected columns.
+    let mut found: Vec<Vec<Vec<Cell>>> = vec![Vec::new(); reads.len()];
+    if txn.is_postgres() {
+        // Each join's columns in slots of their own, BIGINT or TEXT (a
+        // branch's NULLs typed as the slot, which its DISTINCT needs).
+        let widths: Vec<usize> = reads.iter().map(|read| selected(read).len()).collect();
+        let integer: Vec<bool> = (reads.iter().enumerate())
+            .flat_map(|(j, read)| {
+                let table = &joined[j];
+                (selected(read).into_iter())
+                    .map(|c| table.column(&c).is_some_and(|c| c.ty.is_integer()))
+                    .collect::<Vec<_>>()
+            })
             .collect();
-        let mut by_values: HashMap<Vec<Cell>, Vec<Vec<Cell>>> = HashMap::new();
-        if !values.is_empty() {
-            for row in fact_values(txn, names, &joined[j], &joined_side, &values, &selected).await?
-            {
-                let row: Vec<Cell> = row.into_iter().map(scalar_cell).collect();
-                let (on, rest) = row.split_at(joined_side.len());
-                by_values
-                    .entry(on.to_vec())
-                    .or_default()
-                    .push(rest.to_vec());
+        let mut union: Option<SelectStatement> = None;
+        let mut offset = 0;
+        for (j, read) in reads.iter().enumerate() {
+            let (columns, values) = (selected(read), &read.2);
+            if !values.is_empty() {
+                let table = &joined[j];
+                let mut branch = Query::select();
+                branch.distinct().expr(Expr::val(j as i64));
+                for (slot, integer) in integer.iter().enumerate() {
+                    let ty = if *integer { "BIGINT" } else { "TEXT" };
+                    branch.expr(match slot.checked_sub(offset) {
+                        Some(at) if at < widths[j] => {
+                            Expr::col(names.column(&columns[at])).cast_as(Alias::new(ty))
+                        }
+                        _ => Expr::cust(format!("NULL::{ty}")),
+                    });
+                }
+                branch.from(names.table(&table.name));
+                let on: Vec<Expr> = read.1.iter().map(|c| Expr::col(names.column(c))).collect();
+                let types: Vec<ColumnType> = (read.1.iter())
+                    .map(|c| table.column(c).map_or(ColumnType::Text, |c| c.ty))
+                    .collect();
+                let tuples: Vec<&[Cell]> = values.iter().map(Vec::as_slice).collect();
+                for condition in membership(true, &on, &types, &tuples) {
+                    let branch = branch.clone().and_where(condition).to_owned();
+                    match &mut union {
+                        None => union = Some(branch),
+                        Some(union) => {
+                            union.union(UnionType::All, branch);
+                        }
+                    }
+                }
             }
+            offset += widths[j];
+        }
+        if let Some(union) = union {
+            let offsets: Vec<usize> = (widths.iter())
+                .scan(1, |at, width| {
+                    *at += width;
+                    Some(*at - width)
+                })
+                .collect();
+            for row in txn.query(&union).await? {
+                let j = usize::try_from(row[0].int()?).unwrap_or(usize::MAX);
+                let (Some(at), Some(width)) = (offsets.get(j), widths.get(j)) else {
+                    return Err(DbErr::Custom(format!("a joined row of join {j}")));
+                };
+                found[j].push(
+                    row[*at..at + width]
+                        .iter()
+                        .cloned()
+                        .map(scalar_cell)
+                        .collect(),
+                );
+            }
+        }
+    } else {
+        for (j, read) in reads.iter().enumerate() {
+            if read.2.is_empty() {
+                continue;
+            }
+            let columns = selected(read);
+            let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
+            let rows = fact_values(txn, names, &joined[j], &read.1, &read.2, &columns).await?;
+            found[j] = (rows.into_iter())
+                .map(|row| row.into_iter().map(scalar_cell).collect())
+                .collect();
+        }
+    }
+    let mut matches: Vec<Matches> = Vec::new();
+    for ((used, joined_side, _), rows) in reads.into_iter().zip(found) {
+        let mut by_values: HashMap<Vec<Cell>, Vec<Vec<Cell>>> = HashMap::new();
+        for row in rows {
+            let (on, rest) = row.split_at(joined_side.len());
+            by_values
+                .entry(on.to_vec())
+                .or_default()
+                .push(rest.to_vec());
         }
         matches.push((used, by_values));
     }
