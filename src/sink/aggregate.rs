@@ -83,11 +83,9 @@ enum Change {
 /// replaces.
 struct InMemoryChange {
     /// What the replaced rows contributed, read before the writes; `None`
-    /// when the write hands them back instead (PostgreSQL's COPY path
-    /// deletes them with RETURNING).
+    /// when it is summed from the rows the write hands back instead
+    /// (PostgreSQL's COPY path deletes them with RETURNING).
     old: Option<Contribution>,
-    /// The rows the write handed back: the values of `Upkeep::returning`.
-    replaced: Vec<Vec<Cell>>,
     joined: Option<Joined>,
     new: Option<Contribution>,
 }
@@ -106,8 +104,10 @@ pub(super) struct Upkeep<'a> {
     keys: &'a [Vec<i64>],
     /// What the batch changes, per aggregate (index into `aggregates`).
     changes: Vec<(usize, Change)>,
-    /// The fact columns the write returns of the rows it replaces.
+    /// The fact columns the write returns of the rows it replaces, and
+    /// those rows once it handed them back.
     returning: Vec<String>,
+    replaced: Vec<Vec<Cell>>,
     /// The aggregates' turns (advisory lock keys) the write takes first,
     /// with its identities' locks.
     locks: Vec<String>,
@@ -194,6 +194,7 @@ impl Aggregation {
             keys,
             changes: Vec::new(),
             returning: Vec::new(),
+            replaced: Vec::new(),
             locks: Vec::new(),
             joined: false,
         };
@@ -247,7 +248,7 @@ impl Aggregation {
             };
             let in_memory = in_memory(at, &touch);
             let mut found = match touch {
-                Touch::Fact if in_memory => batch_values(facts, rows, keys, &selected),
+                Touch::Fact if in_memory => upkeep.batch().values(&selected),
                 Touch::Fact => changed(txn, facts, rows, keys, &selected).await?,
                 Touch::Joined(joins) => {
                     let mut found = BTreeSet::new();
@@ -404,7 +405,6 @@ impl InMemoryChange {
     fn new(old: Option<Contribution>) -> Self {
         InMemoryChange {
             old,
-            replaced: Vec::new(),
             joined: None,
             new: None,
         }
@@ -436,7 +436,7 @@ impl<'a> Upkeep<'a> {
     /// [`Upkeep::returning`]), and reads the joined rows that they and the
     /// batch's rows join to.
     pub async fn replaced(&mut self, txn: &mut Txn, rows: Vec<Vec<Scalar>>) -> Result<(), DbErr> {
-        let rows: Vec<Vec<Cell>> = rows
+        self.replaced = rows
             .into_iter()
             .map(|row| row.into_iter().map(scalar_cell).collect())
             .collect();
@@ -445,12 +445,15 @@ impl<'a> Upkeep<'a> {
             let Change::InMemory(change) = change else {
                 continue;
             };
-            if change.old.is_none() {
-                change.replaced = rows.clone();
-            }
+            // The replaced rows count only where their contribution was
+            // not read before the write.
             let replaced = InMemory::Read {
                 columns: &self.returning,
-                rows: &change.replaced,
+                rows: if change.old.is_none() {
+                    &self.replaced
+                } else {
+                    &[]
+                },
             };
             let aggregation = self.aggregation;
             change.joined = Some(
@@ -487,7 +490,7 @@ impl<'a> Upkeep<'a> {
             if change.old.is_none() {
                 let replaced = InMemory::Read {
                     columns: &self.returning,
-                    rows: &change.replaced,
+                    rows: &self.replaced,
                 };
                 change.old = Some(delta::accumulate(calendar, aggregate, joined, &replaced));
             }
@@ -499,9 +502,10 @@ impl<'a> Upkeep<'a> {
     /// days it filled, to be remembered once the transaction commits.
     pub async fn finish(mut self, txn: &mut Txn) -> Result<Vec<NaiveDate>, DbErr> {
         if !self.joined {
-            // A change left to the write that never came (a batch without
-            // rows changes nothing, and needs no turn).
-            if !self.returning.is_empty() || (!self.locks.is_empty() && !self.changes.is_empty()) {
+            // A change left to the write that never came. (The turns are
+            // left to it only with such changes; a batch without rows
+            // changes nothing, and needs no turn.)
+            if !self.returning.is_empty() {
                 return Err(DbErr::Custom(
                     "the fact write neither took the aggregates' turn nor handed back the rows it replaced".into(),
                 ));
@@ -590,14 +594,6 @@ impl Place {
             },
         }
     }
-
-    pub fn cell(self, row: &Row, keys: &[i64]) -> Cell {
-        match self {
-            Place::Value(at) => row.values[at].clone(),
-            Place::Key(at) => Cell::Int(keys[at]),
-            Place::Absent => Cell::Null,
-        }
-    }
 }
 
 pub(super) fn scalar_cell(scalar: Scalar) -> Cell {
@@ -630,32 +626,11 @@ async fn changed(
     keys: &[Vec<i64>],
     columns: &[&str],
 ) -> Result<BTreeSet<Vec<Cell>>, DbErr> {
-    let mut all = batch_values(facts, rows, keys, columns);
+    let mut all = InMemory::Batch { facts, rows, keys }.values(columns);
     for old in old_values(txn, facts, rows, keys, columns).await? {
         all.insert(old.into_iter().map(scalar_cell).collect());
     }
     Ok(all)
-}
-
-/// The distinct values of `columns` in a batch's rows.
-pub(super) fn batch_values(
-    facts: &Facts<'_>,
-    rows: &[&Row],
-    keys: &[Vec<i64>],
-    columns: &[&str],
-) -> BTreeSet<Vec<Cell>> {
-    let places: Vec<Place> = columns.iter().map(|c| Place::of(facts, c)).collect();
-    let mut values = BTreeSet::new();
-    let mut last: Vec<Cell> = Vec::new();
-    for (row, row_keys) in rows.iter().zip(keys) {
-        // An event's rows are adjacent and mostly share these values.
-        let tuple: Vec<Cell> = places.iter().map(|p| p.cell(row, row_keys)).collect();
-        if tuple != last {
-            values.insert(tuple.clone());
-        }
-        last = tuple;
-    }
-    values
 }
 
 async fn old_values(
@@ -670,7 +645,7 @@ async fn old_values(
     } else {
         facts.plan.replace_by.iter().map(String::as_str).collect()
     };
-    let identities = batch_values(facts, rows, keys, &identity);
+    let identities = InMemory::Batch { facts, rows, keys }.values(&identity);
     fact_values(
         txn,
         facts.names,

@@ -240,7 +240,7 @@ impl InMemory<'_> {
     }
 
     /// The distinct values of fact `columns` in these rows, without NULLs.
-    fn values(&self, columns: &[&str]) -> BTreeSet<Vec<Cell>> {
+    pub fn values(&self, columns: &[&str]) -> BTreeSet<Vec<Cell>> {
         let at: Vec<Resolved> = columns.iter().map(|c| self.resolve(c)).collect();
         let mut values = BTreeSet::new();
         let (mut tuple, mut last): (Vec<Cell>, Vec<Cell>) = Default::default();
@@ -264,9 +264,17 @@ pub(super) struct Joined {
     matches: Vec<Matches>,
 }
 
-/// Per join: the columns read of it, its join columns, and the values the
-/// rows in memory join to.
-type JoinRead<'a> = (Vec<String>, Vec<&'a str>, BTreeSet<Vec<Cell>>);
+/// What is read of one joined table.
+struct JoinRead<'a> {
+    /// The columns the aggregate reads of it.
+    used: Vec<String>,
+    /// Its join columns.
+    on: Vec<&'a str>,
+    /// Both, as selected: the join columns first.
+    selected: Vec<String>,
+    /// The join values the rows in memory hold.
+    values: BTreeSet<Vec<Cell>>,
+}
 
 /// Reads the rows of the joined tables that any of `sets` joins to: on
 /// PostgreSQL in one statement for all joins (one `UNION ALL` branch per
@@ -279,8 +287,6 @@ pub(super) async fn read_joined(
     sets: &[&InMemory<'_>],
 ) -> Result<Joined, DbErr> {
     let refs = references(aggregate);
-    // Per join: the columns read of it, its join columns, and the values
-    // the rows in memory join to.
     let mut reads: Vec<JoinRead> = Vec::new();
     for (j, join) in aggregate.joins.iter().enumerate() {
         let mut used: Vec<String> = Vec::new();
@@ -295,31 +301,31 @@ pub(super) async fn read_joined(
         for set in sets {
             values.extend(set.values(&fact_side));
         }
-        reads.push((used, joined_side, values));
-    }
-    let selected = |(used, joined_side, _): &JoinRead| -> Vec<String> {
-        (joined_side.iter().map(|c| c.to_string()))
+        let selected = (joined_side.iter().map(|c| c.to_string()))
             .chain(used.iter().cloned())
-            .collect()
-    };
+            .collect();
+        reads.push(JoinRead {
+            used,
+            on: joined_side,
+            selected,
+            values,
+        });
+    }
     // Each join's rows as its selected columns.
     let mut found: Vec<Vec<Vec<Cell>>> = vec![Vec::new(); reads.len()];
     if txn.is_postgres() {
         // Each join's columns in slots of their own, BIGINT or TEXT (a
         // branch's NULLs typed as the slot, which its DISTINCT needs).
-        let widths: Vec<usize> = reads.iter().map(|read| selected(read).len()).collect();
-        let integer: Vec<bool> = (reads.iter().enumerate())
-            .flat_map(|(j, read)| {
-                let table = &joined[j];
-                (selected(read).into_iter())
-                    .map(|c| table.column(&c).is_some_and(|c| c.ty.is_integer()))
-                    .collect::<Vec<_>>()
+        let widths: Vec<usize> = reads.iter().map(|read| read.selected.len()).collect();
+        let integer: Vec<bool> = (reads.iter().zip(joined))
+            .flat_map(|(read, table)| {
+                (read.selected.iter()).map(|c| table.column(c).is_some_and(|c| c.ty.is_integer()))
             })
             .collect();
         let mut union: Option<SelectStatement> = None;
         let mut offset = 0;
         for (j, read) in reads.iter().enumerate() {
-            let (columns, values) = (selected(read), &read.2);
+            let (columns, values) = (&read.selected, &read.values);
             if !values.is_empty() {
                 let table = &joined[j];
                 let mut branch = Query::select();
@@ -334,8 +340,8 @@ pub(super) async fn read_joined(
                     });
                 }
                 branch.from(names.table(&table.name));
-                let on: Vec<Expr> = read.1.iter().map(|c| Expr::col(names.column(c))).collect();
-                let types: Vec<ColumnType> = (read.1.iter())
+                let on: Vec<Expr> = read.on.iter().map(|c| Expr::col(names.column(c))).collect();
+                let types: Vec<ColumnType> = (read.on.iter())
                     .map(|c| table.column(c).map_or(ColumnType::Text, |c| c.ty))
                     .collect();
                 let tuples: Vec<&[Cell]> = values.iter().map(Vec::as_slice).collect();
@@ -374,28 +380,28 @@ pub(super) async fn read_joined(
         }
     } else {
         for (j, read) in reads.iter().enumerate() {
-            if read.2.is_empty() {
+            if read.values.is_empty() {
                 continue;
             }
-            let columns = selected(read);
-            let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
-            let rows = fact_values(txn, names, &joined[j], &read.1, &read.2, &columns).await?;
+            let columns: Vec<&str> = read.selected.iter().map(String::as_str).collect();
+            let rows =
+                fact_values(txn, names, &joined[j], &read.on, &read.values, &columns).await?;
             found[j] = (rows.into_iter())
                 .map(|row| row.into_iter().map(scalar_cell).collect())
                 .collect();
         }
     }
     let mut matches: Vec<Matches> = Vec::new();
-    for ((used, joined_side, _), rows) in reads.into_iter().zip(found) {
+    for (read, rows) in reads.into_iter().zip(found) {
         let mut by_values: HashMap<Vec<Cell>, Vec<Vec<Cell>>> = HashMap::new();
         for row in rows {
-            let (on, rest) = row.split_at(joined_side.len());
+            let (on, rest) = row.split_at(read.on.len());
             by_values
                 .entry(on.to_vec())
                 .or_default()
                 .push(rest.to_vec());
         }
-        matches.push((used, by_values));
+        matches.push((read.used, by_values));
     }
     Ok(Joined { matches })
 }
