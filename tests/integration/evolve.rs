@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use crate::database::{assert_success, backends, load, query};
-use crate::repository;
+use crate::{golden, repository};
 
 const SAMPLE: &str = "samples/cobrowse-sessions.jsonl";
 
@@ -107,10 +107,7 @@ fn rows(url: &str) -> usize {
 }
 
 fn snapshot(name: &str, text: &str) {
-    let mut settings = insta::Settings::clone_current();
-    settings.set_snapshot_path(repository().join("tests/cases/evolve"));
-    settings.set_prepend_module_to_snapshot(false);
-    settings.set_omit_expression(true);
+    let settings = golden(repository().join("tests/cases/evolve"));
     settings.bind(|| insta::assert_snapshot!(name, text));
 }
 

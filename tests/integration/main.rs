@@ -67,6 +67,16 @@ pub fn repository() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Snapshot settings for golden files kept in `dir` under the names the
+/// test gives them (no module prefix, no expression header).
+pub fn golden(dir: impl AsRef<Path>) -> insta::Settings {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(dir.as_ref());
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_omit_expression(true);
+    settings
+}
+
 /// Waits until `done` holds, checking every 50 ms; fails the test after
 /// `limit`. Tests await conditions with it rather than sleeping blindly.
 pub fn wait_until(what: &str, limit: std::time::Duration, mut done: impl FnMut() -> bool) {

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use crate::{martmap, repository};
+use crate::{golden, martmap, repository};
 
 fn relative(path: &Path) -> String {
     path.strip_prefix(repository())
@@ -24,11 +24,8 @@ fn cobrowse_rows_golden_cases() {
             return;
         }
         let event = relative(&case.join("event.json"));
-        let mut settings = insta::Settings::clone_current();
-        settings.set_snapshot_path(case);
+        let mut settings = golden(case);
         settings.remove_snapshot_suffix();
-        settings.set_prepend_module_to_snapshot(false);
-        settings.set_omit_expression(true);
         let args = [
             "test-mapping",
             "--format",
@@ -44,10 +41,7 @@ fn cobrowse_rows_golden_cases() {
 /// agent-less handlings, and the discards of bad ones.
 #[test]
 fn agent_handling_rows_golden_case() {
-    let mut settings = insta::Settings::clone_current();
-    settings.set_snapshot_path(repository().join("tests/cases/agent-rows"));
-    settings.set_prepend_module_to_snapshot(false);
-    settings.set_omit_expression(true);
+    let settings = golden(repository().join("tests/cases/agent-rows"));
     let args = [
         "test-mapping",
         "--format",
@@ -60,10 +54,7 @@ fn agent_handling_rows_golden_case() {
 
 #[test]
 fn discard_corpus_names_every_problem() {
-    let mut settings = insta::Settings::clone_current();
-    settings.set_snapshot_path(repository().join("tests/cases/discards"));
-    settings.set_prepend_module_to_snapshot(false);
-    settings.set_omit_expression(true);
+    let settings = golden(repository().join("tests/cases/discards"));
     let args = [
         "test-mapping",
         "mappings/COBROWSE.yaml",
@@ -129,10 +120,7 @@ fn expect_passes_on_equal_rows_and_diffs_otherwise() {
 #[test]
 fn survey_mapping_runs_through_the_same_engine() {
     let case = "tests/cases/validate/survey-valid";
-    let mut settings = insta::Settings::clone_current();
-    settings.set_snapshot_path(repository().join(case));
-    settings.set_prepend_module_to_snapshot(false);
-    settings.set_omit_expression(true);
+    let settings = golden(repository().join(case));
     let (catalog, mapping, event) = (
         format!("{case}/schemas"),
         format!("{case}/SURVEY.yaml"),
@@ -156,10 +144,7 @@ fn survey_mapping_runs_through_the_same_engine() {
 /// an array of tags), and lack some it reads.
 #[test]
 fn coverage_lists_unread_and_never_carried_paths() {
-    let mut settings = insta::Settings::clone_current();
-    settings.set_snapshot_path(repository().join("tests/cases/coverage"));
-    settings.set_prepend_module_to_snapshot(false);
-    settings.set_omit_expression(true);
+    let settings = golden(repository().join("tests/cases/coverage"));
     for (name, format) in [("expected", "human"), ("expected-json", "json")] {
         let args = [
             "test-mapping",

@@ -14,7 +14,7 @@ use std::process::Command;
 use serde_json::Value;
 
 use crate::database::{assert_success, backends, load_with, query};
-use crate::{martmap, repository};
+use crate::{golden, martmap, repository};
 
 /// Each case: its name, and the arrays of its grain, outermost first.
 const CASES: [(&str, &[&str]); 3] = [
@@ -151,10 +151,7 @@ fn scaffolded_proposals_are_pinned_validate_and_load_their_samples() {
         let dir = repository().join("tests/cases/scaffold").join(case);
         let file = dir.join("samples.jsonl");
         let relative = format!("tests/cases/scaffold/{case}/samples.jsonl");
-        let mut settings = insta::Settings::clone_current();
-        settings.set_snapshot_path(&dir);
-        settings.set_prepend_module_to_snapshot(false);
-        settings.set_omit_expression(true);
+        let settings = golden(&dir);
         let args = ["scaffold", "--name", case, "--dry-run", relative.as_str()];
         settings.bind(|| insta::assert_snapshot!("expected", martmap(&args)));
 
@@ -214,10 +211,7 @@ fn scaffolding_the_cobrowse_sample_loads_as_many_rows_as_the_shipped_mapping() {
     let file = dir.path().join("cobrowse.jsonl");
     std::fs::write(&file, good.join("\n")).expect("events");
 
-    let mut settings = insta::Settings::clone_current();
-    settings.set_snapshot_path(repository().join("tests/cases/scaffold/cobrowse"));
-    settings.set_prepend_module_to_snapshot(false);
-    settings.set_omit_expression(true);
+    let settings = golden(repository().join("tests/cases/scaffold/cobrowse"));
     let args = [
         "scaffold",
         "--name",

@@ -12,7 +12,7 @@
 
 use std::path::Path;
 
-use crate::{martmap, repository};
+use crate::{golden, martmap, repository};
 
 #[test]
 fn validate_mapping_golden_cases() {
@@ -21,11 +21,8 @@ fn validate_mapping_golden_cases() {
         if !case.is_dir() {
             return;
         }
-        let mut settings = insta::Settings::clone_current();
-        settings.set_snapshot_path(case);
+        let mut settings = golden(case);
         settings.remove_snapshot_suffix();
-        settings.set_prepend_module_to_snapshot(false);
-        settings.set_omit_expression(true);
         settings.bind(|| insta::assert_snapshot!("expected", martmap(&arguments(case))));
     });
 }
