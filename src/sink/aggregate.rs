@@ -22,9 +22,9 @@ use std::sync::Mutex;
 
 use chrono::NaiveDate;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Index, IndexType, Query};
-use sea_orm::{ConnectionTrait, DbErr};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr};
 
-use super::delta::{self, Contribution, DeltaPlan, InMemory, Joined};
+use super::delta::{self, Built, Contribution, DeltaPlan, InMemory, Joined};
 use super::recompute::recompute;
 use super::txn::{Scalar, Txn};
 use super::write::{CHUNK, Facts, value};
@@ -87,7 +87,8 @@ struct InMemoryChange {
     /// (PostgreSQL's COPY path deletes them with RETURNING).
     old: Option<Contribution>,
     joined: Option<Joined>,
-    new: Option<Contribution>,
+    /// The statements that apply it, built once it is summed.
+    statements: Option<Result<Vec<Built>, DbErr>>,
 }
 
 /// One batch's upkeep of the aggregates, from before its facts are written
@@ -113,6 +114,8 @@ pub(super) struct Upkeep<'a> {
     locks: Vec<String>,
     /// Whether the joined rows are read (after the replaced rows came).
     joined: bool,
+    /// The backend the statements are built for.
+    backend: DbBackend,
 }
 
 impl Aggregation {
@@ -197,6 +200,7 @@ impl Aggregation {
             replaced: Vec::new(),
             locks: Vec::new(),
             joined: false,
+            backend: txn.backend(),
         };
         let names = facts.names;
         let touches = self.touches(&facts.table.name);
@@ -406,7 +410,7 @@ impl InMemoryChange {
         InMemoryChange {
             old,
             joined: None,
-            new: None,
+            statements: None,
         }
     }
 }
@@ -472,8 +476,9 @@ impl<'a> Upkeep<'a> {
         Ok(())
     }
 
-    /// Sums what the batch's rows, and the rows handed back, contribute:
-    /// CPU only, so it runs while the server loads a COPY.
+    /// Sums what the batch's rows, and the rows handed back, contribute,
+    /// and builds the statements that apply the difference: CPU only, so
+    /// it runs while the server loads a COPY.
     pub fn compute(&mut self) {
         let aggregation = self.aggregation;
         let batch = self.batch();
@@ -486,14 +491,25 @@ impl<'a> Upkeep<'a> {
             };
             let aggregate = &aggregation.aggregates[*at];
             let calendar = &aggregation.calendar;
-            change.new = Some(delta::accumulate(calendar, aggregate, joined, &batch));
-            if change.old.is_none() {
+            let new = delta::accumulate(calendar, aggregate, joined, &batch);
+            let old = change.old.take().unwrap_or_else(|| {
                 let replaced = InMemory::Read {
                     columns: &self.returning,
                     rows: &self.replaced,
                 };
-                change.old = Some(delta::accumulate(calendar, aggregate, joined, &replaced));
-            }
+                delta::accumulate(calendar, aggregate, joined, &replaced)
+            });
+            let plan = aggregation.deltas[*at].as_ref();
+            let plan = plan.expect("a delta change has a delta plan");
+            let names = self.facts.names;
+            change.statements = Some(delta::statements(
+                self.backend,
+                names,
+                aggregate,
+                plan,
+                old,
+                new,
+            ));
         }
     }
 
@@ -561,12 +577,11 @@ impl<'a> Upkeep<'a> {
                     .await?;
                     delta::apply(txn, names, aggregate, plan, old, new).await?;
                 }
-                Change::InMemory(InMemoryChange { old, new, .. }) => {
-                    let plan = plan.expect("a delta change has a delta plan");
-                    let (Some(old), Some(new)) = (old, new) else {
+                Change::InMemory(InMemoryChange { statements, .. }) => {
+                    let Some(statements) = statements else {
                         return Err(DbErr::Custom("a delta was not computed".into()));
                     };
-                    delta::apply(txn, names, aggregate, plan, old, new).await?;
+                    delta::run(txn, statements?).await?;
                 }
             }
         }

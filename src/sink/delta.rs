@@ -22,11 +22,11 @@ use std::ops::Range;
 
 use foldhash::{HashMap, HashMapExt};
 
-use sea_orm::DbErr;
 use sea_orm::sea_query::{
     Alias, CommonTableExpression, Expr, ExprTrait, Func, InsertStatement, OnConflict, Query,
     SelectStatement, UnionType, Value, WithClause,
 };
+use sea_orm::{DbBackend, DbErr, StatementBuilder};
 
 use super::aggregate::scalar_cell;
 use super::aggregate::{Place, fact_values, membership};
@@ -124,15 +124,35 @@ pub(super) async fn contribution(
         .collect();
     let columns: Vec<Expr> = plan.identity.iter().map(|c| fact_col(c)).collect();
     let tuples_of: Vec<&[Cell]> = identities.iter().map(|v| v.as_slice()).collect();
-    let mut sums = Accumulator::new(calendar, aggregate);
-    let mut cells: Vec<Cell> = Vec::new();
+    let mut sums = Accumulator::new(calendar, aggregate, identities.len());
+    let mut row = Contributing::default();
     for condition in membership(txn.is_postgres(), &columns, &types, &tuples_of) {
         let mut select = fact_rows(names, aggregate, Level::Subhr, &tuples, true);
         select.and_where(condition);
-        for row in txn.query(&select).await? {
-            cells.clear();
-            cells.extend(row.into_iter().map(scalar_cell));
-            sums.add(&cells);
+        for read in txn.query(&select).await? {
+            // As `fact_rows` lays it out: `b`, the groups, per measure its
+            // flag and, for sums, its value, then the tuples' columns.
+            let mut cells = read.into_iter().map(scalar_cell);
+            let Some(Cell::Int(time)) = cells.next() else {
+                continue;
+            };
+            row.clear();
+            row.time = time;
+            row.groups
+                .extend(cells.by_ref().take(aggregate.group_by.len()));
+            for measure in &aggregate.measures {
+                let pass = cells.next() == Some(Cell::Int(1));
+                let amount = match measure.kind {
+                    MeasureKind::Sum(_) => match cells.next() {
+                        Some(Cell::Int(value)) => Some(value),
+                        _ => None,
+                    },
+                    _ => Some(1),
+                };
+                row.amounts.push(amount.filter(|_| pass));
+            }
+            row.tuples.extend(cells);
+            sums.add(&row);
         }
     }
     Ok(sums.finish())
@@ -224,6 +244,13 @@ impl InMemory<'_> {
                 .iter()
                 .position(|c| c == column)
                 .map_or(Resolved::Null, Resolved::Value),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            InMemory::Batch { rows, .. } => rows.len(),
+            InMemory::Read { rows, .. } => rows.len(),
         }
     }
 
@@ -474,8 +501,8 @@ pub(super) fn accumulate(
         .map(|join| join.on.iter().map(|(_, fact)| rows.resolve(fact)).collect())
         .collect();
 
-    let mut sums = Accumulator::new(calendar, aggregate);
-    let mut out: Vec<Cell> = Vec::new();
+    let mut sums = Accumulator::new(calendar, aggregate, rows.len());
+    let mut row = Contributing::default();
     let mut key: Vec<Cell> = Vec::new();
     // Each join's matching rows (one absent row when none matches),
     // combined as the SQL left joins would.
@@ -484,16 +511,24 @@ pub(super) fn accumulate(
     let mut at = vec![0usize; on.len()];
     rows.each(|values, keys| {
         for (j, columns) in on.iter().enumerate() {
-            key.clear();
-            key.extend(
-                columns
-                    .iter()
-                    .map(|r| r.eval(values, keys, &[]).into_owned()),
-            );
-            found[j] = match matches[j].1.get(key.as_slice()) {
-                Some(rows) if key.iter().all(|v| !v.is_null()) => rows,
-                _ => &[],
+            let rows = match columns.as_slice() {
+                [column] => {
+                    let value = column.eval(values, keys, &[]);
+                    let value = std::slice::from_ref(value.as_ref());
+                    matches[j].1.get(value).filter(|_| !value[0].is_null())
+                }
+                _ => {
+                    key.clear();
+                    key.extend(
+                        columns
+                            .iter()
+                            .map(|r| r.eval(values, keys, &[]).into_owned()),
+                    );
+                    let known = key.iter().all(|v| !v.is_null());
+                    matches[j].1.get(key.as_slice()).filter(|_| known)
+                }
             };
+            found[j] = rows.map_or(&[], Vec::as_slice);
         }
         at.fill(0);
         loop {
@@ -501,34 +536,42 @@ pub(super) fn accumulate(
                 combo[j] = found[j].get(*choice);
             }
             let get = |r| Resolved::eval(r, values, keys, &combo);
-            out.clear();
-            out.push(get(&time).into_owned());
-            out.extend(groups.iter().map(|g| get(g).into_owned()));
-            for measure in &measures {
-                let pass = measure.filters.iter().all(|(column, test)| {
-                    match (test, get(column).as_ref()) {
-                        (Test::Equals(Constant::Int(n)), Cell::Int(v)) => v == n,
-                        (Test::Equals(Constant::Text(t)), Cell::Text(v)) => **v == **t,
-                        (Test::AtLeast(n), Cell::Int(v)) => v >= n,
-                        (Test::AtMost(n), Cell::Int(v)) => v <= n,
-                        _ => false,
-                    }
-                }) && measure.not_null.iter().all(|c| !get(c).is_null());
-                out.push(Cell::Int(i64::from(pass)));
-                if let Some((a, b)) = &measure.value {
-                    out.push(match (get(a), b.as_ref().map(get)) {
-                        (value, None) => value.into_owned(),
-                        (a, Some(b)) => match (a.as_ref(), b.as_ref()) {
-                            (Cell::Int(a), Cell::Int(b)) => Cell::Int(a - b),
-                            _ => Cell::Null,
+            if let Cell::Int(time) = *get(&time) {
+                row.clear();
+                row.time = time;
+                row.groups
+                    .extend(groups.iter().map(|g| get(g).into_owned()));
+                for measure in &measures {
+                    let amount = match &measure.value {
+                        None => Some(1),
+                        Some((a, None)) => match *get(a) {
+                            Cell::Int(value) => Some(value),
+                            _ => None,
                         },
-                    });
+                        Some((a, Some(b))) => match (get(a).as_ref(), get(b).as_ref()) {
+                            (Cell::Int(a), Cell::Int(b)) => Some(a - b),
+                            _ => None,
+                        },
+                    };
+                    let pass = amount.is_some()
+                        && measure.filters.iter().all(|(column, test)| {
+                            match (test, get(column).as_ref()) {
+                                (Test::Equals(Constant::Int(n)), Cell::Int(v)) => v == n,
+                                (Test::Equals(Constant::Text(t)), Cell::Text(v)) => **v == **t,
+                                (Test::AtLeast(n), Cell::Int(v)) => v >= n,
+                                (Test::AtMost(n), Cell::Int(v)) => v <= n,
+                                _ => false,
+                            }
+                        })
+                        && measure.not_null.iter().all(|c| !get(c).is_null());
+                    row.amounts.push(amount.filter(|_| pass));
                 }
+                for columns in &tuple_columns {
+                    row.tuples
+                        .extend(columns.iter().map(|c| get(c).into_owned()));
+                }
+                sums.add(&row);
             }
-            for columns in &tuple_columns {
-                out.extend(columns.iter().map(|c| get(c).into_owned()));
-            }
-            sums.add(&out);
             // The next combination of the joins' matches.
             let mut j = at.len();
             while j > 0 {
@@ -591,46 +634,103 @@ impl Resolved {
     }
 }
 
-/// Sums rows laid out as [`fact_rows`] selects them (`b`, groups, per
-/// measure its flag and, for sums, its value, then the tuples' columns)
-/// into each level's buckets and groups, one row at a time.
+/// One fact row (joined) as it counts: its time key, its groups, per
+/// measure what it adds (`None`: the filter fails or the value is
+/// unknown; counts add 1), and the columns of its distinct tuples, one
+/// tuple after another.
+#[derive(Debug, Default)]
+struct Contributing {
+    time: i64,
+    groups: Vec<Cell>,
+    amounts: Vec<Option<i64>>,
+    tuples: Vec<Cell>,
+}
+
+impl Contributing {
+    fn clear(&mut self) {
+        self.groups.clear();
+        self.amounts.clear();
+        self.tuples.clear();
+    }
+}
+
+/// Sums rows into each level's buckets and groups, one row at a time.
 struct Accumulator<'a> {
     calendar: &'a Calendar,
     aggregate: &'a Aggregate,
-    /// Positions in a row: each measure's flag and value; each tuple.
-    flag: Vec<usize>,
-    val: Vec<Option<usize>>,
+    /// Where each tuple's columns are in a row's `tuples`.
     tuple_at: Vec<Range<usize>>,
-    /// The tuple each measure counts once, if any.
-    tuple_of: Vec<Option<usize>>,
     /// Per level, the level it is summed from when it rolls up.
     source: Vec<Option<usize>>,
     level_keys: HashMap<i64, [i64; 7]>,
     /// Groups and tuples are interned: rows repeat them, and keys are then
-    /// plain integers.
-    group_ids: HashMap<Vec<Cell>, usize>,
-    tuple_ids: Vec<HashMap<Vec<Cell>, usize>>,
+    /// plain integers. An event's rows are adjacent and mostly repeat the
+    /// last row's, which is looked up first.
+    group_ids: Interned,
+    tuple_ids: Vec<Interned>,
     row_tuples: Vec<usize>,
     /// Per level, bucket and group: running sums.
     sums: Vec<HashMap<(i64, usize), Vec<i64>>>,
+    /// Per measure counted once per tuple: its place among the measures of
+    /// that tuple, as a slot and a bit in it.
+    slot_of: Vec<Option<(usize, u64)>>,
+    /// Each slot's tuple.
+    slot_tuple: Vec<usize>,
     /// A distinct tuple counts (or adds its value) the first time it is
-    /// seen in its level, bucket, group and measure.
-    seen: foldhash::HashSet<(usize, i64, usize, usize, usize)>,
+    /// seen in its level, bucket, group and measure: per level, bucket,
+    /// group, slot and tuple, the bits of the measures it has counted for.
+    seen: HashMap<(usize, i64, usize, usize, usize), u64>,
+    /// This row's bits to count, per slot.
+    want: Vec<u64>,
+}
+
+/// Values interned to ids, the last one looked up remembered.
+#[derive(Default)]
+struct Interned {
+    ids: HashMap<Vec<Cell>, usize>,
+    last: Option<(Vec<Cell>, usize)>,
+}
+
+impl Interned {
+    fn with_capacity(capacity: usize) -> Self {
+        Interned {
+            ids: HashMap::with_capacity(capacity),
+            last: None,
+        }
+    }
+
+    /// The id of `values`, given the next free one when new.
+    fn id(&mut self, values: &[Cell]) -> usize {
+        if let Some((last, id)) = &self.last
+            && last.as_slice() == values
+        {
+            return *id;
+        }
+        let id = match self.ids.get(values) {
+            Some(id) => *id,
+            None => {
+                let id = self.ids.len();
+                self.ids.insert(values.to_vec(), id);
+                id
+            }
+        };
+        match &mut self.last {
+            Some((last, at)) => {
+                last.clone_from_slice(values);
+                *at = id;
+            }
+            None => self.last = Some((values.to_vec(), id)),
+        }
+        id
+    }
 }
 
 impl<'a> Accumulator<'a> {
-    fn new(calendar: &'a Calendar, aggregate: &'a Aggregate) -> Self {
+    /// An accumulator for about `rows` rows.
+    fn new(calendar: &'a Calendar, aggregate: &'a Aggregate, rows: usize) -> Self {
         let (tuples, tuple_of) = tuples(aggregate);
-        let mut at = 1 + aggregate.group_by.len();
-        let (mut flag, mut val) = (Vec::new(), Vec::new());
-        for measure in &aggregate.measures {
-            flag.push(at);
-            at += 1;
-            let valued = matches!(measure.kind, MeasureKind::Sum(_));
-            val.push(valued.then_some(at));
-            at += usize::from(valued);
-        }
         let mut tuple_at = Vec::new();
+        let mut at = 0;
         for tuple in &tuples {
             tuple_at.push(at..at + tuple.len());
             at += tuple.len();
@@ -638,7 +738,7 @@ impl<'a> Accumulator<'a> {
         // A level that rolls up is summed from the finest level it nests
         // in that is computed from the rows (the author vouches that each
         // distinct tuple falls in one interval).
-        let source = aggregate
+        let source: Vec<Option<usize>> = aggregate
             .levels
             .iter()
             .map(|&level| {
@@ -649,20 +749,40 @@ impl<'a> Accumulator<'a> {
                 aggregate.levels.iter().position(|l| *l == from)
             })
             .collect();
+        let (mut slot_of, mut slot_tuple) = (Vec::new(), Vec::new());
+        let mut counted = vec![0; tuples.len()];
+        for tuple in &tuple_of {
+            slot_of.push(tuple.map(|k| {
+                let (nth, bit) = (counted[k] / 64, counted[k] % 64);
+                counted[k] += 1;
+                let of_k = slot_tuple.iter().enumerate().filter(|(_, t)| **t == k);
+                let slot = match of_k.map(|(s, _)| s).nth(nth) {
+                    Some(slot) => slot,
+                    None => {
+                        slot_tuple.push(k);
+                        slot_tuple.len() - 1
+                    }
+                };
+                (slot, 1 << bit)
+            }));
+        }
+        let computed = source.iter().filter(|s| s.is_none()).count();
         Accumulator {
             calendar,
             aggregate,
-            flag,
-            val,
-            tuple_ids: vec![HashMap::new(); tuple_at.len()],
+            tuple_ids: (0..tuple_at.len())
+                .map(|_| Interned::with_capacity(rows))
+                .collect(),
             tuple_at,
-            tuple_of,
             source,
             level_keys: HashMap::new(),
-            group_ids: HashMap::new(),
+            group_ids: Interned::default(),
             row_tuples: Vec::new(),
             sums: vec![HashMap::new(); aggregate.levels.len()],
-            seen: Default::default(),
+            want: vec![0; slot_tuple.len()],
+            seen: HashMap::with_capacity(rows * computed * slot_tuple.len()),
+            slot_of,
+            slot_tuple,
         }
     }
 
@@ -674,21 +794,15 @@ impl<'a> Accumulator<'a> {
             .or_insert_with(|| calendar.interval(key).keys)
     }
 
-    fn add(&mut self, row: &[Cell]) {
-        let Cell::Int(time_key) = row[0] else {
-            return;
-        };
-        let keys = self.keys(time_key);
-        let group = intern(
-            &mut self.group_ids,
-            &row[1..1 + self.aggregate.group_by.len()],
-        );
+    fn add(&mut self, row: &Contributing) {
+        let keys = self.keys(row.time);
+        let group = self.group_ids.id(&row.groups);
         self.row_tuples.clear();
         for (k, range) in self.tuple_at.iter().enumerate() {
-            let id = intern(&mut self.tuple_ids[k], &row[range.clone()]);
-            self.row_tuples.push(id);
+            self.row_tuples
+                .push(self.tuple_ids[k].id(&row.tuples[range.clone()]));
         }
-        let measures = &self.aggregate.measures;
+        let measures = self.aggregate.measures.len();
         for (l, level) in self.aggregate.levels.iter().enumerate() {
             if self.source[l].is_some() {
                 continue;
@@ -696,25 +810,38 @@ impl<'a> Accumulator<'a> {
             let bucket = keys[*level as usize];
             let totals = self.sums[l]
                 .entry((bucket, group))
-                .or_insert_with(|| vec![0; measures.len()]);
-            for (m, measure) in measures.iter().enumerate() {
-                if row[self.flag[m]] != Cell::Int(1) {
+                .or_insert_with(|| vec![0; measures]);
+            // Counts and sums add up at once; what counts once per tuple
+            // waits for its slot's bits.
+            self.want.fill(0);
+            for (m, amount) in row.amounts.iter().enumerate() {
+                match (amount, self.slot_of[m]) {
+                    (None, _) => {}
+                    (Some(_), Some((slot, bit))) => self.want[slot] |= bit,
+                    (Some(amount), None) => totals[m] += amount,
+                }
+            }
+            for (slot, want) in self.want.iter().enumerate() {
+                if *want == 0 {
                     continue;
                 }
-                let amount = match self.val[m].map(|v| &row[v]) {
-                    Some(Cell::Int(amount)) => *amount,
-                    Some(_) => continue,
-                    None => 1,
-                };
-                match self.tuple_of[m] {
-                    None if matches!(measure.kind, MeasureKind::Count | MeasureKind::Sum(_)) => {
+                let tuple = self.row_tuples[self.slot_tuple[slot]];
+                let seen = self
+                    .seen
+                    .entry((l, bucket, group, slot, tuple))
+                    .or_insert(0);
+                let first = *want & !*seen;
+                *seen |= want;
+                if first == 0 {
+                    continue;
+                }
+                for (m, at) in self.slot_of.iter().enumerate() {
+                    if let (Some((s, bit)), Some(amount)) = (at, row.amounts[m])
+                        && *s == slot
+                        && first & bit != 0
+                    {
                         totals[m] += amount;
                     }
-                    None => {}
-                    Some(k) if self.seen.insert((l, bucket, group, m, self.row_tuples[k])) => {
-                        totals[m] += amount;
-                    }
-                    Some(_) => {}
                 }
             }
         }
@@ -748,8 +875,8 @@ impl<'a> Accumulator<'a> {
             }
             sums[l] = rolled;
         }
-        let mut groups_by_id: Vec<Vec<Cell>> = vec![Vec::new(); group_ids.len()];
-        for (values, id) in group_ids {
+        let mut groups_by_id: Vec<Vec<Cell>> = vec![Vec::new(); group_ids.ids.len()];
+        for (values, id) in group_ids.ids {
             groups_by_id[id] = values;
         }
         let levels = sums
@@ -767,19 +894,11 @@ impl<'a> Accumulator<'a> {
     }
 }
 
-/// The id of `values`, given the next free one when new.
-fn intern(ids: &mut HashMap<Vec<Cell>, usize>, values: &[Cell]) -> usize {
-    if let Some(id) = ids.get(values) {
-        return *id;
-    }
-    let id = ids.len();
-    ids.insert(values.to_vec(), id);
-    id
-}
+/// A statement built for its backend: its SQL and values.
+pub(super) type Built = (String, Vec<Value>);
 
 /// Adds `new − old` to each level table, and deletes the rows of the
 /// affected buckets and groups that no fact row contributes to any more.
-/// On PostgreSQL the levels' additions are one statement.
 pub(super) async fn apply(
     txn: &mut Txn,
     names: Names,
@@ -788,6 +907,35 @@ pub(super) async fn apply(
     old: Contribution,
     new: Contribution,
 ) -> Result<(), DbErr> {
+    let backend = txn.backend();
+    run(txn, statements(backend, names, aggregate, plan, old, new)?).await
+}
+
+/// Runs statements built by [`statements`], in order.
+pub(super) async fn run(txn: &mut Txn, statements: Vec<Built>) -> Result<(), DbErr> {
+    for (sql, values) in statements {
+        txn.execute_sql(&sql, values).await?;
+    }
+    Ok(())
+}
+
+/// The statements of [`apply`], built for `backend` (CPU only: they are
+/// built while the server loads a batch's COPY). On PostgreSQL the levels'
+/// additions are one statement.
+pub(super) fn statements(
+    backend: DbBackend,
+    names: Names,
+    aggregate: &Aggregate,
+    plan: &DeltaPlan,
+    old: Contribution,
+    new: Contribution,
+) -> Result<Vec<Built>, DbErr> {
+    let postgres = backend == DbBackend::Postgres;
+    let build = |statement: &dyn StatementBuilder| -> Built {
+        let built = statement.build(&backend);
+        (built.sql, built.values.map_or_else(Vec::new, |v| v.0))
+    };
+    let mut statements: Vec<Built> = Vec::new();
     let measures = aggregate.measures.len();
     let columns: Vec<&str> = std::iter::once(TIME_COLUMN)
         .chain(aggregate.group_by.iter().map(|g| g.name.as_str()))
@@ -831,7 +979,7 @@ pub(super) async fn apply(
                 )
             }))
             .to_owned();
-        if txn.is_postgres() {
+        if postgres {
             // Each column's values as one array parameter, expanded by
             // unnest.
             let arrays: Vec<Expr> = (0..columns.len())
@@ -877,7 +1025,7 @@ pub(super) async fn apply(
                     insert.values_panic(values.into_iter().map(Into::into));
                 }
                 insert.on_conflict(add.clone());
-                txn.execute(&insert).await?;
+                statements.push(build(&insert));
             }
         }
         // Groups left without rows: only where the presence fell.
@@ -899,7 +1047,7 @@ pub(super) async fn apply(
                     .to_owned(),
             );
         }
-        txn.execute(&with.query(last)).await?;
+        statements.push(build(&with.query(last)));
     }
     let presence = names.column(&aggregate.measures[plan.presence].name);
     let time = Expr::col(names.column(TIME_COLUMN));
@@ -907,7 +1055,7 @@ pub(super) async fn apply(
         let cells: Vec<Cell> = buckets.iter().map(|b| Cell::Int(*b)).collect();
         let tuples: Vec<&[Cell]> = cells.iter().map(std::slice::from_ref).collect();
         let conditions = membership(
-            txn.is_postgres(),
+            postgres,
             std::slice::from_ref(&time),
             &[ColumnType::BigInt],
             &tuples,
@@ -918,8 +1066,8 @@ pub(super) async fn apply(
                 .and_where(condition)
                 .and_where(Expr::col(presence.clone()).lte(0))
                 .to_owned();
-            txn.execute(&delete).await?;
+            statements.push(build(&delete));
         }
     }
-    Ok(())
+    Ok(statements)
 }

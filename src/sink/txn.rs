@@ -68,6 +68,14 @@ impl Txn {
         matches!(self, Txn::Postgres(_))
     }
 
+    /// The backend statements are built for.
+    pub fn backend(&self) -> DbBackend {
+        match self {
+            Txn::SeaOrm(txn) => txn.get_database_backend(),
+            Txn::Postgres(_) => DbBackend::Postgres,
+        }
+    }
+
     /// Runs a statement; returns the rows it affected.
     pub async fn execute<S: StatementBuilder>(&mut self, statement: &S) -> Result<u64, DbErr> {
         match self {
