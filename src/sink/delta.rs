@@ -28,12 +28,12 @@ use sea_orm::sea_query::{
 };
 use sea_orm::{DbBackend, DbErr, StatementBuilder};
 
+use super::Names;
 use super::aggregate::scalar_cell;
 use super::aggregate::{Place, fact_values, membership};
 use super::recompute::{fact_rows, tuples};
-use super::txn::Txn;
+use super::txn::{Array, Txn};
 use super::write::{CHUNK, Facts, value};
-use super::{Names, postgres};
 use crate::aggregate::{Aggregate, ColumnRef, MeasureKind, Operand, TIME_COLUMN, Test};
 use crate::calendar::{Calendar, Level};
 use crate::catalog::{ColumnType, Table};
@@ -436,17 +436,22 @@ pub(super) async fn read_joined(
 /// What `rows` contribute, joined to the stored rows in `joined` (read for
 /// their join values): the same rows, flags and values as [`fact_rows`]
 /// would select. CPU only.
-pub(super) fn accumulate(
+pub(super) fn accumulate<'a>(
     calendar: &Calendar,
-    aggregate: &Aggregate,
+    aggregate: &'a Aggregate,
     joined: &Joined,
     rows: &InMemory<'_>,
 ) -> Contribution {
     let matches = &joined.matches;
-    // Every column reference resolved once: where its value is in a row in
-    // memory or in a joined row, and its `no_match` value.
-    let resolve = |reference: &ColumnRef| -> Resolved {
-        match reference.join {
+    // Every distinct column reference resolved once (where its value is in
+    // a row in memory or in a joined row, and its `no_match` value), and
+    // evaluated once per row into `cells`; the rest refers to it by place.
+    let mut refs: Vec<(&ColumnRef, Resolved)> = Vec::new();
+    let mut place = |reference: &'a ColumnRef| -> usize {
+        if let Some(at) = refs.iter().position(|(r, _)| *r == reference) {
+            return at;
+        }
+        let resolved = match reference.join {
             None => rows.resolve(&reference.column),
             Some(j) => Resolved::Joined {
                 join: j,
@@ -462,39 +467,40 @@ pub(super) fn accumulate(
                         Constant::Text(t) => Cell::Text(t.as_str().into()),
                     }),
             },
-        }
+        };
+        refs.push((reference, resolved));
+        refs.len() - 1
     };
     let (tuples, _) = tuples(aggregate);
     let time = rows.resolve(&aggregate.time_key);
-    let groups: Vec<Resolved> = aggregate
+    let groups: Vec<usize> = aggregate
         .group_by
         .iter()
-        .map(|g| resolve(&g.source))
+        .map(|g| place(&g.source))
         .collect();
     let measures: Vec<MeasureEval> = aggregate
         .measures
         .iter()
         .map(|measure| MeasureEval {
-            filters: measure
-                .filters
-                .iter()
-                .map(|f| (resolve(&f.column), &f.test))
+            filters: (measure.filters.iter())
+                .map(|f| (place(&f.column), &f.test))
                 .collect(),
             not_null: match &measure.kind {
-                MeasureKind::CountDistinct(columns) => columns.iter().map(&resolve).collect(),
+                MeasureKind::CountDistinct(columns) => columns.iter().map(&mut place).collect(),
                 _ => Vec::new(),
             },
             value: match &measure.kind {
-                MeasureKind::Sum(Operand::Column(c)) => Some((resolve(c), None)),
-                MeasureKind::Sum(Operand::Difference(a, b)) => Some((resolve(a), Some(resolve(b)))),
+                MeasureKind::Sum(Operand::Column(c)) => Some((place(c), None)),
+                MeasureKind::Sum(Operand::Difference(a, b)) => Some((place(a), Some(place(b)))),
                 _ => None,
             },
         })
         .collect();
-    let tuple_columns: Vec<Vec<Resolved>> = tuples
-        .iter()
-        .map(|tuple| tuple.iter().map(&resolve).collect())
+    let tuple_columns: Vec<usize> = (tuples.iter())
+        .flat_map(|tuple| tuple.iter())
+        .map(&mut place)
         .collect();
+    let refs: Vec<Resolved> = refs.into_iter().map(|(_, resolved)| resolved).collect();
     let on: Vec<Vec<Resolved>> = aggregate
         .joins
         .iter()
@@ -503,6 +509,7 @@ pub(super) fn accumulate(
 
     let mut sums = Accumulator::new(calendar, aggregate, rows.len());
     let mut row = Contributing::default();
+    let mut cells: Vec<Cell> = Vec::new();
     let mut key: Vec<Cell> = Vec::new();
     // Each join's matching rows (one absent row when none matches),
     // combined as the SQL left joins would.
@@ -510,6 +517,9 @@ pub(super) fn accumulate(
     let mut combo: Vec<Option<&Vec<Cell>>> = vec![None; on.len()];
     let mut at = vec![0usize; on.len()];
     rows.each(|values, keys| {
+        let Cell::Int(time) = *time.eval(values, keys, &[]) else {
+            return;
+        };
         for (j, columns) in on.iter().enumerate() {
             let rows = match columns.as_slice() {
                 [column] => {
@@ -535,43 +545,43 @@ pub(super) fn accumulate(
             for (j, choice) in at.iter().enumerate() {
                 combo[j] = found[j].get(*choice);
             }
-            let get = |r| Resolved::eval(r, values, keys, &combo);
-            if let Cell::Int(time) = *get(&time) {
-                row.clear();
-                row.time = time;
-                row.groups
-                    .extend(groups.iter().map(|g| get(g).into_owned()));
-                for measure in &measures {
-                    let amount = match &measure.value {
-                        None => Some(1),
-                        Some((a, None)) => match *get(a) {
-                            Cell::Int(value) => Some(value),
-                            _ => None,
-                        },
-                        Some((a, Some(b))) => match (get(a).as_ref(), get(b).as_ref()) {
-                            (Cell::Int(a), Cell::Int(b)) => Some(a - b),
-                            _ => None,
-                        },
-                    };
-                    let pass = amount.is_some()
-                        && measure.filters.iter().all(|(column, test)| {
-                            match (test, get(column).as_ref()) {
-                                (Test::Equals(Constant::Int(n)), Cell::Int(v)) => v == n,
-                                (Test::Equals(Constant::Text(t)), Cell::Text(v)) => **v == **t,
-                                (Test::AtLeast(n), Cell::Int(v)) => v >= n,
-                                (Test::AtMost(n), Cell::Int(v)) => v <= n,
-                                _ => false,
-                            }
+            cells.clear();
+            cells.extend(
+                refs.iter()
+                    .map(|r| r.eval(values, keys, &combo).into_owned()),
+            );
+            row.clear();
+            row.time = time;
+            row.groups.extend(groups.iter().map(|g| cells[*g].clone()));
+            for measure in &measures {
+                let amount = match measure.value {
+                    None => Some(1),
+                    Some((a, None)) => match cells[a] {
+                        Cell::Int(value) => Some(value),
+                        _ => None,
+                    },
+                    Some((a, Some(b))) => match (&cells[a], &cells[b]) {
+                        (Cell::Int(a), Cell::Int(b)) => Some(a - b),
+                        _ => None,
+                    },
+                };
+                let pass = amount.is_some()
+                    && measure
+                        .filters
+                        .iter()
+                        .all(|(column, test)| match (test, &cells[*column]) {
+                            (Test::Equals(Constant::Int(n)), Cell::Int(v)) => v == n,
+                            (Test::Equals(Constant::Text(t)), Cell::Text(v)) => **v == **t,
+                            (Test::AtLeast(n), Cell::Int(v)) => v >= n,
+                            (Test::AtMost(n), Cell::Int(v)) => v <= n,
+                            _ => false,
                         })
-                        && measure.not_null.iter().all(|c| !get(c).is_null());
-                    row.amounts.push(amount.filter(|_| pass));
-                }
-                for columns in &tuple_columns {
-                    row.tuples
-                        .extend(columns.iter().map(|c| get(c).into_owned()));
-                }
-                sums.add(&row);
+                    && measure.not_null.iter().all(|c| !cells[*c].is_null());
+                row.amounts.push(amount.filter(|_| pass));
             }
+            row.tuples
+                .extend(tuple_columns.iter().map(|c| cells[*c].clone()));
+            sums.add(&row);
             // The next combination of the joins' matches.
             let mut j = at.len();
             while j > 0 {
@@ -590,13 +600,14 @@ pub(super) fn accumulate(
     sums.finish()
 }
 
-/// How one measure is evaluated on a batch row.
+/// How one measure is evaluated on a batch row, its columns by their
+/// place among the row's evaluated references.
 struct MeasureEval<'a> {
-    filters: Vec<(Resolved, &'a Test)>,
+    filters: Vec<(usize, &'a Test)>,
     /// Columns of a distinct count, none of which may be NULL.
-    not_null: Vec<Resolved>,
+    not_null: Vec<usize>,
     /// A sum's column, or the two columns of its difference.
-    value: Option<(Resolved, Option<Resolved>)>,
+    value: Option<(usize, Option<usize>)>,
 }
 
 /// Where a column's value is, for a batch row joined to stored rows.
@@ -894,8 +905,13 @@ impl<'a> Accumulator<'a> {
     }
 }
 
-/// A statement built for its backend: its SQL and values.
-pub(super) type Built = (String, Vec<Value>);
+/// A statement built for its backend.
+pub(super) enum Built {
+    /// Its SQL and values.
+    Values(String, Vec<Value>),
+    /// PostgreSQL SQL whose parameters are whole arrays, in order.
+    Arrays(String, Vec<Array>),
+}
 
 /// Adds `new − old` to each level table, and deletes the rows of the
 /// affected buckets and groups that no fact row contributes to any more.
@@ -913,8 +929,11 @@ pub(super) async fn apply(
 
 /// Runs statements built by [`statements`], in order.
 pub(super) async fn run(txn: &mut Txn, statements: Vec<Built>) -> Result<(), DbErr> {
-    for (sql, values) in statements {
-        txn.execute_sql(&sql, values).await?;
+    for statement in statements {
+        match statement {
+            Built::Values(sql, values) => txn.execute_sql(&sql, values).await?,
+            Built::Arrays(sql, arrays) => txn.execute_arrays(&sql, arrays).await?,
+        };
     }
     Ok(())
 }
@@ -933,7 +952,7 @@ pub(super) fn statements(
     let postgres = backend == DbBackend::Postgres;
     let build = |statement: &dyn StatementBuilder| -> Built {
         let built = statement.build(&backend);
-        (built.sql, built.values.map_or_else(Vec::new, |v| v.0))
+        Built::Values(built.sql, built.values.map_or_else(Vec::new, |v| v.0))
     };
     let mut statements: Vec<Built> = Vec::new();
     let measures = aggregate.measures.len();
@@ -942,8 +961,10 @@ pub(super) fn statements(
         .chain(aggregate.measures.iter().map(|m| m.name.as_str()))
         .collect();
     let key_columns = 1 + aggregate.group_by.len();
-    // PostgreSQL: each level's addition, run together at the end.
+    // PostgreSQL: each level's addition, run together at the end, and the
+    // arrays they bind.
     let mut additions: Vec<InsertStatement> = Vec::new();
+    let mut arrays: Vec<Array> = Vec::new();
     // Per level whose presence fell somewhere: its table and those buckets.
     let mut emptied: Vec<(Alias, Vec<i64>)> = Vec::new();
     for (l, level) in aggregate.levels.iter().enumerate() {
@@ -980,25 +1001,45 @@ pub(super) fn statements(
             }))
             .to_owned();
         if postgres {
-            // Each column's values as one array parameter, expanded by
-            // unnest.
-            let arrays: Vec<Expr> = (0..columns.len())
-                .map(|c| {
-                    let cells: Vec<Cell> = changed
-                        .iter()
-                        .map(|((bucket, group), delta)| match c {
-                            0 => Cell::Int(*bucket),
-                            c if c < key_columns => group[c - 1].clone(),
-                            c => Cell::Int(delta[c - key_columns]),
-                        })
-                        .collect();
-                    postgres::array(cells.iter(), types[c].is_integer())
-                })
-                .collect();
+            // Each column's values as one array parameter (bound as such,
+            // not as a value per element), expanded by unnest.
+            let mut unnest = Vec::new();
+            for (c, ty) in types.iter().enumerate() {
+                let cell = |((bucket, group), delta): &(&Bucket, Vec<i64>)| match c {
+                    0 => Cell::Int(*bucket),
+                    c if c < key_columns => group[c - 1].clone(),
+                    c => Cell::Int(delta[c - key_columns]),
+                };
+                let array = if ty.is_integer() {
+                    Array::Int(
+                        (changed.iter())
+                            .map(|change| match cell(change) {
+                                Cell::Int(n) => Some(n),
+                                _ => None,
+                            })
+                            .collect(),
+                    )
+                } else {
+                    Array::Text(
+                        (changed.iter())
+                            .map(|change| match cell(change) {
+                                Cell::Null => None,
+                                cell => Some(cell.to_text()),
+                            })
+                            .collect(),
+                    )
+                };
+                arrays.push(array);
+                let sql_type = if ty.is_integer() {
+                    "bigint[]"
+                } else {
+                    "text[]"
+                };
+                let placeholder = format!("${}::{sql_type}", arrays.len());
+                unnest.push(Func::cust("unnest").arg(Expr::cust(placeholder)));
+            }
             // Set-returning functions in one select list advance in step.
-            let select = Query::select()
-                .exprs(arrays.into_iter().map(|a| Func::cust("unnest").arg(a)))
-                .to_owned();
+            let select = Query::select().exprs(unnest).to_owned();
             let mut insert = Query::insert();
             insert
                 .into_table(table_name.clone())
@@ -1047,7 +1088,13 @@ pub(super) fn statements(
                     .to_owned(),
             );
         }
-        statements.push(build(&with.query(last)));
+        let built = StatementBuilder::build(&with.query(last), &backend);
+        if built.values.is_some_and(|values| !values.0.is_empty()) {
+            return Err(DbErr::Custom(
+                "a level addition binds values besides its arrays".into(),
+            ));
+        }
+        statements.push(Built::Arrays(built.sql, arrays));
     }
     let presence = names.column(&aggregate.measures[plan.presence].name);
     let time = Expr::col(names.column(TIME_COLUMN));

@@ -17,6 +17,12 @@ pub(super) enum Txn {
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
 }
 
+/// A column of values bound as one PostgreSQL array parameter.
+pub(super) enum Array {
+    Int(Vec<Option<i64>>),
+    Text(Vec<Option<String>>),
+}
+
 /// A value read back from a query: every id is cast to BIGINT in SQL.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(super) enum Scalar {
@@ -109,6 +115,26 @@ impl Txn {
                     .rows_affected())
             }
         }
+    }
+
+    /// Runs PostgreSQL SQL whose parameters are whole arrays; returns the
+    /// rows it affected.
+    pub async fn execute_arrays(&mut self, sql: &str, arrays: Vec<Array>) -> Result<u64, DbErr> {
+        let Txn::Postgres(txn) = self else {
+            return Err(DbErr::Custom("array parameters are for PostgreSQL".into()));
+        };
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
+        for array in arrays {
+            query = match array {
+                Array::Int(values) => query.bind(values),
+                Array::Text(values) => query.bind(values),
+            };
+        }
+        Ok(query
+            .execute(&mut **txn)
+            .await
+            .map_err(sqlx_error)?
+            .rows_affected())
     }
 
     /// Every row a statement returns.
