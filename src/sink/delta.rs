@@ -396,13 +396,8 @@ pub(super) async fn read_joined(
                 let (Some(at), Some(width)) = (offsets.get(j), widths.get(j)) else {
                     return Err(DbErr::Custom(format!("a joined row of join {j}")));
                 };
-                found[j].push(
-                    row[*at..at + width]
-                        .iter()
-                        .cloned()
-                        .map(scalar_cell)
-                        .collect(),
-                );
+                let cells = row.into_iter().skip(*at).take(*width);
+                found[j].push(cells.map(scalar_cell).collect());
             }
         }
     } else {
@@ -420,13 +415,10 @@ pub(super) async fn read_joined(
     }
     let mut matches: Vec<Matches> = Vec::new();
     for (read, rows) in reads.into_iter().zip(found) {
-        let mut by_values: HashMap<Vec<Cell>, Vec<Vec<Cell>>> = HashMap::new();
-        for row in rows {
-            let (on, rest) = row.split_at(read.on.len());
-            by_values
-                .entry(on.to_vec())
-                .or_default()
-                .push(rest.to_vec());
+        let mut by_values: HashMap<Vec<Cell>, Vec<Vec<Cell>>> = HashMap::with_capacity(rows.len());
+        for mut row in rows {
+            let rest = row.split_off(read.on.len());
+            by_values.entry(row).or_default().push(rest);
         }
         matches.push((read.used, by_values));
     }
@@ -674,6 +666,7 @@ struct Accumulator<'a> {
     /// Per level, the level it is summed from when it rolls up.
     source: Vec<Option<usize>>,
     level_keys: HashMap<i64, [i64; 7]>,
+    last_keys: Option<(i64, [i64; 7])>,
     /// Groups and tuples are interned: rows repeat them, and keys are then
     /// plain integers. An event's rows are adjacent and mostly repeat the
     /// last row's, which is looked up first.
@@ -787,6 +780,7 @@ impl<'a> Accumulator<'a> {
             tuple_at,
             source,
             level_keys: HashMap::new(),
+            last_keys: None,
             group_ids: Interned::default(),
             row_tuples: Vec::new(),
             sums: vec![HashMap::new(); aggregate.levels.len()],
@@ -798,11 +792,18 @@ impl<'a> Accumulator<'a> {
     }
 
     fn keys(&mut self, key: i64) -> [i64; 7] {
+        if let Some((last, keys)) = self.last_keys
+            && last == key
+        {
+            return keys;
+        }
         let calendar = self.calendar;
-        *self
+        let keys = *self
             .level_keys
             .entry(key)
-            .or_insert_with(|| calendar.interval(key).keys)
+            .or_insert_with(|| calendar.interval(key).keys);
+        self.last_keys = Some((key, keys));
+        keys
     }
 
     fn add(&mut self, row: &Contributing) {
