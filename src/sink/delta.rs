@@ -356,7 +356,13 @@ pub(super) async fn read_joined(
             if !values.is_empty() {
                 let table = &joined[j];
                 let mut branch = Query::select();
-                branch.distinct().expr(Expr::val(j as i64));
+                // Rows that hold the table's primary key are distinct.
+                let keyed = !table.primary_key.is_empty()
+                    && (table.primary_key.iter()).all(|k| columns.contains(k));
+                if !keyed {
+                    branch.distinct();
+                }
+                branch.expr(Expr::val(j as i64));
                 for (slot, integer) in integer.iter().enumerate() {
                     let ty = if *integer { "BIGINT" } else { "TEXT" };
                     branch.expr(match slot.checked_sub(offset) {
