@@ -131,7 +131,8 @@ pub(super) async fn contribution(
         select.and_where(condition);
         for read in txn.query(&select).await? {
             // As `fact_rows` lays it out: `b`, the groups, per measure its
-            // flag and, for sums, its value, then the tuples' columns.
+            // flag and, for sums, its value (deltas keep no minima or
+            // maxima), then the tuples' columns.
             let mut cells = read.into_iter().map(scalar_cell);
             let Some(Cell::Int(time)) = cells.next() else {
                 continue;
@@ -759,23 +760,23 @@ impl<'a> Accumulator<'a> {
                 aggregate.levels.iter().position(|l| *l == from)
             })
             .collect();
-        let (mut slot_of, mut slot_tuple) = (Vec::new(), Vec::new());
+        // The measures counted once per tuple take a bit each in a slot of
+        // that tuple, 64 to a slot.
+        let mut slot_tuple: Vec<usize> = Vec::new();
+        let mut slots: HashMap<(usize, usize), usize> = HashMap::new();
         let mut counted = vec![0; tuples.len()];
-        for tuple in &tuple_of {
-            slot_of.push(tuple.map(|k| {
-                let (nth, bit) = (counted[k] / 64, counted[k] % 64);
+        let slot_of = (tuple_of.iter())
+            .map(|tuple| {
+                let k = (*tuple)?;
+                let nth = counted[k];
                 counted[k] += 1;
-                let of_k = slot_tuple.iter().enumerate().filter(|(_, t)| **t == k);
-                let slot = match of_k.map(|(s, _)| s).nth(nth) {
-                    Some(slot) => slot,
-                    None => {
-                        slot_tuple.push(k);
-                        slot_tuple.len() - 1
-                    }
-                };
-                (slot, 1 << bit)
-            }));
-        }
+                let slot = *slots.entry((k, nth / 64)).or_insert_with(|| {
+                    slot_tuple.push(k);
+                    slot_tuple.len() - 1
+                });
+                Some((slot, 1 << (nth % 64)))
+            })
+            .collect();
         let computed = source.iter().filter(|s| s.is_none()).count();
         Accumulator {
             calendar,
