@@ -223,7 +223,8 @@ fn assert_check_aggregate_exact(url: &str, when: &str) {
 
 /// The test aggregate AGT_COBROWSE_PAGE (deltas, joined to a dimension
 /// the co-browse mapping creates members in) equals its GROUP BY in SQL:
-/// sessions and page visits per day (DATE_TIME's day key) and page path.
+/// sessions and page visits per day (DATE_TIME's day key) and page path;
+/// and its 64 copies of the session count equal it, on every level.
 fn assert_page_aggregate_exact(url: &str, when: &str) {
     let rows = |sql: &str| -> BTreeMap<(i64, String), (i64, i64)> {
         query(url, sql)
@@ -250,6 +251,23 @@ fn assert_page_aggregate_exact(url: &str, when: &str) {
          FROM agt_cobrowse_page_day",
     );
     assert_eq!(stored, expected, "{when}: AGT_COBROWSE_PAGE_DAY");
+    let copies: Vec<String> = (1..=64)
+        .map(|n| format!("sessions_{n:02} <> sessions"))
+        .collect();
+    for level in ["subhr", "day"] {
+        let differing = query(
+            url,
+            &format!(
+                "SELECT CAST(COUNT(*) AS TEXT) FROM agt_cobrowse_page_{level} WHERE {}",
+                copies.join(" OR ")
+            ),
+        );
+        assert_eq!(
+            int(&differing[0][0]),
+            Some(0),
+            "{when}: AGT_COBROWSE_PAGE_{level}: a copy of SESSIONS differs"
+        );
+    }
 }
 
 /// `assert_aggregates_exact` from inside an async block.
