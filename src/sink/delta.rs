@@ -673,7 +673,6 @@ struct Accumulator<'a> {
     /// Per level, the level it is summed from when it rolls up.
     source: Vec<Option<usize>>,
     level_keys: HashMap<i64, [i64; 7]>,
-    last_keys: Option<(i64, [i64; 7])>,
     /// Groups and tuples are interned: rows repeat them, and keys are then
     /// plain integers. An event's rows are adjacent and mostly repeat the
     /// last row's, which is looked up first.
@@ -787,7 +786,6 @@ impl<'a> Accumulator<'a> {
             tuple_at,
             source,
             level_keys: HashMap::new(),
-            last_keys: None,
             group_ids: Interned::default(),
             row_tuples: Vec::new(),
             sums: vec![HashMap::new(); aggregate.levels.len()],
@@ -799,18 +797,11 @@ impl<'a> Accumulator<'a> {
     }
 
     fn keys(&mut self, key: i64) -> [i64; 7] {
-        if let Some((last, keys)) = self.last_keys
-            && last == key
-        {
-            return keys;
-        }
         let calendar = self.calendar;
-        let keys = *self
+        *self
             .level_keys
             .entry(key)
-            .or_insert_with(|| calendar.interval(key).keys);
-        self.last_keys = Some((key, keys));
-        keys
+            .or_insert_with(|| calendar.interval(key).keys)
     }
 
     fn add(&mut self, row: &Contributing) {
@@ -1013,37 +1004,14 @@ pub(super) fn statements(
             // not as a value per element), expanded by unnest.
             let mut unnest = Vec::new();
             for (c, ty) in types.iter().enumerate() {
-                let cell = |((bucket, group), delta): &(&Bucket, Vec<i64>)| match c {
+                let cells = changed.iter().map(|((bucket, group), delta)| match c {
                     0 => Cell::Int(*bucket),
                     c if c < key_columns => group[c - 1].clone(),
                     c => Cell::Int(delta[c - key_columns]),
-                };
-                let array = if ty.is_integer() {
-                    Array::Int(
-                        (changed.iter())
-                            .map(|change| match cell(change) {
-                                Cell::Int(n) => Some(n),
-                                _ => None,
-                            })
-                            .collect(),
-                    )
-                } else {
-                    Array::Text(
-                        (changed.iter())
-                            .map(|change| match cell(change) {
-                                Cell::Null => None,
-                                cell => Some(cell.to_text()),
-                            })
-                            .collect(),
-                    )
-                };
+                });
+                let array = Array::of(cells, ty.is_integer());
+                let placeholder = format!("${}::{}", arrays.len() + 1, array.sql_type());
                 arrays.push(array);
-                let sql_type = if ty.is_integer() {
-                    "bigint[]"
-                } else {
-                    "text[]"
-                };
-                let placeholder = format!("${}::{sql_type}", arrays.len());
                 unnest.push(Func::cust("unnest").arg(Expr::cust(placeholder)));
             }
             // Set-returning functions in one select list advance in step.

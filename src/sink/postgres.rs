@@ -14,7 +14,7 @@ use sea_orm::sea_query::{
 };
 
 use super::aggregate::{Upkeep, read_column};
-use super::txn::{Scalar, Txn};
+use super::txn::{Array, Scalar, Txn};
 use super::write::{Facts, FoundMembers};
 use super::{HASH_COLUMN, Names};
 use crate::catalog::Table;
@@ -255,22 +255,17 @@ pub(super) fn any_of<'c>(
 
 /// The cells as one bound array, cast to bigint[] or text[].
 pub(super) fn array<'c>(cells: impl Iterator<Item = &'c Cell>, integer: bool) -> Expr {
-    let (ty, sql_type, values): (ArrayType, &str, Vec<Value>) = if integer {
-        let values = cells
-            .map(|cell| match cell {
-                Cell::Int(number) => Value::BigInt(Some(*number)),
-                _ => Value::BigInt(None),
-            })
-            .collect();
-        (ArrayType::BigInt, "bigint[]", values)
-    } else {
-        let values = cells
-            .map(|cell| match cell {
-                Cell::Null => Value::String(None),
-                cell => Value::String(Some(Cell::to_text(cell))),
-            })
-            .collect();
-        (ArrayType::String, "text[]", values)
+    let array = Array::of(cells, integer);
+    let sql_type = array.sql_type();
+    let (ty, values): (ArrayType, Vec<Value>) = match array {
+        Array::Int(values) => (
+            ArrayType::BigInt,
+            values.into_iter().map(Value::BigInt).collect(),
+        ),
+        Array::Text(values) => (
+            ArrayType::String,
+            values.into_iter().map(Value::String).collect(),
+        ),
     };
     Expr::val(Value::Array(ty, Some(Box::new(values)))).cast_as(Alias::new(sql_type))
 }

@@ -4,6 +4,8 @@
 //! which sea-orm does not expose. Both run the same SeaQuery statements;
 //! only [`Txn::copy_in`] is PostgreSQL's alone.
 
+use std::borrow::Borrow;
+
 use sea_orm::sea_query::{PostgresQueryBuilder, Value, Values};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
@@ -11,6 +13,8 @@ use sea_orm::{
 };
 use sea_query_sqlx::SqlxValues;
 use sqlx::{Column as _, Row as _, TypeInfo as _};
+
+use crate::plan::Cell;
 
 pub(super) enum Txn {
     SeaOrm(DatabaseTransaction),
@@ -21,6 +25,40 @@ pub(super) enum Txn {
 pub(super) enum Array {
     Int(Vec<Option<i64>>),
     Text(Vec<Option<String>>),
+}
+
+impl Array {
+    /// The cells as BIGINT values (`integer`: NULL for a cell that is not
+    /// an integer) or as TEXT (NULL for NULL).
+    pub fn of<C: Borrow<Cell>>(cells: impl Iterator<Item = C>, integer: bool) -> Array {
+        if integer {
+            Array::Int(
+                cells
+                    .map(|cell| match cell.borrow() {
+                        Cell::Int(number) => Some(*number),
+                        _ => None,
+                    })
+                    .collect(),
+            )
+        } else {
+            Array::Text(
+                cells
+                    .map(|cell| match cell.borrow() {
+                        Cell::Null => None,
+                        cell => Some(cell.to_text()),
+                    })
+                    .collect(),
+            )
+        }
+    }
+
+    /// Its SQL type.
+    pub fn sql_type(&self) -> &'static str {
+        match self {
+            Array::Int(_) => "bigint[]",
+            Array::Text(_) => "text[]",
+        }
+    }
 }
 
 /// A value read back from a query: every id is cast to BIGINT in SQL.
