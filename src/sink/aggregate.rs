@@ -24,7 +24,7 @@ use chrono::NaiveDate;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Index, IndexType, Query};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr};
 
-use super::delta::{self, Built, Contribution, DeltaPlan, InMemory, Joined};
+use super::delta::{self, Built, Contribution, DeltaPlan, InMemory, Joined, LevelKeys};
 use super::recompute::recompute;
 use super::txn::{Scalar, Txn};
 use super::write::{CHUNK, Facts, value};
@@ -53,6 +53,8 @@ pub struct Aggregation {
     pub(super) filled: Mutex<BTreeSet<NaiveDate>>,
     /// The last day the calendar is known to be filled to, ahead of today.
     pub(super) ahead: Mutex<Option<NaiveDate>>,
+    /// The calendar's level keys of the intervals batches met.
+    level_keys: LevelKeys,
 }
 
 /// How a batch of one fact table touches one aggregate.
@@ -158,6 +160,7 @@ impl Aggregation {
             joined,
             deltas,
             table: calendar_table,
+            level_keys: LevelKeys::new(calendar),
             filled: Mutex::new(BTreeSet::new()),
             ahead: Mutex::new(None),
         })
@@ -251,6 +254,21 @@ impl Aggregation {
                 None => vec![aggregate.time_key.as_str()],
             };
             let in_memory = in_memory(at, &touch);
+            // Summed from the rows the write hands back: all it needs to
+            // know is whether the batch has an identity at all.
+            if in_memory && handed_back {
+                if upkeep.batch().any_values(&selected) {
+                    for column in delta::fact_columns(aggregate) {
+                        if !upkeep.returning.iter().any(|c| c == column) {
+                            upkeep.returning.push(column.to_owned());
+                        }
+                    }
+                    upkeep
+                        .changes
+                        .push((at, Change::InMemory(InMemoryChange::new(None))));
+                }
+                continue;
+            }
             let mut found = match touch {
                 Touch::Fact if in_memory => upkeep.batch().values(&selected),
                 Touch::Fact => changed(txn, facts, rows, keys, &selected).await?,
@@ -276,20 +294,12 @@ impl Aggregation {
                 continue;
             }
             let change = match &self.deltas[at] {
-                Some(_) if in_memory && handed_back => {
-                    for column in delta::fact_columns(aggregate) {
-                        if !upkeep.returning.iter().any(|c| c == column) {
-                            upkeep.returning.push(column.to_owned());
-                        }
-                    }
-                    Change::InMemory(InMemoryChange::new(None))
-                }
                 Some(delta) => {
                     let identities = found;
                     let old = delta::contribution(
                         txn,
                         names,
-                        &self.calendar,
+                        &self.level_keys,
                         aggregate,
                         fact,
                         delta,
@@ -490,14 +500,14 @@ impl<'a> Upkeep<'a> {
                 continue;
             };
             let aggregate = &aggregation.aggregates[*at];
-            let calendar = &aggregation.calendar;
-            let new = delta::accumulate(calendar, aggregate, joined, &batch);
+            let level_keys = &aggregation.level_keys;
+            let new = delta::accumulate(level_keys, aggregate, joined, &batch);
             let old = change.old.take().unwrap_or_else(|| {
                 let replaced = InMemory::Read {
                     columns: &self.returning,
                     rows: &self.replaced,
                 };
-                delta::accumulate(calendar, aggregate, joined, &replaced)
+                delta::accumulate(level_keys, aggregate, joined, &replaced)
             });
             let plan = aggregation.deltas[*at].as_ref();
             let plan = plan.expect("a delta change has a delta plan");
@@ -568,7 +578,7 @@ impl<'a> Upkeep<'a> {
                     let new = delta::contribution(
                         txn,
                         names,
-                        &aggregation.calendar,
+                        &aggregation.level_keys,
                         aggregate,
                         &aggregation.facts[at],
                         plan,

@@ -19,6 +19,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::ops::Range;
+use std::sync::Mutex;
 
 use foldhash::{HashMap, HashMapExt};
 
@@ -93,6 +94,38 @@ impl DeltaPlan {
 /// A level's bucket key and a group's values.
 type Bucket = (i64, Vec<Cell>);
 
+/// Each interval's level keys (`Interval::keys`), remembered across
+/// batches: working them out takes the time zone's rules, thousands of
+/// instructions, and a batch meets hundreds of intervals.
+pub(super) struct LevelKeys {
+    calendar: Calendar,
+    known: Mutex<HashMap<i64, [i64; 7]>>,
+}
+
+impl LevelKeys {
+    /// More intervals than this (ten years) and the memo starts over.
+    const MAX: usize = 10 * 366 * 96;
+
+    pub(super) fn new(calendar: Calendar) -> Self {
+        LevelKeys {
+            calendar,
+            known: Mutex::default(),
+        }
+    }
+
+    /// The level keys of the interval holding `key`.
+    fn get(&self, key: i64) -> [i64; 7] {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= Self::MAX {
+            known.clear();
+        }
+        let calendar = self.calendar;
+        *known
+            .entry(key)
+            .or_insert_with(|| calendar.interval(key).keys)
+    }
+}
+
 /// A join's referenced columns, and its stored rows by join values.
 type Matches = (Vec<String>, HashMap<Vec<Cell>, Vec<Vec<Cell>>>);
 
@@ -108,7 +141,7 @@ pub(super) struct Contribution {
 pub(super) async fn contribution(
     txn: &mut Txn,
     names: Names,
-    calendar: &Calendar,
+    level_keys: &LevelKeys,
     aggregate: &Aggregate,
     fact: &Table,
     plan: &DeltaPlan,
@@ -124,7 +157,7 @@ pub(super) async fn contribution(
         .collect();
     let columns: Vec<Expr> = plan.identity.iter().map(|c| fact_col(c)).collect();
     let tuples_of: Vec<&[Cell]> = identities.iter().map(|v| v.as_slice()).collect();
-    let mut sums = Accumulator::new(calendar, aggregate, identities.len());
+    let mut sums = Accumulator::new(level_keys, aggregate, identities.len());
     let mut row = Contributing::default();
     for condition in membership(txn.is_postgres(), &columns, &types, &tuples_of) {
         let mut select = fact_rows(names, aggregate, Level::Subhr, &tuples, true);
@@ -265,6 +298,16 @@ impl InMemory<'_> {
             }
             InMemory::Read { rows, .. } => rows.iter().for_each(|row| f(row, &[])),
         }
+    }
+
+    /// Whether any row holds a value in each of fact `columns`.
+    pub fn any_values(&self, columns: &[&str]) -> bool {
+        let at: Vec<Resolved> = columns.iter().map(|c| self.resolve(c)).collect();
+        let mut any = false;
+        self.each(|row, keys| {
+            any = any || at.iter().all(|r| !r.eval(row, keys, &[]).is_null());
+        });
+        any
     }
 
     /// The distinct values of fact `columns` in these rows, without NULLs.
@@ -436,7 +479,7 @@ pub(super) async fn read_joined(
 /// their join values): the same rows, flags and values as [`fact_rows`]
 /// would select. CPU only.
 pub(super) fn accumulate<'a>(
-    calendar: &Calendar,
+    level_keys: &LevelKeys,
     aggregate: &'a Aggregate,
     joined: &Joined,
     rows: &InMemory<'_>,
@@ -506,7 +549,7 @@ pub(super) fn accumulate<'a>(
         .map(|join| join.on.iter().map(|(_, fact)| rows.resolve(fact)).collect())
         .collect();
 
-    let mut sums = Accumulator::new(calendar, aggregate, rows.len());
+    let mut sums = Accumulator::new(level_keys, aggregate, rows.len());
     let mut row = Contributing::default();
     let mut cells: Vec<Cell> = Vec::new();
     let mut key: Vec<Cell> = Vec::new();
@@ -666,7 +709,7 @@ impl Contributing {
 
 /// Sums rows into each level's buckets and groups, one row at a time.
 struct Accumulator<'a> {
-    calendar: &'a Calendar,
+    shared_keys: &'a LevelKeys,
     aggregate: &'a Aggregate,
     /// Where each tuple's columns are in a row's `tuples`.
     tuple_at: Vec<Range<usize>>,
@@ -737,7 +780,7 @@ impl Interned {
 
 impl<'a> Accumulator<'a> {
     /// An accumulator for about `rows` rows.
-    fn new(calendar: &'a Calendar, aggregate: &'a Aggregate, rows: usize) -> Self {
+    fn new(shared_keys: &'a LevelKeys, aggregate: &'a Aggregate, rows: usize) -> Self {
         let (tuples, tuple_of) = tuples(aggregate);
         let mut tuple_at = Vec::new();
         let mut at = 0;
@@ -778,7 +821,7 @@ impl<'a> Accumulator<'a> {
             .collect();
         let computed = source.iter().filter(|s| s.is_none()).count();
         Accumulator {
-            calendar,
+            shared_keys,
             aggregate,
             tuple_ids: (0..tuple_at.len())
                 .map(|_| Interned::with_capacity(rows))
@@ -797,11 +840,11 @@ impl<'a> Accumulator<'a> {
     }
 
     fn keys(&mut self, key: i64) -> [i64; 7] {
-        let calendar = self.calendar;
+        let shared = self.shared_keys;
         *self
             .level_keys
             .entry(key)
-            .or_insert_with(|| calendar.interval(key).keys)
+            .or_insert_with(|| shared.get(key))
     }
 
     fn add(&mut self, row: &Contributing) {
@@ -860,7 +903,7 @@ impl<'a> Accumulator<'a> {
     /// The sums, with the levels that roll up summed from their source.
     fn finish(self) -> Contribution {
         let Accumulator {
-            calendar,
+            shared_keys,
             aggregate,
             source,
             mut level_keys,
@@ -875,7 +918,7 @@ impl<'a> Accumulator<'a> {
             for ((bucket, group), totals) in &sums[from] {
                 let keys = level_keys
                     .entry(*bucket)
-                    .or_insert_with(|| calendar.interval(*bucket).keys);
+                    .or_insert_with(|| shared_keys.get(*bucket));
                 let into = rolled
                     .entry((keys[*level as usize], *group))
                     .or_insert_with(|| vec![0; measures]);
