@@ -700,6 +700,39 @@ fn the_calendar_holds_the_facts_days_and_the_days_ahead() {
     assert!(message.contains("another time zone"), "{message}");
 }
 
+/// Sessions stored while the feature was off, then the agents of their
+/// interactions with it on: the aggregate is computed from the stored
+/// facts at the start, and each batch of agents finds the sessions it
+/// changes among them.
+#[test]
+fn agents_arriving_after_the_feature_is_enabled_find_the_sessions_stored_before() {
+    for (dir, url) in backends("agents_after_enabling") {
+        let on = options_file(dir.path(), "on.ini", "enable-cobrowse");
+        let off = options_file(dir.path(), "off.ini", "");
+        let sessions = "samples/cobrowse-sessions.jsonl";
+        let handlings = "samples/agent-handlings.jsonl";
+        assert_success(&martmap_load(
+            &url,
+            Some(&off),
+            "mappings/COBROWSE.yaml",
+            &[sessions],
+        ));
+        assert_success(&martmap_load(
+            &url,
+            Some(&on),
+            "mappings/IXN_AGENT.yaml",
+            &[handlings],
+        ));
+        assert!(
+            stored(&url, Level::Day)
+                .keys()
+                .any(|(_, agent)| *agent != 1),
+            "the handlings named agents"
+        );
+        assert_aggregates_exact(&url, "sessions stored with the feature off, then agents");
+    }
+}
+
 /// `martmap aggregate --rebuild` recomputes every bucket from the facts.
 #[test]
 fn aggregate_rebuild_recomputes_every_bucket() {
