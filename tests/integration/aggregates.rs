@@ -15,6 +15,10 @@ use crate::repository;
 
 const LEVELS: [Level; 4] = [Level::Subhr, Level::Hour, Level::Day, Level::Month];
 const ZONE: &str = "America/New_York";
+/// The shipped samples: co-browse sessions, and the agent handlings of
+/// their interactions.
+const SESSIONS: &str = "samples/cobrowse-sessions.jsonl";
+const HANDLINGS: &str = "samples/agent-handlings.jsonl";
 
 /// The measures of one (bucket, agent) row, in the table's column order.
 type Measures = [i64; 8];
@@ -510,18 +514,16 @@ fn a_disabled_feature_is_left_alone_and_backfilled_when_enabled_again() {
     let (dir, url) = sqlite_database();
     let on = options_file(dir.path(), "on.ini", "enable-cobrowse");
     let off = options_file(dir.path(), "off.ini", "");
-    let sample = "samples/cobrowse-sessions.jsonl";
-    let handlings = "samples/agent-handlings.jsonl";
 
     assert_success(&martmap_load(
         &url,
         Some(&on),
         "mappings/COBROWSE.yaml",
-        &[sample],
+        &[SESSIONS],
     ));
     assert_aggregates_exact(&url, "enabled, co-browse loaded");
 
-    let disabled = martmap_load(&url, Some(&off), "mappings/IXN_AGENT.yaml", &[handlings]);
+    let disabled = martmap_load(&url, Some(&off), "mappings/IXN_AGENT.yaml", &[HANDLINGS]);
     assert_success(&disabled);
     let log = String::from_utf8_lossy(&disabled.stderr);
     assert_eq!(log.matches("no longer maintained").count(), 1, "{log}");
@@ -536,7 +538,7 @@ fn a_disabled_feature_is_left_alone_and_backfilled_when_enabled_again() {
         "no agent was known while enabled"
     );
 
-    let again = martmap_load(&url, Some(&off), "mappings/IXN_AGENT.yaml", &[handlings]);
+    let again = martmap_load(&url, Some(&off), "mappings/IXN_AGENT.yaml", &[HANDLINGS]);
     assert_success(&again);
     assert!(
         !String::from_utf8_lossy(&again.stderr).contains("no longer maintained"),
@@ -552,7 +554,7 @@ fn a_disabled_feature_is_left_alone_and_backfilled_when_enabled_again() {
         &url,
         Some(&on),
         "mappings/IXN_AGENT.yaml",
-        &[handlings],
+        &[HANDLINGS],
     ));
     assert_aggregates_exact(&url, "enabled again");
 }
@@ -567,12 +569,11 @@ fn a_killed_load_leaves_the_aggregates_exact() {
         &url,
         Some(&on),
         "mappings/IXN_AGENT.yaml",
-        &["samples/agent-handlings.jsonl"],
+        &[HANDLINGS],
     ));
     // A bigger input than the sample: the same sessions four times over,
     // re-delivered, so that the kill lands while batches commit.
-    let sample =
-        std::fs::read_to_string(repository().join("samples/cobrowse-sessions.jsonl")).unwrap();
+    let sample = std::fs::read_to_string(repository().join(SESSIONS)).unwrap();
     let input = dir.path().join("input.jsonl");
     std::fs::write(&input, sample.repeat(4)).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_martmap"))
@@ -628,7 +629,7 @@ fn the_calendar_holds_the_facts_days_and_the_days_ahead() {
         &url,
         Some(&on),
         "mappings/COBROWSE.yaml",
-        &["samples/cobrowse-sessions.jsonl"],
+        &[SESSIONS],
     ));
     let per_day: BTreeMap<String, i64> = query(
         &url,
@@ -693,7 +694,7 @@ fn the_calendar_holds_the_facts_days_and_the_days_ahead() {
         &url,
         Some(paris.to_str().unwrap()),
         "mappings/COBROWSE.yaml",
-        &["samples/cobrowse-sessions.jsonl"],
+        &[SESSIONS],
     );
     assert!(!refused.status.success());
     let message = String::from_utf8_lossy(&refused.stderr);
@@ -709,19 +710,17 @@ fn agents_arriving_after_the_feature_is_enabled_find_the_sessions_stored_before(
     for (dir, url) in backends("agents_after_enabling") {
         let on = options_file(dir.path(), "on.ini", "enable-cobrowse");
         let off = options_file(dir.path(), "off.ini", "");
-        let sessions = "samples/cobrowse-sessions.jsonl";
-        let handlings = "samples/agent-handlings.jsonl";
         assert_success(&martmap_load(
             &url,
             Some(&off),
             "mappings/COBROWSE.yaml",
-            &[sessions],
+            &[SESSIONS],
         ));
         assert_success(&martmap_load(
             &url,
             Some(&on),
             "mappings/IXN_AGENT.yaml",
-            &[handlings],
+            &[HANDLINGS],
         ));
         assert!(
             stored(&url, Level::Day)
@@ -742,13 +741,13 @@ fn aggregate_rebuild_recomputes_every_bucket() {
         &url,
         Some(&on),
         "mappings/IXN_AGENT.yaml",
-        &["samples/agent-handlings.jsonl"],
+        &[HANDLINGS],
     ));
     assert_success(&martmap_load(
         &url,
         Some(&on),
         "mappings/COBROWSE.yaml",
-        &["samples/cobrowse-sessions.jsonl"],
+        &[SESSIONS],
     ));
     block_on(async {
         use sea_orm::ConnectionTrait;
@@ -808,8 +807,8 @@ fn concurrent_loads_of_facts_and_agents_keep_the_aggregates_exact() {
             .spawn()
             .expect("martmap starts")
     };
-    let sessions = spawn("mappings/COBROWSE.yaml", "samples/cobrowse-sessions.jsonl");
-    let agents = spawn("mappings/IXN_AGENT.yaml", "samples/agent-handlings.jsonl");
+    let sessions = spawn("mappings/COBROWSE.yaml", SESSIONS);
+    let agents = spawn("mappings/IXN_AGENT.yaml", HANDLINGS);
     assert_success(&sessions.wait_with_output().expect("sessions loaded"));
     assert_success(&agents.wait_with_output().expect("agents loaded"));
     assert_aggregates_exact(&url, "after concurrent loads");
@@ -847,7 +846,7 @@ fn run_and_load_report_calendar_and_feature_problems_as_diagnostics() {
             &database,
             "--mapping",
             "mappings/COBROWSE.yaml",
-            "samples/cobrowse-sessions.jsonl",
+            SESSIONS,
         ],
     ] {
         let output = crate::martmap(&args);
@@ -895,7 +894,7 @@ fn a_changed_aggregate_is_rebuilt_in_tables_of_its_new_shape() {
             .output()
             .expect("martmap runs")
     };
-    assert_success(&load(&["samples/cobrowse-sessions.jsonl"]));
+    assert_success(&load(&[SESSIONS]));
     assert_aggregates_exact(&url, "first definition");
 
     std::fs::write(&file, format!("{shipped}  ROWS: {{count: rows}}\n")).unwrap();
