@@ -314,15 +314,26 @@ impl InMemory<'_> {
     pub fn values(&self, columns: &[&str]) -> BTreeSet<Vec<Cell>> {
         let at: Vec<Resolved> = columns.iter().map(|c| self.resolve(c)).collect();
         let mut values = BTreeSet::new();
-        let (mut tuple, mut last): (Vec<Cell>, Vec<Cell>) = Default::default();
+        let mut last: Option<Vec<Cell>> = None;
         self.each(|row, keys| {
-            tuple.clear();
-            tuple.extend(at.iter().map(|r| r.eval(row, keys, &[]).into_owned()));
-            // An event's rows are adjacent and mostly share these values.
-            if tuple != last && tuple.iter().all(|v| !v.is_null()) {
+            // An event's rows are adjacent and mostly share these values
+            // (the same text, shared): compared in place, not copied.
+            if let Some(last) = &last
+                && at
+                    .iter()
+                    .zip(last)
+                    .all(|(r, v)| *r.eval(row, keys, &[]) == *v)
+            {
+                return;
+            }
+            let tuple: Vec<Cell> = at
+                .iter()
+                .map(|r| r.eval(row, keys, &[]).into_owned())
+                .collect();
+            if tuple.iter().all(|v| !v.is_null()) {
                 values.insert(tuple.clone());
             }
-            std::mem::swap(&mut tuple, &mut last);
+            last = Some(tuple);
         });
         values
     }
