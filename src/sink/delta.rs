@@ -16,7 +16,7 @@
 //! batch, not the buckets: a backfill of unordered history is as cheap per
 //! batch as a stream in time order.
 
-use std::borrow::Cow;
+use std::borrow::{Borrow, Cow};
 use std::collections::BTreeSet;
 use std::ops::Range;
 use std::sync::Mutex;
@@ -561,8 +561,7 @@ pub(super) fn accumulate<'a>(
         .collect();
 
     let mut sums = Accumulator::new(level_keys, aggregate, rows.len());
-    let mut row = Contributing::default();
-    let mut cells: Vec<Cell> = Vec::new();
+    let mut amounts: Vec<Option<i64>> = Vec::with_capacity(measures.len());
     let mut key: Vec<Cell> = Vec::new();
     // Each join's matching rows (one absent row when none matches),
     // combined as the SQL left joins would.
@@ -598,43 +597,41 @@ pub(super) fn accumulate<'a>(
             for (j, choice) in at.iter().enumerate() {
                 combo[j] = found[j].get(*choice);
             }
-            cells.clear();
-            cells.extend(
-                refs.iter()
-                    .map(|r| r.eval(values, keys, &combo).into_owned()),
-            );
-            row.clear();
-            row.time = time;
-            row.groups.extend(groups.iter().map(|g| cells[*g].clone()));
-            for measure in &measures {
-                let amount = match measure.value {
-                    None => Some(1),
-                    Some((a, None)) => match cells[a] {
-                        Cell::Int(value) => Some(value),
-                        _ => None,
-                    },
-                    Some((a, Some(b))) => match (&cells[a], &cells[b]) {
-                        (Cell::Int(a), Cell::Int(b)) => Some(a - b),
-                        _ => None,
-                    },
-                };
-                let pass = amount.is_some()
-                    && measure
-                        .filters
-                        .iter()
-                        .all(|(column, test)| match (test, &cells[*column]) {
-                            (Test::Equals(Constant::Int(n)), Cell::Int(v)) => v == n,
-                            (Test::Equals(Constant::Text(t)), Cell::Text(v)) => **v == **t,
-                            (Test::AtLeast(n), Cell::Int(v)) => v >= n,
-                            (Test::AtMost(n), Cell::Int(v)) => v <= n,
-                            _ => false,
+            {
+                // Each reference evaluated where it is used, borrowed: the
+                // rows' text is shared with the reader thread, and a copy
+                // costs an atomic count on another core's cache line.
+                let cell = |at: usize| refs[at].eval(values, keys, &combo);
+                let group = sums.group_id(&groups, cell);
+                amounts.clear();
+                for measure in &measures {
+                    let amount = match measure.value {
+                        None => Some(1),
+                        Some((a, None)) => match *cell(a) {
+                            Cell::Int(value) => Some(value),
+                            _ => None,
+                        },
+                        Some((a, Some(b))) => match (&*cell(a), &*cell(b)) {
+                            (Cell::Int(a), Cell::Int(b)) => Some(a - b),
+                            _ => None,
+                        },
+                    };
+                    let pass = amount.is_some()
+                        && measure.filters.iter().all(|(column, test)| {
+                            match (test, &*cell(*column)) {
+                                (Test::Equals(Constant::Int(n)), Cell::Int(v)) => v == n,
+                                (Test::Equals(Constant::Text(t)), Cell::Text(v)) => **v == **t,
+                                (Test::AtLeast(n), Cell::Int(v)) => v >= n,
+                                (Test::AtMost(n), Cell::Int(v)) => v <= n,
+                                _ => false,
+                            }
                         })
-                    && measure.not_null.iter().all(|c| !cells[*c].is_null());
-                row.amounts.push(amount.filter(|_| pass));
+                        && measure.not_null.iter().all(|c| !cell(*c).is_null());
+                    amounts.push(amount.filter(|_| pass));
+                }
+                sums.tuple_ids_of(&tuple_columns, cell);
+                sums.add_interned(time, group, &amounts);
             }
-            row.tuples
-                .extend(tuple_columns.iter().map(|c| cells[*c].clone()));
-            sums.add(&row);
             // The next combination of the joins' matches.
             let mut j = at.len();
             while j > 0 {
@@ -763,28 +760,28 @@ impl Interned {
         }
     }
 
-    /// The id of `values`, given the next free one when new.
-    fn id(&mut self, values: &[Cell]) -> usize {
+    /// The id of `values`, given the next free one when new. They are
+    /// compared in place with the last ones and copied only when new.
+    fn id<C: Borrow<Cell>>(&mut self, values: impl ExactSizeIterator<Item = C> + Clone) -> usize {
         if let Some((last, id)) = &self.last
-            && last.as_slice() == values
+            && last.len() == values.len()
+            && last
+                .iter()
+                .zip(values.clone())
+                .all(|(a, b)| a == b.borrow())
         {
             return *id;
         }
-        let id = match self.ids.get(values) {
+        let values: Vec<Cell> = values.map(|c| c.borrow().clone()).collect();
+        let id = match self.ids.get(&values) {
             Some(id) => *id,
             None => {
                 let id = self.ids.len();
-                self.ids.insert(values.to_vec(), id);
+                self.ids.insert(values.clone(), id);
                 id
             }
         };
-        match &mut self.last {
-            Some((last, at)) => {
-                last.clone_from_slice(values);
-                *at = id;
-            }
-            None => self.last = Some((values.to_vec(), id)),
-        }
+        self.last = Some((values, id));
         id
     }
 }
@@ -859,13 +856,34 @@ impl<'a> Accumulator<'a> {
     }
 
     fn add(&mut self, row: &Contributing) {
-        let keys = self.keys(row.time);
-        let group = self.group_ids.id(&row.groups);
+        let group = self.group_ids.id(row.groups.iter());
         self.row_tuples.clear();
         for (k, range) in self.tuple_at.iter().enumerate() {
             self.row_tuples
-                .push(self.tuple_ids[k].id(&row.tuples[range.clone()]));
+                .push(self.tuple_ids[k].id(row.tuples[range.clone()].iter()));
         }
+        self.add_interned(row.time, group, &row.amounts);
+    }
+
+    /// The id of a row's group, its columns' values given by `cell`.
+    fn group_id<C: Borrow<Cell>>(&mut self, columns: &[usize], cell: impl Fn(usize) -> C) -> usize {
+        self.group_ids.id(columns.iter().map(|c| cell(*c)))
+    }
+
+    /// Interns a row's tuples into `row_tuples`, the values of their
+    /// `columns` (one tuple after another) given by `cell`.
+    fn tuple_ids_of<C: Borrow<Cell>>(&mut self, columns: &[usize], cell: impl Fn(usize) -> C) {
+        self.row_tuples.clear();
+        for (k, range) in self.tuple_at.iter().enumerate() {
+            let values = columns[range.clone()].iter().map(|c| cell(*c));
+            self.row_tuples.push(self.tuple_ids[k].id(values));
+        }
+    }
+
+    /// Adds a row whose group is `group` and whose tuples' ids are in
+    /// `row_tuples`.
+    fn add_interned(&mut self, time: i64, group: usize, amounts: &[Option<i64>]) {
+        let keys = self.keys(time);
         let measures = self.aggregate.measures.len();
         for (l, level) in self.aggregate.levels.iter().enumerate() {
             if self.source[l].is_some() {
@@ -878,7 +896,7 @@ impl<'a> Accumulator<'a> {
             // Counts and sums add up at once; what counts once per tuple
             // waits for its slot's bits.
             self.want.fill(0);
-            for (m, amount) in row.amounts.iter().enumerate() {
+            for (m, amount) in amounts.iter().enumerate() {
                 match (amount, self.slot_of[m]) {
                     (None, _) => {}
                     (Some(_), Some((slot, bit))) => self.want[slot] |= bit,
@@ -900,7 +918,7 @@ impl<'a> Accumulator<'a> {
                     continue;
                 }
                 for (m, at) in self.slot_of.iter().enumerate() {
-                    if let (Some((s, bit)), Some(amount)) = (at, row.amounts[m])
+                    if let (Some((s, bit)), Some(amount)) = (at, amounts[m])
                         && *s == slot
                         && first & bit != 0
                     {
