@@ -417,15 +417,16 @@ pub(super) async fn read_joined(
                 if !keyed {
                     branch.distinct();
                 }
-                branch.expr(Expr::val(j as i64));
+                branch.expr_as(Expr::val(j as i64), Alias::new("j"));
                 for (slot, integer) in integer.iter().enumerate() {
                     let ty = if *integer { "BIGINT" } else { "TEXT" };
-                    branch.expr(match slot.checked_sub(offset) {
+                    let value = match slot.checked_sub(offset) {
                         Some(at) if at < widths[j] => {
                             Expr::col(names.column(&columns[at])).cast_as(Alias::new(ty))
                         }
                         _ => Expr::cust(format!("NULL::{ty}")),
-                    });
+                    };
+                    branch.expr_as(value, Alias::new(format!("c{slot}")));
                 }
                 branch.from(names.table(&table.name));
                 let on: Vec<Expr> = read.on.iter().map(|c| Expr::col(names.column(c))).collect();
@@ -446,19 +447,33 @@ pub(super) async fn read_joined(
             offset += widths[j];
         }
         if let Some(union) = union {
+            // Read back as one row per join, each slot one array (a row per
+            // joined row costs the driver thousands of instructions). The
+            // aggregates of one group take its rows in one order.
+            let arrays = (0..integer.len())
+                .map(|slot| Func::cust("array_agg").arg(Expr::col(Alias::new(format!("c{slot}")))));
+            let select = Query::select()
+                .column(Alias::new("j"))
+                .exprs(arrays)
+                .from_subquery(union, Alias::new("u"))
+                .group_by_col(Alias::new("j"))
+                .to_owned();
             let offsets: Vec<usize> = (widths.iter())
-                .scan(1, |at, width| {
+                .scan(0, |at, width| {
                     *at += width;
                     Some(*at - width)
                 })
                 .collect();
-            for row in txn.query(&union).await? {
-                let j = usize::try_from(row[0].int()?).unwrap_or(usize::MAX);
+            for (j, mut slots) in txn.query_arrays(&select, &integer).await? {
+                let j = usize::try_from(j).unwrap_or(usize::MAX);
                 let (Some(at), Some(width)) = (offsets.get(j), widths.get(j)) else {
-                    return Err(DbErr::Custom(format!("a joined row of join {j}")));
+                    return Err(DbErr::Custom(format!("the joined rows of join {j}")));
                 };
-                let cells = row.into_iter().skip(*at).take(*width);
-                found[j].push(cells.map(scalar_cell).collect());
+                let columns: Vec<Array> = slots.drain(*at..*at + *width).collect();
+                let rows = columns.first().map_or(0, Array::len);
+                for row in 0..rows {
+                    found[j].push(columns.iter().map(|column| column.cell(row)).collect());
+                }
             }
         }
     } else {

@@ -52,6 +52,28 @@ impl Array {
         }
     }
 
+    /// How many values it holds.
+    pub fn len(&self) -> usize {
+        match self {
+            Array::Int(values) => values.len(),
+            Array::Text(values) => values.len(),
+        }
+    }
+
+    /// Its value at `at` as a cell (NULL past its end).
+    pub fn cell(&self, at: usize) -> Cell {
+        match self {
+            Array::Int(values) => match values.get(at) {
+                Some(Some(value)) => Cell::Int(*value),
+                _ => Cell::Null,
+            },
+            Array::Text(values) => match values.get(at) {
+                Some(Some(value)) => Cell::Text(value.as_str().into()),
+                _ => Cell::Null,
+            },
+        }
+    }
+
     /// Its SQL type.
     pub fn sql_type(&self) -> &'static str {
         match self {
@@ -240,6 +262,39 @@ impl Txn {
                     })
                     .collect::<Result<_, _>>()
                     .map_err(sqlx_error)
+            })
+            .collect()
+    }
+
+    /// Every row a statement returns whose first column is a BIGINT and
+    /// whose others are arrays, of BIGINT where `integer` says so, of TEXT
+    /// elsewhere (PostgreSQL).
+    pub async fn query_arrays<S: StatementBuilder>(
+        &mut self,
+        statement: &S,
+        integer: &[bool],
+    ) -> Result<Vec<(i64, Vec<Array>)>, DbErr> {
+        let Txn::Postgres(txn) = self else {
+            return Err(DbErr::Custom("query_arrays is for PostgreSQL".into()));
+        };
+        let (sql, values) = statement_sql(statement);
+        let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), SqlxValues(Values(values)))
+            .fetch_all(&mut **txn)
+            .await
+            .map_err(sqlx_error)?;
+        rows.iter()
+            .map(|row| {
+                let first = row.try_get::<i64, _>(0).map_err(sqlx_error)?;
+                let arrays = (integer.iter().enumerate())
+                    .map(|(at, integer)| match integer {
+                        true => row.try_get::<Vec<Option<i64>>, _>(at + 1).map(Array::Int),
+                        false => row
+                            .try_get::<Vec<Option<String>>, _>(at + 1)
+                            .map(Array::Text),
+                    })
+                    .collect::<Result<_, _>>()
+                    .map_err(sqlx_error)?;
+                Ok((first, arrays))
             })
             .collect()
     }
