@@ -33,7 +33,7 @@ use super::Names;
 use super::aggregate::scalar_cell;
 use super::aggregate::{Place, fact_values, membership};
 use super::recompute::{fact_rows, tuples};
-use super::txn::{Array, Txn};
+use super::txn::{Array, Bound, Txn};
 use super::write::{CHUNK, Facts, value};
 use crate::aggregate::{Aggregate, ColumnRef, MeasureKind, Operand, TIME_COLUMN, Test};
 use crate::calendar::{Calendar, Level};
@@ -995,8 +995,8 @@ impl<'a> Accumulator<'a> {
 pub(super) enum Built {
     /// Its SQL and values.
     Values(String, Vec<Value>),
-    /// PostgreSQL SQL whose parameters are whole arrays, in order.
-    Arrays(String, Vec<Array>),
+    /// PostgreSQL SQL whose parameters, whole arrays, are bound.
+    Bound(Bound),
 }
 
 /// Adds `new − old` to each level table, and deletes the rows of the
@@ -1018,7 +1018,7 @@ pub(super) async fn run(txn: &mut Txn, statements: Vec<Built>) -> Result<(), DbE
     for statement in statements {
         match statement {
             Built::Values(sql, values) => txn.execute_sql(&sql, values).await?,
-            Built::Arrays(sql, arrays) => txn.execute_arrays(&sql, arrays).await?,
+            Built::Bound(bound) => txn.execute_bound(bound).await?,
         };
     }
     Ok(())
@@ -1157,7 +1157,7 @@ pub(super) fn statements(
                 "a level addition binds values besides its arrays".into(),
             ));
         }
-        statements.push(Built::Arrays(built.sql, arrays));
+        statements.push(Built::Bound(Bound::arrays(built.sql, arrays)));
     }
     let presence = names.column(&aggregate.measures[plan.presence].name);
     let time = Expr::col(names.column(TIME_COLUMN));

@@ -83,6 +83,24 @@ impl Array {
     }
 }
 
+/// PostgreSQL SQL with its parameters, whole arrays, bound: binding
+/// encodes them, which can then happen while the server is busy.
+pub(super) struct Bound(sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments>);
+
+impl Bound {
+    /// `sql` with `arrays` as its parameters, in order.
+    pub fn arrays(sql: String, arrays: Vec<Array>) -> Bound {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for array in arrays {
+            query = match array {
+                Array::Int(values) => query.bind(values),
+                Array::Text(values) => query.bind(values),
+            };
+        }
+        Bound(query)
+    }
+}
+
 /// A value read back from a query: every id is cast to BIGINT in SQL.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(super) enum Scalar {
@@ -177,20 +195,14 @@ impl Txn {
         }
     }
 
-    /// Runs PostgreSQL SQL whose parameters are whole arrays; returns the
-    /// rows it affected.
-    pub async fn execute_arrays(&mut self, sql: &str, arrays: Vec<Array>) -> Result<u64, DbErr> {
+    /// Runs a statement whose parameters are bound already (PostgreSQL);
+    /// returns the rows it affected.
+    pub async fn execute_bound(&mut self, bound: Bound) -> Result<u64, DbErr> {
         let Txn::Postgres(txn) = self else {
             return Err(DbErr::Custom("array parameters are for PostgreSQL".into()));
         };
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
-        for array in arrays {
-            query = match array {
-                Array::Int(values) => query.bind(values),
-                Array::Text(values) => query.bind(values),
-            };
-        }
-        Ok(query
+        Ok(bound
+            .0
             .execute(&mut **txn)
             .await
             .map_err(sqlx_error)?
