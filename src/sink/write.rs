@@ -65,11 +65,15 @@ impl Facts<'_> {
     /// replaces, sorted.
     pub fn replaced_identities<'r>(&self, rows: &[&'r Row]) -> Vec<Vec<&'r Cell>> {
         let positions = &self.preparer.replace_by;
-        let mut identities: Vec<Vec<&Cell>> = rows
-            .iter()
-            .map(|row| positions.iter().map(|&i| &row.values[i]).collect())
-            .collect();
-        identities.sort();
+        let identity = |row: &'r Row| positions.iter().map(move |&i| &row.values[i]);
+        let mut identities: Vec<Vec<&Cell>> = Vec::new();
+        for (at, &row) in rows.iter().enumerate() {
+            // An event's rows are adjacent and share its identity.
+            if at == 0 || !identity(row).eq(identity(rows[at - 1])) {
+                identities.push(identity(row).collect());
+            }
+        }
+        identities.sort_unstable();
         identities.dedup();
         identities
     }
