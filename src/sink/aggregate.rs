@@ -547,10 +547,16 @@ impl<'a> Upkeep<'a> {
                 facts.plan.values[*value].convert,
                 Conversion::DateTimeKey { interval } if i64::from(interval) % INTERVAL == 0
             ) {
-                keys.extend(rows.iter().filter_map(|row| match row.values[at] {
-                    Cell::Int(key) => Some(key),
-                    _ => None,
-                }));
+                let mut last = None;
+                for row in rows {
+                    // An event's rows are adjacent and mostly share a key.
+                    if let Cell::Int(key) = row.values[at]
+                        && last != Some(key)
+                    {
+                        keys.insert(key);
+                        last = Some(key);
+                    }
+                }
             }
         }
         for (_, change) in &self.changes {

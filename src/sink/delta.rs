@@ -381,7 +381,13 @@ pub(super) async fn read_joined(
         let joined_side: Vec<&str> = join.on.iter().map(|(c, _)| c.as_str()).collect();
         let mut values: BTreeSet<Vec<Cell>> = BTreeSet::new();
         for set in sets {
-            values.extend(set.values(&fact_side));
+            let more = set.values(&fact_side);
+            // Mostly one set holds rows: taken whole, not inserted again.
+            if values.is_empty() {
+                values = more;
+            } else {
+                values.extend(more);
+            }
         }
         let selected = (joined_side.iter().map(|c| c.to_string()))
             .chain(used.iter().cloned())
