@@ -589,6 +589,8 @@ pub(super) fn accumulate<'a>(
     let mut found: Vec<&[Vec<Cell>]> = vec![&[]; on.len()];
     let mut combo: Vec<Option<&Vec<Cell>>> = vec![None; on.len()];
     let mut at = vec![0usize; on.len()];
+    // Each single-column join's last value, whose matches are in `found`.
+    let mut last_on: Vec<Option<Cell>> = vec![None; on.len()];
     rows.each(|values, keys| {
         let Cell::Int(time) = *time.eval(values, keys, &[]) else {
             return;
@@ -597,8 +599,14 @@ pub(super) fn accumulate<'a>(
             let rows = match columns.as_slice() {
                 [column] => {
                     let value = column.eval(values, keys, &[]);
-                    let value = std::slice::from_ref(value.as_ref());
-                    matches[j].1.get(value).filter(|_| !value[0].is_null())
+                    // An event's rows are adjacent and mostly share it.
+                    if last_on[j].as_ref() == Some(value.as_ref()) {
+                        continue;
+                    }
+                    let found = matches[j].1.get(std::slice::from_ref(value.as_ref()));
+                    let found = found.filter(|_| !value.is_null());
+                    last_on[j] = Some(value.into_owned());
+                    found
                 }
                 _ => {
                     key.clear();
