@@ -183,6 +183,13 @@ fn loading_twice_changes_only_update_audit_key() {
         let first = query(url, &everything_but_update_key);
         let members = count(url, "SELECT 1 FROM cobrowse_user_agent")
             + count(url, "SELECT 1 FROM cobrowse_page");
+        let first_load = query(
+            url,
+            "SELECT CAST(MAX(audit_key) AS TEXT) FROM ctl_audit_log",
+        );
+        let Some(Some(first_load)) = first_load.first().and_then(|row| row.first()) else {
+            panic!("the first load's audit keys: {first_load:?}");
+        };
         assert_success(&load(url, &[SAMPLE]));
         assert_eq!(
             query(url, &everything_but_update_key),
@@ -195,11 +202,12 @@ fn loading_twice_changes_only_update_audit_key() {
             members_again, members,
             "a second load created dimension members"
         );
-        let second_batch_keys =
+        let second_load_keys = format!(
             "SELECT 1 FROM cobrowse_fact f JOIN ctl_audit_log a ON a.audit_key = f.update_audit_key
-                                 WHERE a.audit_key > 2";
+             WHERE a.audit_key > {first_load}"
+        );
         assert_eq!(
-            count(url, second_batch_keys),
+            count(url, &second_load_keys),
             6185,
             "every row's UPDATE_AUDIT_KEY moved to the second load"
         );
