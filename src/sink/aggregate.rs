@@ -24,7 +24,7 @@ use chrono::NaiveDate;
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Index, IndexType, Query};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr};
 
-use super::delta::{self, Built, Contribution, DeltaPlan, InMemory, Joined, LevelKeys};
+use super::delta::{self, Built, Contribution, DeltaPlan, InMemory, Joined, JoinedRead, LevelKeys};
 use super::recompute::recompute;
 use super::txn::{Scalar, Txn};
 use super::write::{CHUNK, Facts, value};
@@ -88,6 +88,8 @@ struct InMemoryChange {
     /// when it is summed from the rows the write hands back instead
     /// (PostgreSQL's COPY path deletes them with RETURNING).
     old: Option<Contribution>,
+    /// The read of the joined rows, prepared before it runs.
+    read: Option<JoinedRead>,
     joined: Option<Joined>,
     /// The statements that apply it, built once it is summed.
     statements: Option<Result<Vec<Built>, DbErr>>,
@@ -95,7 +97,8 @@ struct InMemoryChange {
 
 /// One batch's upkeep of the aggregates, from before its facts are written
 /// to after: [`Aggregation::before`] reads what the batch will change; a
-/// write that deletes the rows it replaces hands them to
+/// write that deletes the rows it replaces runs [`Upkeep::prepare`] while
+/// the server takes its locks, hands the deleted rows to
 /// [`Upkeep::replaced`] (reading the joined rows then, while the
 /// connection is free) and runs [`Upkeep::compute`] while the server loads
 /// the new rows; [`Upkeep::finish`] does whatever of that is left and
@@ -419,6 +422,7 @@ impl InMemoryChange {
     fn new(old: Option<Contribution>) -> Self {
         InMemoryChange {
             old,
+            read: None,
             joined: None,
             statements: None,
         }
@@ -446,6 +450,23 @@ impl<'a> Upkeep<'a> {
         }
     }
 
+    /// Prepares the read of the joined rows the batch's rows join to (CPU
+    /// only: it runs while the server takes the write's locks).
+    pub fn prepare(&mut self) {
+        let aggregation = self.aggregation;
+        let batch = self.batch();
+        for (at, change) in &mut self.changes {
+            let Change::InMemory(change) = change else {
+                continue;
+            };
+            let mut read = JoinedRead::new(&aggregation.aggregates[*at], &batch);
+            if self.backend == DbBackend::Postgres {
+                read.bind(self.facts.names, &aggregation.joined[*at]);
+            }
+            change.read = Some(read);
+        }
+    }
+
     /// Takes the rows the write deleted to replace them (the values of
     /// [`Upkeep::returning`]), and reads the joined rows that they and the
     /// batch's rows join to.
@@ -459,27 +480,20 @@ impl<'a> Upkeep<'a> {
             let Change::InMemory(change) = change else {
                 continue;
             };
+            let aggregation = self.aggregation;
+            let aggregate = &aggregation.aggregates[*at];
+            let mut read =
+                (change.read.take()).unwrap_or_else(|| JoinedRead::new(aggregate, &self.batch()));
             // The replaced rows count only where their contribution was
             // not read before the write.
-            let replaced = InMemory::Read {
-                columns: &self.returning,
-                rows: if change.old.is_none() {
-                    &self.replaced
-                } else {
-                    &[]
-                },
-            };
-            let aggregation = self.aggregation;
-            change.joined = Some(
-                delta::read_joined(
-                    txn,
-                    self.facts.names,
-                    &aggregation.aggregates[*at],
-                    &aggregation.joined[*at],
-                    &[&self.batch(), &replaced],
-                )
-                .await?,
-            );
+            if change.old.is_none() && !self.replaced.is_empty() {
+                read.add(&InMemory::Read {
+                    columns: &self.returning,
+                    rows: &self.replaced,
+                });
+            }
+            let joined = &aggregation.joined[*at];
+            change.joined = Some(read.run(txn, self.facts.names, joined).await?);
         }
         self.changes = changes;
         self.joined = true;

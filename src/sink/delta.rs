@@ -347,61 +347,85 @@ pub(super) struct Joined {
 }
 
 /// What is read of one joined table.
-struct JoinRead<'a> {
+struct JoinRead {
     /// The columns the aggregate reads of it.
     used: Vec<String>,
     /// Its join columns.
-    on: Vec<&'a str>,
+    on: Vec<String>,
     /// Both, as selected: the join columns first.
     selected: Vec<String>,
+    /// The fact columns that hold the join values.
+    fact_side: Vec<String>,
     /// The join values the rows in memory hold.
     values: BTreeSet<Vec<Cell>>,
 }
 
-/// Reads the rows of the joined tables that any of `sets` joins to: on
-/// PostgreSQL in one statement for all joins (one `UNION ALL` branch per
-/// join, each in its own columns), elsewhere one per join.
-pub(super) async fn read_joined(
-    txn: &mut Txn,
-    names: Names,
-    aggregate: &Aggregate,
-    joined: &[Table],
-    sets: &[&InMemory<'_>],
-) -> Result<Joined, DbErr> {
-    let refs = references(aggregate);
-    let mut reads: Vec<JoinRead> = Vec::new();
-    for (j, join) in aggregate.joins.iter().enumerate() {
-        let mut used: Vec<String> = Vec::new();
-        for reference in refs.iter().filter(|r| r.join == Some(j)) {
-            if !used.contains(&reference.column) {
-                used.push(reference.column.clone());
-            }
-        }
-        let fact_side: Vec<&str> = join.on.iter().map(|(_, f)| f.as_str()).collect();
-        let joined_side: Vec<&str> = join.on.iter().map(|(c, _)| c.as_str()).collect();
-        let mut values: BTreeSet<Vec<Cell>> = BTreeSet::new();
-        for set in sets {
-            let more = set.values(&fact_side);
-            // Mostly one set holds rows: taken whole, not inserted again.
-            if values.is_empty() {
-                values = more;
-            } else {
-                values.extend(more);
-            }
-        }
-        let selected = (joined_side.iter().map(|c| c.to_string()))
-            .chain(used.iter().cloned())
+/// The read of the joined rows that rows in memory join to, prepared
+/// before it runs: the join values (CPU), and on PostgreSQL its statement,
+/// bound, so both can be made while the server is busy with another.
+pub(super) struct JoinedRead {
+    reads: Vec<JoinRead>,
+    bound: Option<Box<BoundRead>>,
+}
+
+/// PostgreSQL's one statement for all joins, and how its result is laid
+/// out: per slot, whether it is BIGINT; per join, its first slot and width.
+struct BoundRead {
+    bound: Bound,
+    integer: Vec<bool>,
+    offsets: Vec<usize>,
+    widths: Vec<usize>,
+}
+
+impl JoinedRead {
+    /// The join values `rows` hold, per join of `aggregate`.
+    pub fn new(aggregate: &Aggregate, rows: &InMemory<'_>) -> JoinedRead {
+        let refs = references(aggregate);
+        let reads = (aggregate.joins.iter().enumerate())
+            .map(|(j, join)| {
+                let mut used: Vec<String> = Vec::new();
+                for reference in refs.iter().filter(|r| r.join == Some(j)) {
+                    if !used.contains(&reference.column) {
+                        used.push(reference.column.clone());
+                    }
+                }
+                let fact_side: Vec<String> = join.on.iter().map(|(_, f)| f.clone()).collect();
+                let on: Vec<String> = join.on.iter().map(|(c, _)| c.clone()).collect();
+                let columns: Vec<&str> = fact_side.iter().map(String::as_str).collect();
+                let values = rows.values(&columns);
+                let selected = on.iter().chain(&used).cloned().collect();
+                JoinRead {
+                    used,
+                    on,
+                    selected,
+                    fact_side,
+                    values,
+                }
+            })
             .collect();
-        reads.push(JoinRead {
-            used,
-            on: joined_side,
-            selected,
-            values,
-        });
+        JoinedRead { reads, bound: None }
     }
-    // Each join's rows as its selected columns.
-    let mut found: Vec<Vec<Vec<Cell>>> = vec![Vec::new(); reads.len()];
-    if txn.is_postgres() {
+
+    /// Adds the join values of more rows; a statement bound before is
+    /// bound again when they hold new ones.
+    pub fn add(&mut self, rows: &InMemory<'_>) {
+        for read in &mut self.reads {
+            let columns: Vec<&str> = read.fact_side.iter().map(String::as_str).collect();
+            for tuple in rows.values(&columns) {
+                if read.values.insert(tuple) {
+                    self.bound = None;
+                }
+            }
+        }
+    }
+
+    /// Builds and binds PostgreSQL's statement for all joins (one `UNION
+    /// ALL` branch per join, each in its own columns), unless bound.
+    pub fn bind(&mut self, names: Names, joined: &[Table]) {
+        if self.bound.is_some() {
+            return;
+        }
+        let reads = &self.reads;
         // Each join's columns in slots of their own, BIGINT or TEXT (a
         // branch's NULLs typed as the slot, which its DISTINCT needs).
         let widths: Vec<usize> = reads.iter().map(|read| read.selected.len()).collect();
@@ -452,59 +476,84 @@ pub(super) async fn read_joined(
             }
             offset += widths[j];
         }
-        if let Some(union) = union {
-            // Read back as one row per join, each slot one array (a row per
-            // joined row costs the driver thousands of instructions). The
-            // aggregates of one group take its rows in one order.
-            let arrays = (0..integer.len())
-                .map(|slot| Func::cust("array_agg").arg(Expr::col(Alias::new(format!("c{slot}")))));
-            let select = Query::select()
-                .column(Alias::new("j"))
-                .exprs(arrays)
-                .from_subquery(union, Alias::new("u"))
-                .group_by_col(Alias::new("j"))
-                .to_owned();
-            let offsets: Vec<usize> = (widths.iter())
-                .scan(0, |at, width| {
-                    *at += width;
-                    Some(*at - width)
-                })
-                .collect();
-            for (j, mut slots) in txn.query_arrays(&select, &integer).await? {
-                let j = usize::try_from(j).unwrap_or(usize::MAX);
-                let (Some(at), Some(width)) = (offsets.get(j), widths.get(j)) else {
-                    return Err(DbErr::Custom(format!("the joined rows of join {j}")));
-                };
-                let columns: Vec<Array> = slots.drain(*at..*at + *width).collect();
-                let rows = columns.first().map_or(0, Array::len);
-                for row in 0..rows {
-                    found[j].push(columns.iter().map(|column| column.cell(row)).collect());
+        let Some(union) = union else { return };
+        // Read back as one row per join, each slot one array (a row per
+        // joined row costs the driver thousands of instructions). The
+        // aggregates of one group take its rows in one order.
+        let arrays = (0..integer.len())
+            .map(|slot| Func::cust("array_agg").arg(Expr::col(Alias::new(format!("c{slot}")))));
+        let select = Query::select()
+            .column(Alias::new("j"))
+            .exprs(arrays)
+            .from_subquery(union, Alias::new("u"))
+            .group_by_col(Alias::new("j"))
+            .to_owned();
+        let offsets: Vec<usize> = (widths.iter())
+            .scan(0, |at, width| {
+                *at += width;
+                Some(*at - width)
+            })
+            .collect();
+        let built = StatementBuilder::build(&select, &DbBackend::Postgres);
+        let values = built.values.map_or_else(Vec::new, |v| v.0);
+        self.bound = Some(Box::new(BoundRead {
+            bound: Bound::values(built.sql, values),
+            integer,
+            offsets,
+            widths,
+        }));
+    }
+
+    /// Reads the rows of the joined tables that the join values match: on
+    /// PostgreSQL in one statement for all joins, elsewhere one per join.
+    pub async fn run(
+        mut self,
+        txn: &mut Txn,
+        names: Names,
+        joined: &[Table],
+    ) -> Result<Joined, DbErr> {
+        // Each join's rows as its selected columns.
+        let mut found: Vec<Vec<Vec<Cell>>> = vec![Vec::new(); self.reads.len()];
+        if txn.is_postgres() {
+            self.bind(names, joined);
+            if let Some(read) = self.bound.take() {
+                for (j, mut slots) in txn.query_arrays(read.bound, &read.integer).await? {
+                    let j = usize::try_from(j).unwrap_or(usize::MAX);
+                    let (Some(at), Some(width)) = (read.offsets.get(j), read.widths.get(j)) else {
+                        return Err(DbErr::Custom(format!("the joined rows of join {j}")));
+                    };
+                    let columns: Vec<Array> = slots.drain(*at..*at + *width).collect();
+                    let rows = columns.first().map_or(0, Array::len);
+                    for row in 0..rows {
+                        found[j].push(columns.iter().map(|column| column.cell(row)).collect());
+                    }
                 }
             }
-        }
-    } else {
-        for (j, read) in reads.iter().enumerate() {
-            if read.values.is_empty() {
-                continue;
+        } else {
+            for (j, read) in self.reads.iter().enumerate() {
+                if read.values.is_empty() {
+                    continue;
+                }
+                let on: Vec<&str> = read.on.iter().map(String::as_str).collect();
+                let columns: Vec<&str> = read.selected.iter().map(String::as_str).collect();
+                let rows = fact_values(txn, names, &joined[j], &on, &read.values, &columns).await?;
+                found[j] = (rows.into_iter())
+                    .map(|row| row.into_iter().map(scalar_cell).collect())
+                    .collect();
             }
-            let columns: Vec<&str> = read.selected.iter().map(String::as_str).collect();
-            let rows =
-                fact_values(txn, names, &joined[j], &read.on, &read.values, &columns).await?;
-            found[j] = (rows.into_iter())
-                .map(|row| row.into_iter().map(scalar_cell).collect())
-                .collect();
         }
-    }
-    let mut matches: Vec<Matches> = Vec::new();
-    for (read, rows) in reads.into_iter().zip(found) {
-        let mut by_values: HashMap<Vec<Cell>, Vec<Vec<Cell>>> = HashMap::with_capacity(rows.len());
-        for mut row in rows {
-            let rest = row.split_off(read.on.len());
-            by_values.entry(row).or_default().push(rest);
+        let mut matches: Vec<Matches> = Vec::new();
+        for (read, rows) in self.reads.into_iter().zip(found) {
+            let mut by_values: HashMap<Vec<Cell>, Vec<Vec<Cell>>> =
+                HashMap::with_capacity(rows.len());
+            for mut row in rows {
+                let rest = row.split_off(read.on.len());
+                by_values.entry(row).or_default().push(rest);
+            }
+            matches.push((read.used, by_values));
         }
-        matches.push((read.used, by_values));
+        Ok(Joined { matches })
     }
-    Ok(Joined { matches })
 }
 
 /// What `rows` contribute, joined to the stored rows in `joined` (read for

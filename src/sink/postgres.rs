@@ -77,7 +77,16 @@ async fn replace_facts(
     // The aggregates' turns first, when their upkeep left them to the write.
     let replaced = replaced_arrays(facts, rows);
     let first: &[String] = upkeep.as_deref().map_or(&[], Upkeep::locks);
-    txn.execute(&replaced.lock(first)).await?;
+    let lock = replaced.lock(first);
+    // While the server takes them, the aggregates' read of the joined rows
+    // is prepared (the statement is sent first).
+    let prepare = async {
+        if let Some(upkeep) = upkeep.as_deref_mut() {
+            upkeep.prepare();
+        }
+    };
+    let (locked, ()) = tokio::join!(biased; txn.execute(&lock), prepare);
+    locked?;
 
     // DELETE … RETURNING each row's key as text, its creator, and the
     // columns the aggregates read.
@@ -111,11 +120,41 @@ async fn replace_facts(
             );
         }
     }
-    if let Some(upkeep) = upkeep.as_deref_mut() {
-        upkeep.replaced(txn, deleted).await?;
-    }
+    // The COPY's data is written while the server reads the joined rows.
+    let read = async {
+        match upkeep.as_deref_mut() {
+            Some(upkeep) => upkeep.replaced(txn, deleted).await,
+            None => Ok(()),
+        }
+    };
+    let (read, ()) = tokio::join!(biased; read, async {
+        copy_data(facts, batch, audit_key, &created_by, data)
+    });
+    read?;
 
-    for (at, (row, dimension_keys)) in rows.iter().zip(batch.keys).enumerate() {
+    let list: Vec<String> = columns.iter().map(|c| names.quoted(c)).collect();
+    let copy = format!(
+        "COPY {} ({}) FROM STDIN",
+        names.quoted(&facts.table.name),
+        list.join(", ")
+    );
+    txn.copy_in(&copy, data, || upkeep.map_or((), Upkeep::compute))
+        .await?;
+    Ok(())
+}
+
+/// The batch's rows in COPY's text format: the values encoded when the
+/// batch was prepared, then the dimension keys and the audit keys (rows
+/// that existed keep their creator, `created_by`).
+fn copy_data(
+    facts: &Facts<'_>,
+    batch: &FactRows<'_>,
+    audit_key: i64,
+    created_by: &HashMap<Vec<String>, i64>,
+    data: &mut Vec<u8>,
+) {
+    let create = facts.table.audit.create.as_deref();
+    for (at, (row, dimension_keys)) in batch.rows.iter().zip(batch.keys).enumerate() {
         // The mapped values were encoded when the batch was prepared.
         data.extend_from_slice(batch.prepared.copy_text(at));
         let mut line = CopyLine::after_values(data);
@@ -139,15 +178,6 @@ async fn replace_facts(
         }
         line.end();
     }
-    let list: Vec<String> = columns.iter().map(|c| names.quoted(c)).collect();
-    let copy = format!(
-        "COPY {} ({}) FROM STDIN",
-        names.quoted(&facts.table.name),
-        list.join(", ")
-    );
-    txn.copy_in(&copy, data, || upkeep.map_or((), Upkeep::compute))
-        .await?;
-    Ok(())
 }
 
 /// Takes the advisory locks of the rows' `replace_by` identities, which

@@ -88,6 +88,13 @@ impl Array {
 pub(super) struct Bound(sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments>);
 
 impl Bound {
+    /// `sql` with `values` as its parameters, in order.
+    pub fn values(sql: String, values: Vec<Value>) -> Bound {
+        let arguments =
+            sqlx::IntoArguments::<sqlx::Postgres>::into_arguments(SqlxValues(Values(values)));
+        Bound(sqlx::query_with(sqlx::AssertSqlSafe(sql), arguments))
+    }
+
     /// `sql` with `arrays` as its parameters, in order.
     pub fn arrays(sql: String, arrays: Vec<Array>) -> Bound {
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -278,22 +285,18 @@ impl Txn {
             .collect()
     }
 
-    /// Every row a statement returns whose first column is a BIGINT and
-    /// whose others are arrays, of BIGINT where `integer` says so, of TEXT
-    /// elsewhere (PostgreSQL).
-    pub async fn query_arrays<S: StatementBuilder>(
+    /// Every row a bound statement returns whose first column is a BIGINT
+    /// and whose others are arrays, of BIGINT where `integer` says so, of
+    /// TEXT elsewhere (PostgreSQL).
+    pub async fn query_arrays(
         &mut self,
-        statement: &S,
+        bound: Bound,
         integer: &[bool],
     ) -> Result<Vec<(i64, Vec<Array>)>, DbErr> {
         let Txn::Postgres(txn) = self else {
             return Err(DbErr::Custom("query_arrays is for PostgreSQL".into()));
         };
-        let (sql, values) = statement_sql(statement);
-        let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), SqlxValues(Values(values)))
-            .fetch_all(&mut **txn)
-            .await
-            .map_err(sqlx_error)?;
+        let rows = bound.0.fetch_all(&mut **txn).await.map_err(sqlx_error)?;
         rows.iter()
             .map(|row| {
                 let first = row.try_get::<i64, _>(0).map_err(sqlx_error)?;
