@@ -935,11 +935,7 @@ impl<'a> Accumulator<'a> {
 
     fn add(&mut self, row: &Contributing) {
         let group = self.group_ids.id(row.groups.iter());
-        self.row_tuples.clear();
-        for (k, range) in self.tuple_at.iter().enumerate() {
-            self.row_tuples
-                .push(self.tuple_ids[k].id(row.tuples[range.clone()].iter()));
-        }
+        self.intern_tuples(|range| row.tuples[range].iter());
         self.add_interned(row.time, group, &row.amounts);
     }
 
@@ -951,10 +947,20 @@ impl<'a> Accumulator<'a> {
     /// Interns a row's tuples into `row_tuples`, the values of their
     /// `columns` (one tuple after another) given by `cell`.
     fn tuple_ids_of<C: Borrow<Cell>>(&mut self, columns: &[usize], cell: impl Fn(usize) -> C) {
+        self.intern_tuples(|range| columns[range].iter().map(|c| cell(*c)));
+    }
+
+    /// Interns a row's tuples into `row_tuples`, each tuple's values given
+    /// by `values` for its place among the row's tuple columns.
+    fn intern_tuples<C, I>(&mut self, values: impl Fn(Range<usize>) -> I)
+    where
+        C: Borrow<Cell>,
+        I: ExactSizeIterator<Item = C> + Clone,
+    {
         self.row_tuples.clear();
         for (k, range) in self.tuple_at.iter().enumerate() {
-            let values = columns[range.clone()].iter().map(|c| cell(*c));
-            self.row_tuples.push(self.tuple_ids[k].id(values));
+            self.row_tuples
+                .push(self.tuple_ids[k].id(values(range.clone())));
         }
     }
 
